@@ -1,0 +1,93 @@
+"""The fedconv ClientApp: local training and evaluation on one client's partition.
+
+Everything comes from ``context.run_config`` (the flat run config) and
+``context.node_config`` (``partition-id``, ``num-partitions``), so the same app runs in
+Flower's simulation runtime and on a real SuperNode.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedconv import task
+from fedconv.config import from_run_config
+from fedconv.models import transmitted_state
+from fedconv.training import evaluate as evaluate_model
+from fedconv.training import train_local
+
+app = ClientApp()
+
+
+def _partition_id(context: Context) -> int:
+    return int(context.node_config["partition-id"])
+
+
+def _set_threads(cfg: dict) -> None:
+    threads = int(cfg["client"].get("threads", 0)) or (os.cpu_count() or 1)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Tell the server which partition this node holds (it samples cohorts by partition id)."""
+    record = ConfigRecord({"partition-id": _partition_id(context), "pid": os.getpid()})
+    return Message(RecordDict({"partition": record}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    cfg = from_run_config(context.run_config)
+    _set_threads(cfg)
+    pid = _partition_id(context)
+    ds = task.dataset(cfg)
+    parts = task.partitions(cfg, int(context.node_config["num-partitions"]))
+    idx = parts.train[pid]
+    model = task.reusable_model(cfg, ds)
+    task.load_global(model, msg.content["arrays"].to_torch_state_dict())
+    config = msg.content["config"]
+    server_round = int(config["server-round"])
+    client_seed = int(np.random.default_rng([int(cfg["seed"]), server_round, pid]).integers(2**31))
+    torch.manual_seed(client_seed)  # dropout masks
+    result = train_local(
+        model,
+        ds.train_x[idx],
+        ds.train_y[idx],
+        task.normalizer(cfg, ds, train=True),
+        cfg["client"],
+        lr=float(config["lr"]),
+        epochs=int(cfg["client"]["epochs"]),
+        proximal_mu=float(config.get("proximal-mu", 0.0)),
+        seed=client_seed,
+    )
+    metrics = MetricRecord(
+        {
+            "train_loss": result.loss,
+            "train_accuracy": result.accuracy,
+            "num-examples": result.num_examples,
+        }
+    )
+    arrays = ArrayRecord(transmitted_state(model))
+    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    cfg = from_run_config(context.run_config)
+    _set_threads(cfg)
+    pid = _partition_id(context)
+    ds = task.dataset(cfg)
+    parts = task.partitions(cfg, int(context.node_config["num-partitions"]))
+    idx = parts.test[pid]
+    model = task.reusable_model(cfg, ds)
+    task.load_global(model, msg.content["arrays"].to_torch_state_dict())
+    result = evaluate_model(model, ds.train_x[idx], ds.train_y[idx], task.normalizer(cfg, ds, train=False))
+    metrics = MetricRecord(
+        {"eval_loss": result.loss, "eval_accuracy": result.accuracy, "num-examples": result.num_examples}
+    )
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)

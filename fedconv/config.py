@@ -1,0 +1,212 @@
+"""Hydra composition, validation, and the flat run config the Flower apps read.
+
+Hydra lives here and in the entry points only. The apps see a flat ``key.sub -> scalar``
+mapping (Flower's ``context.run_config``), made by :func:`to_run_config` and turned back
+into nested dicts by :func:`from_run_config`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+CONF_DIR = Path(os.environ.get("FEDCONV_CONF", Path(__file__).resolve().parent.parent / "conf"))
+
+DATASETS = ("fashion_mnist", "mnist", "cifar10", "digits")
+PARTITIONS = ("iid", "dirichlet", "pathological", "shards", "quantity")
+STRATEGIES = ("fedavg", "fedprox")
+OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("constant", "step", "cosine")
+CLASS_ASSIGNMENTS = ("random", "deterministic", "first-deterministic")
+SIZE_DISTRIBUTIONS = ("power_law", "dirichlet")
+
+Scalar = bool | int | float | str
+
+
+class ConfigError(ValueError):
+    """One or more config values are invalid; each line names the key and what is allowed."""
+
+
+def compose(overrides: list[str] | None = None, config_name: str = "config") -> dict[str, Any]:
+    """Compose ``conf/`` with command-line style overrides into a plain resolved dict."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []))
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except Exception as exc:  # Hydra/OmegaConf raise many types; all mean "bad config"
+        raise ConfigError(str(exc).strip().splitlines()[0]) from exc
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def to_run_config(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Scalar]:
+    """Flatten a nested config into Flower's run config (scalars only; ``None`` -> "")."""
+    flat: dict[str, Scalar] = {}
+    for key, value in cfg.items():
+        if key == "hydra":
+            continue
+        full = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(to_run_config(value, f"{full}."))
+        elif isinstance(value, (list, tuple)):
+            raise ConfigError(f"{full}: lists cannot travel in a Flower run config; use scalars")
+        else:
+            flat[full] = "" if value is None else value
+    return flat
+
+
+def from_run_config(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Inverse of :func:`to_run_config`."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def clients_per_round(num_clients: int, fraction: float, minimum: int) -> int:
+    """Cohort size: Flower's rule, ``max(int(n * fraction), minimum)``."""
+    return max(int(num_clients * fraction), minimum)
+
+
+def _problems(cfg: Mapping[str, Any]) -> list[str]:
+    from fedconv.models import ACTIVATIONS, HEADS, MODEL_NAMES, POOLS, TWOCONV_VARIANTS
+
+    out: list[str] = []
+
+    def get(path: str) -> Any:
+        node: Any = cfg
+        for part in path.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+    def need(path: str, ok: bool, allowed: str) -> None:
+        if not ok:
+            out.append(f"{path}={get(path)!r}: must be {allowed}")
+
+    def number(path: str) -> float | None:
+        v = get(path)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            out.append(f"{path}={v!r}: must be a number")
+            return None
+        return float(v)
+
+    def in_range(path: str, lo: float, hi: float, lo_open: bool, hi_open: bool, integer: bool = False) -> None:
+        v = number(path)
+        if v is None:
+            return
+        if integer and not float(v).is_integer():
+            out.append(f"{path}={get(path)!r}: must be an integer")
+            return
+        ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+        lb = "(" if lo_open else "["
+        rb = ")" if hi_open else "]"
+        hi_s = "inf" if math.isinf(hi) else f"{hi:g}"
+        need(path, ok, f"in {lb}{lo:g}, {hi_s}{rb}")
+
+    def one_of(path: str, allowed: tuple[str, ...]) -> None:
+        need(path, get(path) in allowed, f"one of {', '.join(allowed)}")
+
+    inf = math.inf
+    one_of("dataset.name", DATASETS)
+    one_of("model.name", MODEL_NAMES)
+    one_of("partition.name", PARTITIONS)
+    one_of("strategy.name", STRATEGIES)
+    in_range("seed", 0, 2**32 - 1, False, False, integer=True)
+
+    if get("model.name") in TWOCONV_VARIANTS:
+        one_of("model.activation", ACTIVATIONS)
+        one_of("model.pool", POOLS)
+        one_of("model.head", HEADS)
+        for key in ("filters1", "filters2", "dense_units", "dense_layers", "se_reduction"):
+            in_range(f"model.{key}", 1, inf, False, True, integer=True)
+        in_range("model.kernel_size", 1, 15, False, False, integer=True)
+        if isinstance(get("model.kernel_size"), int) and get("model.kernel_size") % 2 == 0:
+            out.append(f"model.kernel_size={get('model.kernel_size')}: must be odd ('same' padding)")
+        in_range("model.dropout", 0, 1, False, True)
+
+    part = get("partition.name")
+    in_range("partition.test_fraction", 0, 1, False, True)
+    if part == "dirichlet":
+        in_range("partition.alpha", 0, inf, True, True)
+        in_range("partition.min_partition_size", 0, inf, False, True, integer=True)
+    elif part == "pathological":
+        in_range("partition.k", 1, inf, False, True, integer=True)
+        one_of("partition.class_assignment", CLASS_ASSIGNMENTS)
+    elif part == "shards":
+        in_range("partition.shards_per_client", 1, inf, False, True, integer=True)
+    elif part == "quantity":
+        one_of("partition.distribution", SIZE_DISTRIBUTIONS)
+        in_range("partition.exponent", 0, inf, True, True)
+        in_range("partition.beta", 0, inf, True, True)
+        in_range("partition.min_partition_size", 1, inf, False, True, integer=True)
+
+    if get("strategy.name") == "fedprox":
+        in_range("strategy.mu", 0, inf, False, True)
+
+    in_range("client.epochs", 1, inf, False, True, integer=True)
+    in_range("client.batch_size", 1, inf, False, True, integer=True)
+    one_of("client.optimizer", OPTIMIZERS)
+    in_range("client.lr", 0, inf, True, True)
+    in_range("client.momentum", 0, 1, False, True)
+    in_range("client.weight_decay", 0, inf, False, True)
+    in_range("client.threads", 0, 1024, False, False, integer=True)
+
+    in_range("server.rounds", 1, inf, False, True, integer=True)
+    in_range("server.fraction_train", 0, 1, True, False)
+    in_range("server.fraction_evaluate", 0, 1, False, False)
+    in_range("server.min_train_clients", 1, inf, False, True, integer=True)
+    in_range("server.min_evaluate_clients", 0, inf, False, True, integer=True)
+    in_range("server.eval_every", 1, inf, False, True, integer=True)
+    in_range("server.eval_batch_size", 1, inf, False, True, integer=True)
+    one_of("server.lr_schedule", LR_SCHEDULES)
+    in_range("server.lr_step_size", 1, inf, False, True, integer=True)
+    in_range("server.lr_gamma", 0, 1, True, False)
+    in_range("server.lr_min", 0, inf, False, True)
+    in_range("server.round_timeout", 0, inf, True, True)
+
+    in_range("simulation.num_clients", 1, inf, False, True, integer=True)
+    in_range("simulation.client_resources.num_cpus", 0, inf, True, True)
+    in_range("simulation.client_resources.num_gpus", 0, inf, False, True)
+
+    n = get("simulation.num_clients")
+    if isinstance(n, int) and not out:
+        train_k = clients_per_round(n, get("server.fraction_train"), get("server.min_train_clients"))
+        if train_k > n:
+            out.append(
+                f"server.min_train_clients={get('server.min_train_clients')}: "
+                f"{train_k} clients per round but simulation.num_clients={n}; must be <= {n}"
+            )
+        eval_k = clients_per_round(n, get("server.fraction_evaluate"), get("server.min_evaluate_clients"))
+        if get("server.fraction_evaluate") > 0 and eval_k > n:
+            out.append(
+                f"server.min_evaluate_clients={get('server.min_evaluate_clients')}: "
+                f"{eval_k} clients per round but simulation.num_clients={n}; must be <= {n}"
+            )
+        if part == "pathological" and get("partition.k") > get("dataset.num_classes"):
+            out.append(
+                f"partition.k={get('partition.k')}: must be <= dataset.num_classes="
+                f"{get('dataset.num_classes')}"
+            )
+    return out
+
+
+def validate(cfg: Mapping[str, Any]) -> None:
+    """Raise :class:`ConfigError` listing every invalid value, one per line."""
+    problems = _problems(cfg)
+    if problems:
+        raise ConfigError("\n".join(problems))

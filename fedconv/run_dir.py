@@ -1,0 +1,131 @@
+"""The run-directory contract: every run, simulated or real, writes these files.
+
+config.yaml, rounds.csv (appended each round, so a live run can be read), summary.json,
+partition.json, client_metrics.csv and model.safetensors (never unpickled on load).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROUND_COLUMNS = [
+    "round",
+    "central_accuracy",
+    "central_loss",
+    "fed_accuracy",
+    "fed_loss",
+    "train_loss",
+    "clients_sampled",
+    "clients_ok",
+    "clients_failed",
+    "bytes_down",
+    "bytes_up",
+    "bytes_total_cum",
+    "round_seconds",
+    "elapsed_seconds",
+    # fedconv extras
+    "train_accuracy",
+    "lr",
+    "central_top5",
+    "eval_clients_sampled",
+    "eval_clients_ok",
+    "bytes_eval_down",
+    "fed_accuracy_p10",
+    "fed_accuracy_min",
+]
+CLIENT_COLUMNS = ["round", "phase", "partition_id", "num_examples", "loss", "accuracy"]
+
+CONFIG = "config.yaml"
+ROUNDS = "rounds.csv"
+SUMMARY = "summary.json"
+PARTITION = "partition.json"
+CLIENTS = "client_metrics.csv"
+WEIGHTS = "model.safetensors"
+CLASS_REPORT = "classification.json"
+STATUSES = ("completed", "failed", "interrupted")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temp file and rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_atomic(path, json.dumps(_jsonable(obj), indent=2) + "\n")
+
+
+def write_config(run_dir: Path, cfg: Mapping[str, Any]) -> None:
+    from omegaconf import OmegaConf
+
+    write_atomic(run_dir / CONFIG, OmegaConf.to_yaml(OmegaConf.create(dict(cfg))))
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def append_row(path: Path, columns: list[str], row: Mapping[str, Any]) -> None:
+    """Append one CSV row (writing the header first); empty cells for missing values."""
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.writer(f)
+        if new:
+            writer.writerow(columns)
+        writer.writerow([_cell(row.get(c)) for c in columns])
+        f.flush()
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def save_weights(path: Path, state: Mapping[str, Any]) -> None:
+    """Save a state dict as safetensors (loading it runs no code)."""
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {k: torch.as_tensor(v).contiguous() for k, v in state.items()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_weights(path: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))

@@ -1,0 +1,113 @@
+"""How a flat run config becomes a running Flower simulation (the one runtime-specific file).
+
+fedconv drives Flower's simulation runtime in-process: the same engine ``flwr run`` uses
+on a local SuperLink (``flwr.simulation.app`` calls the same ``_run_simulation``), minus
+the SuperLink, FAB packaging and subprocesses. That keeps start-up short, lets a Hydra
+sweep run every job in one process, and hands both apps a real ``context.run_config``:
+
+- the ServerApp gets it through the server ``Context``;
+- every virtual SuperNode gets it the way Flower gives it to an installed app: from the
+  ``[tool.flwr.app.config]`` table of the app directory's ``pyproject.toml``, which is
+  written here for the run.
+
+``flwr.simulation.run_simulation`` (the public function) is deprecated in flwr 1.42 and
+hands the apps an empty run config, so it is not used. Moving to ``flwr run`` against a
+local SuperLink means replacing this file only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+CLIENT_APP = "fedconv.client_app:app"
+SERVER_APP = "fedconv.server_app:app"
+
+
+def write_app_dir(directory: Path, run_config: Mapping[str, Any]) -> None:
+    """A minimal Flower App description whose default config is this run's config."""
+    project = {
+        "project": {"name": "fedconv-run", "version": "0.1.0"},
+        "tool": {
+            "flwr": {
+                "app": {
+                    "publisher": "fedconv",
+                    "components": {"serverapp": SERVER_APP, "clientapp": CLIENT_APP},
+                    "config": dict(run_config),
+                }
+            }
+        },
+    }
+    (directory / "pyproject.toml").write_text(tomli_w.dumps(project))
+
+
+def backend_config(sim_cfg: Mapping[str, Any], verbose: bool) -> dict[str, Any]:
+    """Flower's Ray backend config: client resources and ``ray.init`` arguments."""
+    ray_cfg = sim_cfg["ray"]
+    init_args: dict[str, Any] = {
+        "logging_level": logging.INFO if verbose else logging.WARNING,
+        "log_to_driver": bool(verbose),
+    }
+    if ray_cfg.get("address"):
+        init_args["address"] = str(ray_cfg["address"])
+    else:
+        init_args["include_dashboard"] = bool(ray_cfg.get("include_dashboard", False))
+        if int(ray_cfg.get("num_cpus") or 0) > 0:
+            init_args["num_cpus"] = int(ray_cfg["num_cpus"])
+    resources = sim_cfg["client_resources"]
+    return {
+        "client_resources": {
+            "num_cpus": float(resources["num_cpus"]),
+            "num_gpus": float(resources["num_gpus"]),
+        },
+        "init_args": init_args,
+    }
+
+
+def run_simulation(run_config: Mapping[str, Any], num_supernodes: int, backend: Mapping[str, Any], verbose: bool) -> None:
+    """Run the fedconv ServerApp against ``num_supernodes`` virtual SuperNodes on Ray."""
+    from flwr.app import Context, RecordDict
+    from flwr.common.constant import RUN_ID_NUM_BYTES, SUPERLINK_NODE_ID, TASK_ID_NUM_BYTES
+    from flwr.server.superlink.linkstate.utils import generate_rand_int_from_bytes
+    from flwr.simulation.run_simulation import _run_simulation
+    from flwr.supercore.constant import NOOP_FEDERATION_ID
+    from flwr.supercore.run import Run
+    from flwr.supercore.task_identity import TaskIdentity
+    from flwr.supercore.telemetry import EventType
+
+    from fedconv.client_app import app as client_app
+    from fedconv.server_app import app as server_app
+
+    logging.getLogger("flwr").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silence a Ray FutureWarning
+    run_id = generate_rand_int_from_bytes(RUN_ID_NUM_BYTES)
+    run = Run.create_empty(run_id=run_id)
+    run.primary_task_id = generate_rand_int_from_bytes(TASK_ID_NUM_BYTES)
+    run.federation_id = NOOP_FEDERATION_ID
+    TaskIdentity.task_id = 1
+    TaskIdentity.run_id = run_id
+    TaskIdentity.node_id = SUPERLINK_NODE_ID
+    context = Context(
+        run_id=run_id, node_id=0, node_config={}, state=RecordDict(), run_config=dict(run_config)
+    )
+    with tempfile.TemporaryDirectory(prefix="fedconv-app-") as app_dir:
+        write_app_dir(Path(app_dir), run_config)
+        _run_simulation(
+            num_supernodes=num_supernodes,
+            exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+            client_app=client_app,
+            server_app=server_app,
+            backend_name="ray",
+            backend_config=dict(backend),
+            server_app_context=context,
+            app_dir=app_dir,
+            run=run,
+            is_app=True,
+            verbose_logging=verbose,
+        )

@@ -1,0 +1,74 @@
+"""Per-process caches shared by the ClientApp and ServerApp (Flower's ``task.py`` role).
+
+A Ray worker runs many virtual clients; it loads the dataset once (memory-mapped), makes
+the partitions once, and builds the model once, then reuses them for every client call.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedconv.datasets import ImageDataset, load_dataset
+from fedconv.models import build_model, transmitted_state
+from fedconv.partitioning import Partitions, make_partitions
+from fedconv.training import Normalizer
+
+
+def _key(cfg: Mapping[str, Any]) -> str:
+    return json.dumps(cfg, sort_keys=True)
+
+
+@lru_cache(maxsize=2)
+def _dataset(key: str) -> ImageDataset:
+    return load_dataset(json.loads(key))
+
+
+def dataset(cfg: Mapping[str, Any]) -> ImageDataset:
+    """The run's dataset, loaded once per process."""
+    return _dataset(_key(cfg["dataset"]))
+
+
+@lru_cache(maxsize=4)
+def _partitions(dataset_key: str, partition_key: str, num_clients: int, seed: int) -> Partitions:
+    ds = _dataset(dataset_key)
+    return make_partitions(np.asarray(ds.train_y), json.loads(partition_key), num_clients, seed)
+
+
+def partitions(cfg: Mapping[str, Any], num_clients: int) -> Partitions:
+    """The run's client partitions, made once per process."""
+    return _partitions(_key(cfg["dataset"]), _key(cfg["partition"]), num_clients, int(cfg["seed"]))
+
+
+@lru_cache(maxsize=4)
+def _model(model_key: str, shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    return build_model(json.loads(model_key), shape, num_classes, seed=0)
+
+
+def reusable_model(cfg: Mapping[str, Any], ds: ImageDataset) -> nn.Module:
+    """A model instance to load global weights into (built once per process)."""
+    return _model(_key(cfg["model"]), ds.input_shape, ds.num_classes)
+
+
+def initial_model(cfg: Mapping[str, Any], ds: ImageDataset) -> nn.Module:
+    """The seeded initial global model."""
+    return build_model(cfg["model"], ds.input_shape, ds.num_classes, seed=int(cfg["seed"]))
+
+
+def normalizer(cfg: Mapping[str, Any], ds: ImageDataset, train: bool) -> Normalizer:
+    return Normalizer.from_stats(ds.mean, ds.std, augment=train and bool(cfg["dataset"].get("augment")))
+
+
+def load_global(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Load exactly the transmitted state (everything but BatchNorm's batch counters)."""
+    expected = set(transmitted_state(model))
+    if set(state) != expected:
+        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise ValueError(f"global weights do not match the model: missing {missing}, unexpected {extra}")
+    model.load_state_dict(dict(state), strict=False)

@@ -1,0 +1,209 @@
+"""Local training (with FedProx's proximal term) and evaluation loops, shared by clients and server.
+
+Images stay uint8 until a batch is drawn; normalisation and optional augmentation happen
+per batch, so a client never holds a float copy of its whole partition.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """Per-channel normalisation with train-set statistics, plus optional augmentation."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    augment: bool = False
+
+    @classmethod
+    def from_stats(cls, mean: Sequence[float], std: Sequence[float], augment: bool = False) -> "Normalizer":
+        as_t = lambda v: torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1)  # noqa: E731
+        return cls(as_t(mean), as_t(std), augment)
+
+    def __call__(self, x_uint8: np.ndarray, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(x_uint8)).float().div_(255.0)
+        if self.augment and generator is not None:
+            x = augment_batch(x, generator)
+        return (x - self.mean) / self.std
+
+
+def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random crop with padding, horizontal flip, and (3-channel) brightness/contrast jitter."""
+    n, c, h, w = x.shape
+    pad = 4 if h >= 32 else 2
+    padded = nn.functional.pad(x, (pad, pad, pad, pad))
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    x = _crop(padded, dy, dx, h, w)
+    flip = torch.rand(n, generator=gen) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    if c == 3:
+        brightness = 1 + (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.4
+        contrast = 1 + (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.4
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = ((x - mean) * contrast + mean) * brightness
+        x = x.clamp_(0.0, 1.0)
+    return x
+
+
+def _crop(padded: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    return torch.stack([padded[i, :, int(dy[i]) : int(dy[i]) + h, int(dx[i]) : int(dx[i]) + w] for i in range(len(dy))])
+
+
+def make_optimizer(model: nn.Module, cfg: Mapping[str, Any], lr: float) -> torch.optim.Optimizer:
+    """SGD (momentum, weight decay) or Adam, as ``client.optimizer`` says."""
+    if cfg["optimizer"] == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=float(cfg["weight_decay"]))
+    return torch.optim.SGD(
+        model.parameters(), lr=lr, momentum=float(cfg["momentum"]), weight_decay=float(cfg["weight_decay"])
+    )
+
+
+def proximal_term(model: nn.Module, global_params: Sequence[torch.Tensor], mu: float) -> torch.Tensor:
+    """FedProx's (mu/2) * ||w - w_global||^2 with w_global detached (a constant)."""
+    total = torch.zeros(())
+    for w, w0 in zip(model.parameters(), global_params, strict=True):
+        total = total + (w - w0.detach()).pow(2).sum()
+    return 0.5 * mu * total
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    loss: float
+    accuracy: float
+    num_examples: int
+    steps: int
+
+
+def train_local(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    normalizer: Normalizer,
+    cfg: Mapping[str, Any],
+    *,
+    lr: float,
+    epochs: int,
+    proximal_mu: float = 0.0,
+    seed: int = 0,
+) -> TrainResult:
+    """Train ``model`` in place on one client's data; returns mean loss/accuracy over all steps."""
+    model.train()
+    optimizer = make_optimizer(model, cfg, lr)
+    criterion = nn.CrossEntropyLoss()
+    global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    batch = int(cfg["batch_size"])
+    n = len(labels)
+    total_loss = 0.0
+    correct = 0
+    seen = 0
+    steps = 0
+    labels_t = torch.from_numpy(np.array(labels, dtype=np.int64))
+    for _ in range(epochs):
+        order = rng.permutation(n)
+        for start in range(0, n, batch):
+            idx = np.sort(order[start : start + batch])
+            if len(idx) < 2 and n >= 2:  # a 1-example batch breaks BatchNorm statistics
+                continue
+            x = normalizer(images[idx], gen)
+            y = labels_t[idx]
+            optimizer.zero_grad(set_to_none=True)
+            logits = model(x)
+            loss = criterion(logits, y)
+            if proximal_mu > 0:
+                loss = loss + proximal_term(model, global_params, proximal_mu)
+            loss.backward()
+            optimizer.step()
+            total_loss += float(loss.detach()) * len(idx)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(idx)
+            steps += 1
+    if seen == 0:
+        return TrainResult(loss=math.nan, accuracy=math.nan, num_examples=n, steps=0)
+    return TrainResult(loss=total_loss / seen, accuracy=correct / seen, num_examples=n, steps=steps)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float
+    accuracy: float
+    num_examples: int
+    predictions: np.ndarray
+    top5: float | None = None
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    normalizer: Normalizer,
+    batch_size: int = 1000,
+) -> EvalResult:
+    """Loss, accuracy (and top-5 where there are more than 5 classes) in large batches."""
+    model.eval()
+    n = len(labels)
+    labels_t = torch.from_numpy(np.array(labels, dtype=np.int64))
+    total_loss = 0.0
+    preds = np.empty(n, dtype=np.int64)
+    top5_hits = 0
+    for start in range(0, n, batch_size):
+        x = normalizer(images[start : start + batch_size])
+        y = labels_t[start : start + batch_size]
+        logits = model(x)
+        total_loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+        preds[start : start + len(y)] = logits.argmax(1).numpy()
+        if logits.shape[1] > 5:
+            top5_hits += int((logits.topk(5, dim=1).indices == y[:, None]).any(1).sum())
+    if n == 0:
+        return EvalResult(loss=math.nan, accuracy=math.nan, num_examples=0, predictions=preds)
+    accuracy = float((preds == labels_t.numpy()).mean())
+    top5 = top5_hits / n if model_classes(model) > 5 else None
+    return EvalResult(loss=total_loss / n, accuracy=accuracy, num_examples=n, predictions=preds, top5=top5)
+
+
+def model_classes(model: nn.Module) -> int:
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    return int(last.out_features)
+
+
+def classification_report(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> dict[str, Any]:
+    """Per-class precision/recall/F1 and the confusion matrix (rows = true label)."""
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(labels, dtype=np.int64), preds), 1)
+    tp = np.diag(cm).astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(cm.sum(0) > 0, tp / cm.sum(0), 0.0)
+        recall = np.where(cm.sum(1) > 0, tp / cm.sum(1), 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    return {
+        "per_class": [
+            {"label": c, "precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]), "support": int(cm[c].sum())}
+            for c in range(num_classes)
+        ],
+        "macro_f1": float(f1.mean()),
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def lr_for_round(server_cfg: Mapping[str, Any], base_lr: float, server_round: int) -> float:
+    """The server's learning-rate schedule across rounds (1-based round numbers)."""
+    kind = server_cfg["lr_schedule"]
+    if kind == "step":
+        return base_lr * float(server_cfg["lr_gamma"]) ** ((server_round - 1) // int(server_cfg["lr_step_size"]))
+    if kind == "cosine":
+        total = max(int(server_cfg["rounds"]) - 1, 1)
+        lr_min = float(server_cfg["lr_min"])
+        return lr_min + 0.5 * (base_lr - lr_min) * (1 + math.cos(math.pi * (server_round - 1) / total))
+    return base_lr

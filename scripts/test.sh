@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# README command 2: set everything up, then run the test suite (real Flower, Ray and data).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+exec "${FEDCONV_VENV:-.venv}/bin/python" -m pytest "$@"
