@@ -197,6 +197,11 @@ def _problems(cfg: Mapping[str, Any]) -> list[str]:
                 f"server.min_evaluate_clients={get('server.min_evaluate_clients')}: "
                 f"{eval_k} clients per round but simulation.num_clients={n}; must be <= {n}"
             )
+        if get("server.fraction_evaluate") > 0 and get("partition.test_fraction") == 0:
+            out.append(
+                "partition.test_fraction=0: must be in (0, 1) while server.fraction_evaluate > 0 "
+                "(clients evaluate on their held-out split); or set server.fraction_evaluate=0"
+            )
         if part == "pathological" and get("partition.k") > get("dataset.num_classes"):
             out.append(
                 f"partition.k={get('partition.k')}: must be <= dataset.num_classes="

@@ -30,7 +30,7 @@ class Normalizer:
         return cls(as_t(mean), as_t(std), augment)
 
     def __call__(self, x_uint8: np.ndarray, generator: torch.Generator | None = None) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(x_uint8)).float().div_(255.0)
+        x = torch.from_numpy(np.array(x_uint8, dtype=np.float32)).div_(255.0)
         if self.augment and generator is not None:
             x = augment_batch(x, generator)
         return (x - self.mean) / self.std

@@ -1,0 +1,68 @@
+"""Shared helpers: small real-format dataset files written by the tests themselves."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> Path:
+    """Write a uint8 IDX file (magic 0x0000080N, big-endian dims, raw bytes)."""
+    header = struct.pack(">I", 0x0800 | array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
+    data = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(data))
+    else:
+        path.write_bytes(data)
+    return path
+
+
+def write_idx_dataset(directory: Path, n_train: int = 60, n_test: int = 20, seed: int = 0, gz: bool = True) -> dict:
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte": (np.arange(n_train) % 10).astype(np.uint8),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": (np.arange(n_test) % 10).astype(np.uint8),
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, arr in arrays.items():
+        write_idx(directory / name, arr, gz=gz)
+    return arrays
+
+
+def write_cifar_dataset(directory: Path, per_batch: int = 20, seed: int = 0) -> dict:
+    """Write the CIFAR-10 python-pickle batches layout (cifar-10-batches-py/)."""
+    rng = np.random.default_rng(seed)
+    root = directory / "cifar-10-batches-py"
+    root.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        labels = [int(x) for x in rng.integers(0, 10, per_batch)]
+        with (root / name).open("wb") as f:
+            pickle.dump({b"batch_label": name.encode(), b"labels": labels, b"data": data, b"filenames": []}, f)
+        written[name] = (data, labels)
+    return written
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> str:
+    return str(tmp_path / "cache")
+
+
+def require_fashion_mnist() -> None:
+    """CI installs the real data (scripts/bootstrap.sh); there its absence is a failure."""
+    if not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists():
+        if os.environ.get("CI"):
+            pytest.fail("Fashion-MNIST missing in CI: bootstrap should have installed dataset-fashion-mnist")
+        pytest.skip("Fashion-MNIST not installed (apt-get install -y dataset-fashion-mnist)")

@@ -1,0 +1,202 @@
+"""End to end: ``python -m fedconv.simulate`` on the real Flower + Ray stack (digits, small)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from safetensors.numpy import load_file
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = [
+    "dataset=digits",
+    "simulation.num_clients=4",
+    "server.fraction_train=1.0",
+    "server.fraction_evaluate=1.0",
+    "server.rounds=3",
+    "client.epochs=2",
+    "partition.alpha=1.0",
+]
+
+pytestmark = pytest.mark.slow
+
+
+def simulate(*overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "fedconv.simulate", *overrides],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def rows(run: Path) -> list[dict[str, str]]:
+    with (run / "rounds.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Three runs shared by the tests below: seed 0 twice, seed 1 once."""
+    base = tmp_path_factory.mktemp("runs")
+    out = {}
+    for tag, seed in (("a", 0), ("b", 0), ("c", 1)):
+        proc = simulate(*SMALL, f"seed={seed}", f"hydra.run.dir={base / tag}")
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        out[tag] = base / tag
+        out[f"{tag}_stdout"] = proc.stdout  # type: ignore[assignment]
+    return out
+
+
+def test_run_writes_the_run_directory_contract(runs: dict[str, Path]) -> None:
+    run = runs["a"]
+    for name in ("config.yaml", "rounds.csv", "summary.json", "partition.json", "model.safetensors",
+                 "client_metrics.csv", "classification.json"):
+        assert (run / name).is_file(), name
+    table = rows(run)
+    assert [int(r["round"]) for r in table] == [1, 2, 3]
+    cum = [int(r["bytes_total_cum"]) for r in table]
+    assert cum == sorted(cum) and cum[0] > 0 and len(set(cum)) == 3
+    for r in table:
+        assert int(r["clients_sampled"]) == 4 and int(r["clients_ok"]) == 4 and int(r["clients_failed"]) == 0
+        assert float(r["round_seconds"]) > 0 and r["fed_accuracy"] != "" and r["train_loss"] != ""
+    assert float(table[-1]["central_accuracy"]) > float(table[0]["central_accuracy"])
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["rounds_completed"] == 3
+    assert summary["final_central_accuracy"] == pytest.approx(float(table[-1]["central_accuracy"]))
+    assert summary["best_central_accuracy"] == pytest.approx(max(float(r["central_accuracy"]) for r in table))
+    assert summary["bytes_total"] == cum[-1]
+    assert summary["versions"]["flwr"].startswith("1.42") and summary["seed"] == 0
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["dataset"]["name"] == "digits" and cfg["output_dir"] == str(run)
+    part = json.loads((run / "partition.json").read_text())
+    assert part["num_clients"] == 4 and sum(sum(c["label_histogram"]) for c in part["clients"]) == 1438
+    report = json.loads((run / "classification.json").read_text())
+    assert len(report["per_class"]) == 10 and np.array(report["confusion_matrix"]).sum() == 359
+    assert "[round   3/3]" in runs["a_stdout"] and "done: completed" in runs["a_stdout"]
+
+
+def test_saved_weights_reproduce_the_final_accuracy(runs: dict[str, Path]) -> None:
+    import torch
+
+    from fedconv.config import compose
+    from fedconv.datasets import load_dataset
+    from fedconv.models import build_model
+    from fedconv.training import Normalizer, evaluate
+
+    cfg = compose(SMALL)
+    ds = load_dataset(cfg["dataset"])
+    model = build_model(cfg["model"], ds.input_shape, 10)
+    state = {k: torch.from_numpy(v) for k, v in load_file(str(runs["a"] / "model.safetensors")).items()}
+    model.load_state_dict(state, strict=False)
+    res = evaluate(model, ds.test_x, ds.test_y, Normalizer.from_stats(ds.mean, ds.std))
+    summary = json.loads((runs["a"] / "summary.json").read_text())
+    assert res.accuracy == pytest.approx(summary["final_central_accuracy"])
+
+
+def test_same_seed_same_numbers_different_seed_differs(runs: dict[str, Path]) -> None:
+    cols = ["central_accuracy", "central_loss", "fed_accuracy", "fed_loss", "train_loss"]
+    a, b, c = (rows(runs[t]) for t in "abc")
+    assert [[r[k] for k in cols] for r in a] == [[r[k] for k in cols] for r in b]
+    assert [[r[k] for k in cols] for r in a] != [[r[k] for k in cols] for r in c]
+
+
+def test_bytes_down_is_cohort_times_model_bytes(runs: dict[str, Path]) -> None:
+    from flwr.app import Array
+
+    from fedconv.config import compose
+    from fedconv.models import build_model, transmitted_state
+
+    model = build_model(compose(SMALL)["model"], (1, 8, 8), 10)
+    state = transmitted_state(model)
+    fp32_bytes = sum(t.numel() * 4 for t in state.values())
+    carried = sum(len(Array(t.numpy()).data) for t in state.values())  # + Flower's .npy header per array
+    assert carried - fp32_bytes <= 128 * len(state)
+    for r in rows(runs["a"]):
+        assert int(r["bytes_down"]) == int(r["clients_sampled"]) * carried
+        assert int(r["bytes_up"]) == int(r["clients_ok"]) * carried
+        assert int(r["bytes_eval_down"]) == int(r["eval_clients_sampled"]) * carried
+
+
+def test_two_job_sweep_writes_two_runs_and_an_index(tmp_path: Path) -> None:
+    proc = simulate("-m", *SMALL, "server.rounds=2", "strategy=fedavg,fedprox", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    index = json.loads((tmp_path / "sweep.json").read_text())
+    assert [j["job"] for j in index["jobs"]] == [0, 1]
+    assert [j["status"] for j in index["jobs"]] == ["completed", "completed"]
+    assert any("strategy=fedprox" in j["overrides"] for j in index["jobs"])
+    for job in index["jobs"]:
+        run = Path(job["run_dir"])
+        assert run.parent == tmp_path and len(rows(run)) == 2
+        assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+    prox = yaml.safe_load((tmp_path / "1" / "config.yaml").read_text())
+    assert prox["strategy"] == {"name": "fedprox", "mu": 0.01}
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("server.fraction_train=1.5", "server.fraction_train"),
+        ("partition.alpha=0", "partition.alpha"),
+        ("server.min_train_clients=9", "server.min_train_clients"),
+        ("strategy=fedprox strategy.mu=-1", "strategy.mu"),
+    ],
+)
+def test_config_errors_exit_2_before_anything_runs(tmp_path: Path, override: str, key: str) -> None:
+    t0 = time.perf_counter()
+    proc = simulate(*SMALL, *override.split(), f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 2
+    assert key in proc.stderr and "must be" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+    assert time.perf_counter() - t0 < 30  # rejected before Ray starts
+
+
+def test_unknown_group_option_fails_with_the_name(tmp_path: Path) -> None:
+    proc = simulate("strategy=fedsgd", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode != 0 and "fedsgd" in proc.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_attaches_to_an_existing_ray_cluster(tmp_path: Path) -> None:
+    ray_bin = Path(sys.executable).with_name("ray")
+    port = _free_port()
+    temp_dir = Path("/tmp") / f"fedconv-ray-{port}"  # Ray limits socket path length
+    env = {**os.environ, "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
+    start = subprocess.run(
+        [str(ray_bin), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+         "--include-dashboard=false", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert start.returncode == 0, start.stderr[-2000:]
+    try:
+        address = f"127.0.0.1:{port}"
+        proc = simulate(*SMALL, "server.rounds=2", f"simulation.ray.address={address}", f"hydra.run.dir={tmp_path / 'run'}")
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
+        # The cluster's own session started the ClientApp actors ...
+        logs = list((temp_dir / "session_latest" / "logs").glob("*"))
+        assert any("ClientAppActor" in p.read_text(errors="ignore") for p in logs if p.is_file() and p.suffix in (".out", ".err", ".log")), (
+            "no ClientAppActor ran in the existing cluster"
+        )
+        # ... and the cluster is still up after the run.
+        check = subprocess.run(
+            [sys.executable, "-c", f"import ray; ray.init(address='{address}', logging_level='ERROR'); print(ray.cluster_resources()['CPU'])"],
+            capture_output=True, text=True, timeout=120, env=env,
+        )
+        assert check.returncode == 0 and float(check.stdout.strip().splitlines()[-1]) == 2.0, check.stderr[-2000:]
+    finally:
+        subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, timeout=120)

@@ -1,0 +1,116 @@
+"""Local training: the FedProx term, its effect on client drift, schedules, metrics."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fedconv.config import compose
+from fedconv.datasets import load_dataset
+from fedconv.models import build_model
+from fedconv.training import (
+    Normalizer,
+    augment_batch,
+    classification_report,
+    evaluate,
+    lr_for_round,
+    proximal_term,
+    train_local,
+)
+
+
+def small_model(seed: int = 0) -> torch.nn.Module:
+    return build_model(compose(["dataset=digits"])["model"], (1, 8, 8), 10, seed=seed)
+
+
+def test_proximal_term_value_and_gradient() -> None:
+    model = small_model()
+    global_params = [p.detach().clone() + 0.1 * torch.randn_like(p) for p in model.parameters()]
+    mu = 0.7
+    term = proximal_term(model, global_params, mu)
+    expected = 0.5 * mu * sum(float(((p.detach() - g) ** 2).sum()) for p, g in zip(model.parameters(), global_params))
+    assert float(term.detach()) == pytest.approx(expected, rel=1e-5)
+    term.backward()
+    for p, g in zip(model.parameters(), global_params):
+        torch.testing.assert_close(p.grad, mu * (p.detach() - g))
+        assert g.grad is None  # w_global is a constant
+
+
+def _drift(mu: float) -> float:
+    cfg = compose(["dataset=digits"])
+    ds = load_dataset(cfg["dataset"])
+    norm = Normalizer.from_stats(ds.mean, ds.std)
+    model = small_model()
+    start = [p.detach().clone() for p in model.parameters()]
+    train_local(model, ds.train_x[:600], ds.train_y[:600], norm, cfg["client"], lr=0.05, epochs=3, proximal_mu=mu, seed=0)
+    return math.sqrt(sum(float(((p.detach() - s) ** 2).sum()) for p, s in zip(model.parameters(), start)))
+
+
+def test_fedprox_keeps_clients_closer_to_the_global_model() -> None:
+    free, prox = _drift(0.0), _drift(10.0)
+    assert prox < 0.5 * free, (free, prox)
+
+
+def test_training_learns_and_is_deterministic() -> None:
+    cfg = compose(["dataset=digits"])
+    ds = load_dataset(cfg["dataset"])
+    norm = Normalizer.from_stats(ds.mean, ds.std)
+    results = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = small_model()
+        train_local(model, ds.train_x, ds.train_y, norm, cfg["client"], lr=0.05, epochs=3, seed=1)
+        results.append(evaluate(model, ds.test_x, ds.test_y, norm))
+    assert results[0].accuracy > 0.85
+    assert results[0].loss == results[1].loss
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_both_optimizers_reduce_the_loss(optimizer: str) -> None:
+    cfg = compose(["dataset=digits", f"client.optimizer={optimizer}"])
+    ds = load_dataset(cfg["dataset"])
+    norm = Normalizer.from_stats(ds.mean, ds.std)
+    model = small_model()
+    before = evaluate(model, ds.train_x, ds.train_y, norm).loss
+    lr = 0.05 if optimizer == "sgd" else 0.003
+    train_local(model, ds.train_x, ds.train_y, norm, cfg["client"], lr=lr, epochs=2, seed=0)
+    assert evaluate(model, ds.train_x, ds.train_y, norm).loss < 0.6 * before
+
+
+def test_lr_schedules() -> None:
+    server = compose([])["server"]
+    assert lr_for_round(server, 0.1, 7) == 0.1
+    step = {**server, "lr_schedule": "step", "lr_step_size": 5, "lr_gamma": 0.5}
+    assert [lr_for_round(step, 0.1, r) for r in (1, 5, 6, 11)] == pytest.approx([0.1, 0.1, 0.05, 0.025])
+    cos = {**server, "lr_schedule": "cosine", "rounds": 11, "lr_min": 0.0}
+    assert lr_for_round(cos, 0.1, 1) == pytest.approx(0.1)
+    assert lr_for_round(cos, 0.1, 6) == pytest.approx(0.05)
+    assert lr_for_round(cos, 0.1, 11) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_classification_report_matches_hand_counts() -> None:
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    preds = np.array([0, 1, 1, 1, 2, 0])
+    rep = classification_report(labels, preds, 3)
+    assert rep["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    p0 = rep["per_class"][0]
+    assert p0["precision"] == pytest.approx(0.5) and p0["recall"] == pytest.approx(0.5)
+    assert rep["per_class"][1]["precision"] == pytest.approx(2 / 3) and rep["per_class"][1]["recall"] == 1.0
+
+
+def test_evaluate_top5() -> None:
+    model = small_model()
+    ds = load_dataset(compose(["dataset=digits"])["dataset"])
+    res = evaluate(model, ds.test_x, ds.test_y, Normalizer.from_stats(ds.mean, ds.std), batch_size=64)
+    assert res.top5 is not None and res.top5 >= res.accuracy and res.num_examples == len(ds.test_y)
+
+
+def test_augmentation_keeps_shape_and_range() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 3, 32, 32)
+    y = augment_batch(x, gen)
+    assert y.shape == x.shape and float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+    assert not torch.equal(x, y)
