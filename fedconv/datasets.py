@@ -240,7 +240,7 @@ def _search_dirs(name: str, data_dir: str) -> list[Path]:
         dirs += [Path(env) / name, Path(env) / name.replace("_", "-"), Path(env)]
     if name in DEBIAN_DIRS:
         dirs.append(DEBIAN_DIRS[name])
-    return dirs
+    return list(dict.fromkeys(dirs))
 
 
 def cache_root(cache_dir: str = "") -> Path:

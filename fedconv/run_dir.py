@@ -91,6 +91,8 @@ def write_config(run_dir: Path, cfg: Mapping[str, Any]) -> None:
 
 
 def _cell(value: Any) -> str:
+    if isinstance(value, np.generic):
+        value = value.item()
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return ""
     if isinstance(value, float):

@@ -59,18 +59,37 @@ def resolve(cfg: DictConfig, out: Path) -> dict[str, Any]:
     return resolved
 
 
+def check_inputs(resolved: dict[str, Any]) -> None:
+    """Load the data, make the partitions and build the model before Ray starts, so a
+    missing file or an impossible partition fails in one line. The ServerApp runs in this
+    process, so this also warms its caches."""
+    from fedconv import task
+
+    ds = task.dataset(resolved)
+    declared = tuple(int(resolved["dataset"][k]) for k in ("channels", "height", "width"))
+    if ds.input_shape != declared:
+        raise ConfigError(f"dataset: files hold {ds.input_shape} images but the config declares {declared}")
+    task.partitions(resolved, int(resolved["simulation"]["num_clients"]))
+    task.initial_model(resolved, ds)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one simulation job; returns its summary."""
     from fedconv import runtime
+    from fedconv.datasets import DatasetError
+    from fedconv.models import ModelConfigError
+    from fedconv.partitioning import PartitionError
 
     hc = HydraConfig.get()
     out = Path(cfg.output_dir or hc.runtime.output_dir).resolve()
     multirun = hc.mode == RunMode.MULTIRUN
     try:
         resolved = resolve(cfg, out)
-    except ConfigError as exc:
+        check_inputs(resolved)
+    except (ConfigError, DatasetError, PartitionError, ModelConfigError) as exc:
         _discard_if_empty(out)
-        print(f"config error: {exc}", file=sys.stderr)
+        prefix = "config error" if isinstance(exc, ConfigError) else "error"
+        print(f"{prefix}: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_CONFIG)
     if (out / run_dir.SUMMARY).exists() or (out / run_dir.ROUNDS).exists():
         print(f"error: {out} already holds a run; choose another output_dir", file=sys.stderr)

@@ -159,7 +159,7 @@ def evaluate(
     preds = np.empty(n, dtype=np.int64)
     top5_hits = 0
     for start in range(0, n, batch_size):
-        x = normalizer(images[start : start + batch_size])
+        x = normalizer(images[start : start + batch_size]).contiguous(memory_format=torch.channels_last)
         y = labels_t[start : start + batch_size]
         logits = model(x)
         total_loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))

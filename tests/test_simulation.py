@@ -148,13 +148,17 @@ def test_two_job_sweep_writes_two_runs_and_an_index(tmp_path: Path) -> None:
         ("partition.alpha=0", "partition.alpha"),
         ("server.min_train_clients=9", "server.min_train_clients"),
         ("strategy=fedprox strategy.mu=-1", "strategy.mu"),
+        ("model=niid_cnn", "niid_cnn needs inputs of at least 16x16"),
+        ("dataset=mnist dataset.data_dir=/nonexistent", "dataset 'mnist' not found"),
     ],
 )
 def test_config_errors_exit_2_before_anything_runs(tmp_path: Path, override: str, key: str) -> None:
     t0 = time.perf_counter()
-    proc = simulate(*SMALL, *override.split(), f"hydra.run.dir={tmp_path / 'run'}")
+    keys = {o.split("=")[0] for o in override.split()}
+    base = [o for o in SMALL if o.split("=")[0] not in keys]
+    proc = simulate(*base, *override.split(), f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 2
-    assert key in proc.stderr and "must be" in proc.stderr
+    assert key in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
     assert time.perf_counter() - t0 < 30  # rejected before Ray starts

@@ -1,0 +1,499 @@
+"""Compare runs: ``python -m fedconv.report <sweep dir | run dirs | globs> [--by K] [--facet K]``.
+
+Reads run directories (see :mod:`fedconv.run_dir`), groups them by config keys, averages
+over seeds, and writes report.md, a self-contained report.html and PNG/SVG plots.
+:func:`compare` returns the same table as plain rows for notebooks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import glob
+import html
+import json
+import math
+import statistics
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedconv import run_dir
+
+DEFAULT_BY = ("strategy.name", "strategy.mu")
+IGNORED_DIFFERENCES = {"seed", "output_dir", "name", "verbose"}
+
+
+class ReportError(ValueError):
+    """Nothing to report on, or a bad argument; the message says what was looked at."""
+
+
+@dataclass
+class Run:
+    """One run directory, parsed."""
+
+    path: Path
+    config: dict[str, Any]
+    rounds: list[dict[str, float | None]]
+    summary: dict[str, Any] | None
+    clients: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        return str(self.summary.get("status")) if self.summary else "running"
+
+    def get(self, key: str) -> Any:
+        node: Any = self.config
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+    def series(self, column: str) -> list[tuple[int, float]]:
+        return [(int(r["round"]), r[column]) for r in self.rounds if r.get(column) is not None]  # type: ignore[misc]
+
+    def final_client_accuracies(self) -> list[float]:
+        evals = [r for r in self.clients if r["phase"] == "evaluate"]
+        if not evals:
+            return []
+        last = max(int(r["round"]) for r in evals)
+        return [float(r["accuracy"]) for r in evals if int(r["round"]) == last]
+
+
+def _float(value: str | None) -> float | None:
+    if value is None or value == "":
+        return None
+    return float(value)
+
+
+def read_run(path: Path) -> Run:
+    try:
+        return _read_run(path)
+    except (OSError, ValueError, KeyError, yaml.YAMLError) as exc:
+        raise ReportError(f"{path}: unreadable run directory ({type(exc).__name__}: {exc})") from exc
+
+
+def _read_run(path: Path) -> Run:
+    config = yaml.safe_load((path / run_dir.CONFIG).read_text()) or {}
+    rounds: list[dict[str, float | None]] = []
+    if (path / run_dir.ROUNDS).exists():
+        rounds = [{k: _float(v) for k, v in row.items()} for row in run_dir.read_rows(path / run_dir.ROUNDS)]
+    summary = json.loads((path / run_dir.SUMMARY).read_text()) if (path / run_dir.SUMMARY).exists() else None
+    clients = run_dir.read_rows(path / run_dir.CLIENTS) if (path / run_dir.CLIENTS).exists() else []
+    return Run(path=path, config=config, rounds=rounds, summary=summary, clients=clients)
+
+
+def find_runs(inputs: Sequence[str | Path]) -> list[Run]:
+    """Expand sweep dirs (sweep.json), run dirs and globs into parsed runs."""
+    dirs: list[Path] = []
+    looked: list[str] = []
+    for item in inputs:
+        matches = sorted(glob.glob(str(item))) or [str(item)]
+        for m in matches:
+            p = Path(m)
+            looked.append(str(p))
+            if (p / "sweep.json").exists():
+                index = json.loads((p / "sweep.json").read_text())
+                dirs += [Path(j["run_dir"]) for j in index["jobs"]]
+            elif (p / run_dir.CONFIG).exists():
+                dirs.append(p)
+            elif p.is_dir():
+                dirs += sorted(c.parent for c in p.rglob(run_dir.CONFIG) if ".hydra" not in c.parts)
+    seen: set[Path] = set()
+    runs = []
+    for d in dirs:
+        d = d.resolve()
+        if d not in seen and (d / run_dir.CONFIG).exists():
+            seen.add(d)
+            runs.append(read_run(d))
+    if not runs:
+        raise ReportError(f"no run directories (with {run_dir.CONFIG}) found in: {', '.join(looked) or '(nothing given)'}")
+    return runs
+
+
+def _flatten(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in cfg.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def uncontrolled_differences(runs: Sequence[Run], keys: Iterable[str]) -> dict[str, list[Any]]:
+    """Config keys that differ between runs but are neither grouped nor faceted on."""
+    grouped = set(keys)
+    flats = [_flatten(r.config) for r in runs]
+    all_keys = set().union(*flats)
+    diffs = {}
+    for key in sorted(all_keys):
+        if key in grouped or key in IGNORED_DIFFERENCES or key.startswith("hydra."):
+            continue
+        values = {json.dumps(f.get(key), sort_keys=True) for f in flats}
+        if len(values) > 1:
+            diffs[key] = sorted(json.loads(v) for v in values if v != "null") + (["(absent)"] if "null" in values else [])
+    return diffs
+
+
+def group_label(run: Run, keys: Sequence[str]) -> str:
+    parts = []
+    for key in keys:
+        value = run.get(key)
+        if value is None:
+            continue
+        short = key.rsplit(".", 1)[-1]
+        parts.append(str(value) if short == "name" else f"{short}={value}")
+    return " ".join(parts) or "all"
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def rounds_to_target(run: Run, target: float) -> tuple[int | None, float | None]:
+    """First round whose central accuracy reaches the target, and bytes sent up to it."""
+    for r in run.rounds:
+        acc = r.get("central_accuracy")
+        if acc is not None and acc >= target:
+            return int(r["round"]), r.get("bytes_total_cum")  # type: ignore[arg-type, return-value]
+    return None, None
+
+
+def _final_accuracy(run: Run) -> float | None:
+    series = run.series("central_accuracy")
+    return series[-1][1] if series else None
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def _group(runs: Sequence[Run], by: Sequence[str], facet: str | None) -> dict[tuple[str, str], list[Run]]:
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        facet_value = str(run.get(facet)) if facet else ""
+        groups.setdefault((facet_value, group_label(run, by)), []).append(run)
+    return dict(sorted(groups.items()))
+
+
+def compare(
+    inputs: Sequence[str | Path] | Sequence[Run],
+    by: Sequence[str] = DEFAULT_BY,
+    facet: str | None = None,
+    target: float | None = None,
+) -> dict[str, Any]:
+    """The comparison as plain data: ``rows`` (one per facet x group), ``excluded`` runs,
+    the ``target`` used, and config ``differences`` not controlled for."""
+    runs = list(inputs) if inputs and isinstance(inputs[0], Run) else find_runs(inputs)  # type: ignore[arg-type]
+    usable = [r for r in runs if r.status in ("completed", "running")]
+    excluded = [{"run": str(r.path), "status": r.status, "error": (r.summary or {}).get("error", "")} for r in runs if r not in usable]
+    if not usable:
+        raise ReportError("every run failed or was interrupted: " + ", ".join(f"{e['run']} ({e['status']})" for e in excluded))
+    groups = _group(usable, by, facet)
+    if target is None:
+        finals = [_mean_std([a for a in map(_final_accuracy, rs) if a is not None])[0] for rs in groups.values()]
+        best = max((f for f in finals if f is not None), default=None)
+        target = 0.95 * best if best is not None else 1.0
+    rows = []
+    for (facet_value, label), members in groups.items():
+        finals = [a for a in map(_final_accuracy, members) if a is not None]
+        bests = [max(s, key=lambda x: x[1]) for s in (m.series("central_accuracy") for m in members) if s]
+        reached = [rounds_to_target(m, target) for m in members]
+        hits = [(r, b) for r, b in reached if r is not None]
+        totals = [m.rounds[-1]["bytes_total_cum"] for m in members if m.rounds and m.rounds[-1].get("bytes_total_cum") is not None]
+        walls = [float(m.summary["wall_seconds"]) for m in members if m.summary and m.summary.get("wall_seconds") is not None]
+        clients = [m.final_client_accuracies() for m in members]
+        clients = [c for c in clients if c]
+        final_mean, final_std = _mean_std(finals)
+        rows.append(
+            {
+                "facet": facet_value if facet else None,
+                "group": label,
+                "n": len(members),
+                "in_progress": sum(m.status == "running" for m in members),
+                "seeds": sorted({m.get("seed") for m in members}),
+                "rounds": max((len(m.rounds) for m in members), default=0),
+                "final_accuracy_mean": final_mean,
+                "final_accuracy_std": final_std,
+                "best_accuracy_mean": _mean_std([b[1] for b in bests])[0],
+                "best_round_mean": _mean_std([float(b[0]) for b in bests])[0],
+                "target": target,
+                "reached": f"{len(hits)}/{len(members)}",
+                "rounds_to_target_mean": _mean_std([float(r) for r, _ in hits])[0] if len(hits) == len(members) else None,
+                "mb_to_target_mean": _mean_std([b / 1e6 for _, b in hits if b is not None])[0] if len(hits) == len(members) else None,
+                "total_mb_mean": _mean_std([t / 1e6 for t in totals])[0],
+                "wall_seconds_mean": _mean_std(walls)[0],
+                "client_accuracy_mean": _mean_std([statistics.fmean(c) for c in clients])[0],
+                "client_accuracy_p10": _mean_std([_percentile(c, 10) for c in clients])[0],
+                "client_accuracy_worst": _mean_std([min(c) for c in clients])[0],
+                "runs": [str(m.path) for m in members],
+            }
+        )
+    return {
+        "rows": rows,
+        "excluded": excluded,
+        "target": target,
+        "by": list(by),
+        "facet": facet,
+        "differences": uncontrolled_differences(usable, [*by, *([facet] if facet else [])]),
+        "runs": usable,
+        "groups": groups,
+    }
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _plot(result: dict[str, Any], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    groups: dict[tuple[str, str], list[Run]] = result["groups"]
+    facets = sorted({f for f, _ in groups})
+    labels = sorted({g for _, g in groups})
+    colors = {g: plt.cm.tab10(i % 10) for i, g in enumerate(labels)}
+    facet_key = result["facet"]
+    written: list[Path] = []
+
+    def figure(name: str, draw, ylabel: str, xlabel: str) -> None:
+        fig, axes = plt.subplots(1, len(facets), figsize=(5.2 * len(facets), 4), squeeze=False, sharey=True)
+        for ax, facet_value in zip(axes[0], facets):
+            for label in labels:
+                members = groups.get((facet_value, label))
+                if members:
+                    draw(ax, members, label, colors[label])
+            ax.set_xlabel(xlabel)
+            ax.grid(alpha=0.3)
+            if facet_key:
+                ax.set_title(f"{facet_key} = {facet_value}")
+        axes[0][0].set_ylabel(ylabel)
+        axes[0][-1].legend(fontsize=8)
+        fig.tight_layout()
+        for ext in ("png", "svg"):
+            path = out / f"{name}.{ext}"
+            fig.savefig(path, dpi=110)
+            written.append(path)
+        plt.close(fig)
+
+    def mean_band(ax, members: list[Run], label: str, color, column: str, x_column: str | None = None) -> None:
+        series = [m.series(column) for m in members]
+        series = [s for s in series if s]
+        if not series:
+            return
+        length = min(len(s) for s in series)
+        ys = np.array([[v for _, v in s[:length]] for s in series])
+        if x_column:
+            xs_all = [{int(r["round"]): r[x_column] for r in m.rounds} for m in members]
+            xs = np.array([[xa.get(rnd, np.nan) for rnd, _ in s[:length]] for xa, s in zip(xs_all, series)]).mean(0) / 1e6
+        else:
+            xs = np.array([rnd for rnd, _ in series[0][:length]])
+        mean, std = ys.mean(0), ys.std(0)
+        ax.plot(xs, mean, color=color, label=f"{label} (n={len(series)})")
+        if len(series) > 1:
+            ax.fill_between(xs, mean - std, mean + std, color=color, alpha=0.2)
+
+    figure("accuracy_vs_round", lambda ax, m, l, c: mean_band(ax, m, l, c, "central_accuracy"),
+           "central test accuracy", "round")
+    figure("accuracy_vs_mb", lambda ax, m, l, c: mean_band(ax, m, l, c, "central_accuracy", "bytes_total_cum"),
+           "central test accuracy", "cumulative communication (MB)")
+    figure("train_loss_vs_round", lambda ax, m, l, c: mean_band(ax, m, l, c, "train_loss"),
+           "training loss (clients' mean)", "round")
+
+    fig, axes = plt.subplots(1, len(facets), figsize=(5.2 * len(facets), 4), squeeze=False, sharey=True)
+    for ax, facet_value in zip(axes[0], facets):
+        data, names = [], []
+        for label in labels:
+            members = groups.get((facet_value, label), [])
+            accs = [a for m in members for a in m.final_client_accuracies()]
+            if accs:
+                data.append(accs)
+                names.append(label)
+        if data:
+            ax.boxplot(data, tick_labels=names)
+        ax.set_xlabel("group")
+        ax.tick_params(axis="x", rotation=20)
+        ax.grid(alpha=0.3, axis="y")
+        if facet_key:
+            ax.set_title(f"{facet_key} = {facet_value}")
+    axes[0][0].set_ylabel("final per-client accuracy (held-out splits)")
+    fig.tight_layout()
+    for ext in ("png", "svg"):
+        path = out / f"client_accuracy.{ext}"
+        fig.savefig(path, dpi=110)
+        written.append(path)
+    plt.close(fig)
+    return written
+
+
+# ---------------------------------------------------------------------------- render
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+TABLE_HEADER = [
+    "group", "n", "final acc (mean ± std)", "best acc (round)", "rounds to target", "MB to target",
+    "total MB", "wall s", "client acc mean / p10 / worst",
+]
+
+
+def table_cells(row: dict[str, Any]) -> list[str]:
+    progress = f" ({row['in_progress']} running)" if row["in_progress"] else ""
+    reached = row["reached"]
+    rtt = _fmt(row["rounds_to_target_mean"], 1) if row["rounds_to_target_mean"] is not None else f"not reached ({reached})"
+    return [
+        row["group"],
+        f"{row['n']}{progress}",
+        f"{_fmt(row['final_accuracy_mean'])} ± {_fmt(row['final_accuracy_std'])}",
+        f"{_fmt(row['best_accuracy_mean'])} ({_fmt(row['best_round_mean'], 1)})",
+        rtt,
+        _fmt(row["mb_to_target_mean"], 1),
+        _fmt(row["total_mb_mean"], 1),
+        _fmt(row["wall_seconds_mean"], 1),
+        " / ".join(_fmt(row[k]) for k in ("client_accuracy_mean", "client_accuracy_p10", "client_accuracy_worst")),
+    ]
+
+
+def header_lines(result: dict[str, Any]) -> list[tuple[str, str]]:
+    runs: list[Run] = result["runs"]
+
+    def values(key: str) -> str:
+        return ", ".join(sorted({str(r.get(key)) for r in runs}))
+
+    versions = sorted({f"fedconv {s['versions'].get('fedconv')}, flwr {s['versions'].get('flwr')}"
+                       for s in (r.summary for r in runs) if s and s.get("versions")})
+    params = sorted({str(r.summary.get("num_parameters")) for r in runs if r.summary and r.summary.get("num_parameters")})
+    return [
+        ("dataset", values("dataset.name")),
+        ("model", f"{values('model.name')} ({', '.join(params) or '?'} parameters)"),
+        ("partition", f"{values('partition.name')}" + (f", alpha {values('partition.alpha')}" if any(r.get('partition.alpha') is not None for r in runs) else "")),
+        ("clients", f"{values('simulation.num_clients')} total, fraction_train {values('server.fraction_train')}"),
+        ("rounds", values("server.rounds")),
+        ("local epochs", values("client.epochs")),
+        ("seeds", values("seed")),
+        ("grouped by", ", ".join(result["by"]) + (f"; faceted by {result['facet']}" if result["facet"] else "")),
+        ("target accuracy", f"{result['target']:.4f}"),
+        ("versions", "; ".join(versions) or "?"),
+    ]
+
+
+def render_markdown(result: dict[str, Any], images: list[Path]) -> str:
+    lines = ["# fedconv report", ""]
+    lines += [f"- **{k}**: {v}" for k, v in header_lines(result)]
+    if result["differences"]:
+        lines += ["", "> **Warning: runs also differ in keys that are not grouped on** (an unfair comparison?):"]
+        lines += [f"> - `{k}`: {', '.join(map(str, v))}" for k, v in result["differences"].items()]
+    facets = sorted({r["facet"] for r in result["rows"]}, key=str)
+    for facet_value in facets:
+        lines += [""]
+        if result["facet"]:
+            lines += [f"## {result['facet']} = {facet_value}", ""]
+        lines += ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
+        lines += ["| " + " | ".join(table_cells(r)) + " |" for r in result["rows"] if r["facet"] == facet_value]
+    lines += ["", f"Target accuracy {result['target']:.4f}; rounds/MB to target are means over seeds and shown only when every seed reached it."]
+    if result["excluded"]:
+        lines += ["", "## Excluded runs (not in the means)", ""]
+        lines += [f"- `{e['run']}`: {e['status']}" + (f" — {e['error']}" if e["error"] else "") for e in result["excluded"]]
+    lines += ["", "## Plots", ""]
+    lines += [f"![{p.stem}]({p.name})" for p in images if p.suffix == ".png"]
+    return "\n".join(lines) + "\n"
+
+
+def render_html(result: dict[str, Any], images: list[Path]) -> str:
+    esc = html.escape
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>fedconv report</title>",
+        "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+        "td:first-child,th:first-child{text-align:left}.warn{background:#fff3cd;padding:.5em 1em}"
+        "img{max-width:100%}</style></head><body><h1>fedconv report</h1><ul>",
+    ]
+    parts += [f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in header_lines(result)]
+    parts.append("</ul>")
+    if result["differences"]:
+        parts.append("<div class='warn'><b>Warning: runs also differ in keys that are not grouped on</b><ul>")
+        parts += [f"<li><code>{esc(k)}</code>: {esc(', '.join(map(str, v)))}</li>" for k, v in result["differences"].items()]
+        parts.append("</ul></div>")
+    for facet_value in sorted({r["facet"] for r in result["rows"]}, key=str):
+        if result["facet"]:
+            parts.append(f"<h2>{esc(result['facet'])} = {esc(str(facet_value))}</h2>")
+        parts.append("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in TABLE_HEADER) + "</tr>")
+        for row in result["rows"]:
+            if row["facet"] == facet_value:
+                parts.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in table_cells(row)) + "</tr>")
+        parts.append("</table>")
+    if result["excluded"]:
+        parts.append("<h2>Excluded runs (not in the means)</h2><ul>")
+        parts += [f"<li><code>{esc(e['run'])}</code>: {esc(e['status'])} {esc(e['error'] or '')}</li>" for e in result["excluded"]]
+        parts.append("</ul>")
+    parts.append("<h2>Plots</h2>")
+    for p in images:
+        if p.suffix == ".png":
+            data = base64.b64encode(p.read_bytes()).decode()
+            parts.append(f"<figure><img alt='{esc(p.stem)}' src='data:image/png;base64,{data}'><figcaption>{esc(p.stem)}</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(result: dict[str, Any], out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    images = _plot(result, out)
+    run_dir.write_atomic(out / "report.md", render_markdown(result, images))
+    run_dir.write_atomic(out / "report.html", render_html(result, images))
+    table = [{k: v for k, v in r.items()} for r in result["rows"]]
+    run_dir.write_json(out / "report.json", {"target": result["target"], "rows": table, "excluded": result["excluded"],
+                                            "differences": result["differences"]})
+    return [out / "report.md", out / "report.html", out / "report.json", *images]
+
+
+def _default_out(inputs: Sequence[str]) -> Path:
+    first = Path(inputs[0])
+    if len(inputs) == 1 and first.is_dir():
+        return first / "report"
+    return Path("results") / "reports" / __import__("time").strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fedconv.report", description=__doc__.splitlines()[0])
+    parser.add_argument("inputs", nargs="+", help="sweep dirs, run dirs or globs")
+    parser.add_argument("--by", nargs="+", default=list(DEFAULT_BY), help="config keys to group on (default: strategy.name strategy.mu)")
+    parser.add_argument("--facet", default=None, help="config key: one panel/table per value (e.g. partition.alpha)")
+    parser.add_argument("--target", type=float, default=None, help="target accuracy (default: 95%% of the best group's final accuracy)")
+    parser.add_argument("--out", type=Path, default=None, help="output dir (default: <sweep dir>/report)")
+    args = parser.parse_args(argv)
+    if args.target is not None and not 0 < args.target <= 1:
+        print(f"error: --target={args.target}: must be in (0, 1]", file=sys.stderr)
+        return 2
+    try:
+        result = compare(args.inputs, by=args.by, facet=args.facet, target=args.target)
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = args.out or _default_out(args.inputs)
+    written = write_report(result, out)
+    print(render_markdown(result, [p for p in written if p.suffix == ".png"]).split("\n## Plots")[0])
+    print(f"report: {out / 'report.html'}  ({len(written)} files in {out})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Reports: numbers checked against hand-computed values on synthetic run dirs, and a real sweep."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fedconv import run_dir
+from fedconv.report import ReportError, compare, main
+
+ROOT = Path(__file__).resolve().parent.parent
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def make_run(path: Path, *, strategy: str, seed: int, accs: list[float], mu: float | None = None, alpha: float = 0.5,
+             status: str = "completed", mb_per_round: float = 2.0, client_accs: list[float] | None = None,
+             lr: float = 0.05, summary: bool = True) -> Path:
+    path.mkdir(parents=True)
+    strat = {"name": strategy, **({"mu": mu} if mu is not None else {})}
+    cfg = {"seed": seed, "name": "t", "output_dir": str(path), "strategy": strat,
+           "dataset": {"name": "fashion_mnist"}, "model": {"name": "twoconv"},
+           "partition": {"name": "dirichlet", "alpha": alpha}, "client": {"epochs": 1, "lr": lr},
+           "server": {"rounds": len(accs), "fraction_train": 0.5}, "simulation": {"num_clients": 20}}
+    (path / run_dir.CONFIG).write_text(yaml.safe_dump(cfg))
+    for i, acc in enumerate(accs, start=1):
+        run_dir.append_row(path / run_dir.ROUNDS, run_dir.ROUND_COLUMNS, {
+            "round": i, "central_accuracy": acc, "central_loss": 1 - acc, "train_loss": 2.0 / i,
+            "bytes_total_cum": int(i * mb_per_round * 1e6), "clients_sampled": 10, "clients_ok": 10,
+        })
+    for pid, acc in enumerate(client_accs or []):
+        run_dir.append_row(path / run_dir.CLIENTS, run_dir.CLIENT_COLUMNS, {
+            "round": len(accs), "phase": "evaluate", "partition_id": pid, "num_examples": 50, "loss": 0.5, "accuracy": acc})
+    if summary:
+        run_dir.write_json(path / run_dir.SUMMARY, {"status": status, "wall_seconds": 10.0 * (seed + 1),
+                                                    "num_parameters": 38122, "versions": {"fedconv": "0.1.0", "flwr": "1.42.0"}})
+    return path
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    make_run(tmp_path / "0", strategy="fedavg", seed=0, accs=[0.5, 0.7, 0.8], client_accs=[0.6, 0.8, 0.9, 1.0])
+    make_run(tmp_path / "1", strategy="fedavg", seed=1, accs=[0.6, 0.8, 0.9], client_accs=[0.7, 0.7, 0.8, 0.9])
+    make_run(tmp_path / "2", strategy="fedprox", mu=0.1, seed=0, accs=[0.4, 0.5, 0.6], mb_per_round=3.0)
+    make_run(tmp_path / "3", strategy="fedprox", mu=0.1, seed=1, accs=[0.5, 0.6, 0.7], mb_per_round=3.0)
+    make_run(tmp_path / "4", strategy="fedprox", mu=0.1, seed=2, accs=[0.9], status="failed")
+    return tmp_path
+
+
+def rows_by_group(result: dict) -> dict[str, dict]:
+    return {r["group"]: r for r in result["rows"]}
+
+
+def test_table_numbers_equal_hand_computed_values(sweep: Path) -> None:
+    result = compare([sweep], target=0.75)
+    rows = rows_by_group(result)
+    assert set(rows) == {"fedavg", "fedprox mu=0.1"}
+    avg = rows["fedavg"]
+    assert avg["n"] == 2 and avg["seeds"] == [0, 1]
+    assert avg["final_accuracy_mean"] == pytest.approx(0.85)
+    assert avg["final_accuracy_std"] == pytest.approx(statistics.stdev([0.8, 0.9]))
+    assert avg["best_accuracy_mean"] == pytest.approx(0.85) and avg["best_round_mean"] == pytest.approx(3.0)
+    # seed 0 reaches 0.75 at round 3 (6 MB), seed 1 at round 2 (4 MB)
+    assert avg["rounds_to_target_mean"] == pytest.approx(2.5) and avg["mb_to_target_mean"] == pytest.approx(5.0)
+    assert avg["total_mb_mean"] == pytest.approx(6.0) and avg["wall_seconds_mean"] == pytest.approx(15.0)
+    assert avg["client_accuracy_mean"] == pytest.approx((0.825 + 0.775) / 2)
+    assert avg["client_accuracy_worst"] == pytest.approx((0.6 + 0.7) / 2)
+    assert avg["client_accuracy_p10"] == pytest.approx((0.66 + 0.7) / 2)
+    prox = rows["fedprox mu=0.1"]
+    assert prox["n"] == 2 and prox["final_accuracy_mean"] == pytest.approx(0.65)
+    assert prox["rounds_to_target_mean"] is None and prox["reached"] == "0/2"
+    assert prox["total_mb_mean"] == pytest.approx(9.0)
+
+
+def test_failed_runs_are_excluded_and_listed(sweep: Path) -> None:
+    result = compare([sweep])
+    assert [e["status"] for e in result["excluded"]] == ["failed"]
+    assert str(sweep / "4") in result["excluded"][0]["run"]
+    assert rows_by_group(result)["fedprox mu=0.1"]["n"] == 2
+
+
+def test_default_target_is_95_percent_of_the_best_group(sweep: Path) -> None:
+    assert compare([sweep])["target"] == pytest.approx(0.95 * 0.85)
+
+
+def test_facets_split_rows(tmp_path: Path) -> None:
+    for i, (strategy, alpha) in enumerate([("fedavg", 0.1), ("fedavg", 1.0), ("fedprox", 0.1), ("fedprox", 1.0)]):
+        make_run(tmp_path / str(i), strategy=strategy, mu=0.01 if strategy == "fedprox" else None,
+                 seed=0, accs=[0.5, 0.6], alpha=alpha)
+    result = compare([tmp_path], facet="partition.alpha")
+    assert len(result["rows"]) == 4
+    assert {(r["facet"], r["group"]) for r in result["rows"]} == {
+        ("0.1", "fedavg"), ("1.0", "fedavg"), ("0.1", "fedprox mu=0.01"), ("1.0", "fedprox mu=0.01")}
+    assert result["differences"] == {}
+    assert "partition.alpha" in compare([tmp_path])["differences"]
+
+
+def test_uncontrolled_differences_are_warned(tmp_path: Path) -> None:
+    make_run(tmp_path / "a", strategy="fedavg", seed=0, accs=[0.5], lr=0.05)
+    make_run(tmp_path / "b", strategy="fedprox", mu=0.1, seed=0, accs=[0.5], lr=0.01)
+    result = compare([tmp_path])
+    assert result["differences"] == {"client.lr": [0.01, 0.05]}
+    out = tmp_path / "report"
+    assert main([str(tmp_path), "--out", str(out)]) == 0
+    assert "client.lr" in (out / "report.md").read_text()
+
+
+def test_runs_in_progress_are_reported_up_to_their_last_round(tmp_path: Path) -> None:
+    make_run(tmp_path / "a", strategy="fedavg", seed=0, accs=[0.5, 0.6, 0.7])
+    make_run(tmp_path / "b", strategy="fedavg", seed=1, accs=[0.4, 0.65], summary=False)
+    row = compare([tmp_path])["rows"][0]
+    assert row["n"] == 2 and row["in_progress"] == 1
+    assert row["final_accuracy_mean"] == pytest.approx((0.7 + 0.65) / 2)
+
+
+def test_no_runs_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ReportError, match="no run directories"):
+        compare([tmp_path])
+    assert main([str(tmp_path / "nothing-here")]) == 2
+    assert "no run directories" in capsys.readouterr().err
+
+
+def test_report_files_are_written(sweep: Path) -> None:
+    out = sweep / "out"
+    assert main([str(sweep), "--out", str(out), "--target", "0.75"]) == 0
+    md = (out / "report.md").read_text()
+    assert "| fedavg | 2 | 0.8500 ± 0.0707 |" in md and "Excluded runs" in md
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4 and "<table>" in html and "http" not in html.split("<body>")[1]
+    for name in ("accuracy_vs_round", "accuracy_vs_mb", "train_loss_vs_round", "client_accuracy"):
+        assert (out / f"{name}.png").read_bytes()[:8] == PNG
+        assert (out / f"{name}.svg").read_text().lstrip().startswith("<?xml")
+
+
+@pytest.mark.slow
+def test_report_on_a_real_tiny_sweep(tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedconv.simulate", "-m", "dataset=digits", "simulation.num_clients=4",
+         "server.fraction_train=1.0", "server.rounds=2", "strategy=fedavg,fedprox", "seed=0,1",
+         f"hydra.sweep.dir={sweep_dir}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = subprocess.run([sys.executable, "-m", "fedconv.report", str(sweep_dir)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-2000:]
+    out = sweep_dir / "report"
+    data = json.loads((out / "report.json").read_text())
+    rows = {r["group"]: r for r in data["rows"]}
+    assert set(rows) == {"fedavg", "fedprox mu=0.01"} and all(r["n"] == 2 for r in rows.values())
+    for row in rows.values():
+        finals = [json.loads((Path(p) / "summary.json").read_text())["final_central_accuracy"] for p in row["runs"]]
+        assert row["final_accuracy_mean"] == pytest.approx(statistics.fmean(finals))
+    html = (out / "report.html").read_text()
+    assert "<table>" in html and html.count("data:image/png;base64,") == 4
+    assert (out / "accuracy_vs_round.png").read_bytes()[:8] == PNG
