@@ -202,8 +202,8 @@ def lr_for_round(server_cfg: Mapping[str, Any], base_lr: float, server_round: in
     kind = server_cfg["lr_schedule"]
     if kind == "step":
         return base_lr * float(server_cfg["lr_gamma"]) ** ((server_round - 1) // int(server_cfg["lr_step_size"]))
-    if kind == "cosine":
-        total = max(int(server_cfg["rounds"]) - 1, 1)
+    if kind == "cosine":  # half a cosine over the run; the last round still learns a little
+        total = int(server_cfg["rounds"])
         lr_min = float(server_cfg["lr_min"])
         return lr_min + 0.5 * (base_lr - lr_min) * (1 + math.cos(math.pi * (server_round - 1) / total))
     return base_lr

@@ -150,7 +150,7 @@ def test_he_normal_init_and_zero_biases() -> None:
     fc = model.classifier[0]
     std = float(fc.weight.detach().std())
     assert abs(std - (2.0 / fc.in_features) ** 0.5) / (2.0 / fc.in_features) ** 0.5 < 0.05
-    assert all(float(m.bias.abs().sum()) == 0.0 for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    assert all(float(m.bias.detach().abs().sum()) == 0.0 for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
 
 
 def test_cli_prints_every_variant(capsys: pytest.CaptureFixture[str]) -> None:

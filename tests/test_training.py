@@ -82,13 +82,14 @@ def test_both_optimizers_reduce_the_loss(optimizer: str) -> None:
 
 def test_lr_schedules() -> None:
     server = compose([])["server"]
-    assert lr_for_round(server, 0.1, 7) == 0.1
+    assert lr_for_round({**server, "lr_schedule": "constant"}, 0.1, 7) == 0.1
     step = {**server, "lr_schedule": "step", "lr_step_size": 5, "lr_gamma": 0.5}
     assert [lr_for_round(step, 0.1, r) for r in (1, 5, 6, 11)] == pytest.approx([0.1, 0.1, 0.05, 0.025])
-    cos = {**server, "lr_schedule": "cosine", "rounds": 11, "lr_min": 0.0}
+    cos = {**server, "lr_schedule": "cosine", "rounds": 10, "lr_min": 0.0}
     assert lr_for_round(cos, 0.1, 1) == pytest.approx(0.1)
     assert lr_for_round(cos, 0.1, 6) == pytest.approx(0.05)
-    assert lr_for_round(cos, 0.1, 11) == pytest.approx(0.0, abs=1e-12)
+    assert lr_for_round(cos, 0.1, 10) == pytest.approx(0.05 * (1 + math.cos(0.9 * math.pi)))
+    assert lr_for_round(cos, 0.1, 10) > 0
 
 
 def test_classification_report_matches_hand_counts() -> None:
