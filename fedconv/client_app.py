@@ -40,16 +40,21 @@ def query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"partition": record}), reply_to=msg)
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
+def _prepare(msg: Message, context: Context) -> tuple[dict, int, task.ImageDataset, task.Partitions, torch.nn.Module]:
+    """Config, partition id, cached data and partitions, and the model holding the global weights."""
     cfg = from_run_config(context.run_config)
     _set_threads(cfg)
-    pid = _partition_id(context)
     ds = task.dataset(cfg)
     parts = task.partitions(cfg, int(context.node_config["num-partitions"]))
-    idx = parts.train[pid]
     model = task.reusable_model(cfg, ds)
     task.load_global(model, msg.content["arrays"].to_torch_state_dict())
+    return cfg, _partition_id(context), ds, parts, model
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    cfg, pid, ds, parts, model = _prepare(msg, context)
+    idx = parts.train[pid]
     config = msg.content["config"]
     server_round = int(config["server-round"])
     client_seed = int(np.random.default_rng([int(cfg["seed"]), server_round, pid]).integers(2**31))
@@ -78,14 +83,8 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    cfg = from_run_config(context.run_config)
-    _set_threads(cfg)
-    pid = _partition_id(context)
-    ds = task.dataset(cfg)
-    parts = task.partitions(cfg, int(context.node_config["num-partitions"]))
+    cfg, pid, ds, parts, model = _prepare(msg, context)
     idx = parts.test[pid]
-    model = task.reusable_model(cfg, ds)
-    task.load_global(model, msg.content["arrays"].to_torch_state_dict())
     result = evaluate_model(model, ds.train_x[idx], ds.train_y[idx], task.normalizer(cfg, ds, train=False))
     metrics = MetricRecord(
         {"eval_loss": result.loss, "eval_accuracy": result.accuracy, "num-examples": result.num_examples}

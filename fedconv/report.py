@@ -269,19 +269,18 @@ def _plot(result: dict[str, Any], out: Path) -> list[Path]:
     facet_key = result["facet"]
     written: list[Path] = []
 
-    def figure(name: str, draw, ylabel: str, xlabel: str) -> None:
+    def figure(name: str, draw_panel, ylabel: str, xlabel: str, legend: bool = True) -> None:
+        """One panel per facet value; ``draw_panel(ax, facet_value)`` fills a panel."""
         fig, axes = plt.subplots(1, len(facets), figsize=(5.2 * len(facets), 4), squeeze=False, sharey=True)
         for ax, facet_value in zip(axes[0], facets):
-            for label in labels:
-                members = groups.get((facet_value, label))
-                if members:
-                    draw(ax, members, label, colors[label])
+            draw_panel(ax, facet_value)
             ax.set_xlabel(xlabel)
             ax.grid(alpha=0.3)
             if facet_key:
                 ax.set_title(f"{facet_key} = {facet_value}")
         axes[0][0].set_ylabel(ylabel)
-        axes[0][-1].legend(fontsize=8)
+        if legend:
+            axes[0][-1].legend(fontsize=8)
         fig.tight_layout()
         for ext in ("png", "svg"):
             path = out / f"{name}.{ext}"
@@ -289,53 +288,46 @@ def _plot(result: dict[str, Any], out: Path) -> list[Path]:
             written.append(path)
         plt.close(fig)
 
-    def mean_band(ax, members: list[Run], label: str, color, column: str, x_column: str | None = None) -> None:
-        series = [m.series(column) for m in members]
-        series = [s for s in series if s]
-        if not series:
-            return
-        length = min(len(s) for s in series)
-        ys = np.array([[v for _, v in s[:length]] for s in series])
-        if x_column:
-            xs_all = [{int(r["round"]): r[x_column] for r in m.rounds} for m in members]
-            xs = np.array([[xa.get(rnd, np.nan) for rnd, _ in s[:length]] for xa, s in zip(xs_all, series)]).mean(0) / 1e6
-        else:
-            xs = np.array([rnd for rnd, _ in series[0][:length]])
-        mean, std = ys.mean(0), ys.std(0)
-        ax.plot(xs, mean, color=color, label=f"{label} (n={len(series)})")
-        if len(series) > 1:
-            ax.fill_between(xs, mean - std, mean + std, color=color, alpha=0.2)
+    def mean_band(column: str, x_column: str | None = None):
+        """Panel drawer: per group, the mean over seeds with a +-1 std band."""
 
-    figure("accuracy_vs_round", lambda ax, m, l, c: mean_band(ax, m, l, c, "central_accuracy"),
-           "central test accuracy", "round")
-    figure("accuracy_vs_mb", lambda ax, m, l, c: mean_band(ax, m, l, c, "central_accuracy", "bytes_total_cum"),
-           "central test accuracy", "cumulative communication (MB)")
-    figure("train_loss_vs_round", lambda ax, m, l, c: mean_band(ax, m, l, c, "train_loss"),
-           "training loss (clients' mean)", "round")
+        def draw(ax, facet_value: str) -> None:
+            for label in labels:
+                series = [m.series(column) for m in groups.get((facet_value, label), [])]
+                series = [s for s in series if s]
+                if not series:
+                    continue
+                members = groups[(facet_value, label)]
+                length = min(len(s) for s in series)
+                ys = np.array([[v for _, v in s[:length]] for s in series])
+                if x_column:
+                    xs_all = [{int(r["round"]): r[x_column] for r in m.rounds} for m in members]
+                    xs = np.array([[xa.get(rnd, np.nan) for rnd, _ in s[:length]] for xa, s in zip(xs_all, series)]).mean(0) / 1e6
+                else:
+                    xs = np.array([rnd for rnd, _ in series[0][:length]])
+                mean, std = ys.mean(0), ys.std(0)
+                ax.plot(xs, mean, color=colors[label], label=f"{label} (n={len(series)})")
+                if len(series) > 1:
+                    ax.fill_between(xs, mean - std, mean + std, color=colors[label], alpha=0.2)
 
-    fig, axes = plt.subplots(1, len(facets), figsize=(5.2 * len(facets), 4), squeeze=False, sharey=True)
-    for ax, facet_value in zip(axes[0], facets):
+        return draw
+
+    def client_boxes(ax, facet_value: str) -> None:
         data, names = [], []
         for label in labels:
-            members = groups.get((facet_value, label), [])
-            accs = [a for m in members for a in m.final_client_accuracies()]
+            accs = [a for m in groups.get((facet_value, label), []) for a in m.final_client_accuracies()]
             if accs:
                 data.append(accs)
                 names.append(label)
         if data:
             ax.boxplot(data, tick_labels=names)
-        ax.set_xlabel("group")
         ax.tick_params(axis="x", rotation=20)
-        ax.grid(alpha=0.3, axis="y")
-        if facet_key:
-            ax.set_title(f"{facet_key} = {facet_value}")
-    axes[0][0].set_ylabel("final per-client accuracy (held-out splits)")
-    fig.tight_layout()
-    for ext in ("png", "svg"):
-        path = out / f"client_accuracy.{ext}"
-        fig.savefig(path, dpi=110)
-        written.append(path)
-    plt.close(fig)
+
+    figure("accuracy_vs_round", mean_band("central_accuracy"), "central test accuracy", "round")
+    figure("accuracy_vs_mb", mean_band("central_accuracy", "bytes_total_cum"), "central test accuracy",
+           "cumulative communication (MB)")
+    figure("train_loss_vs_round", mean_band("train_loss"), "training loss (clients' mean)", "round")
+    figure("client_accuracy", client_boxes, "final per-client accuracy (held-out splits)", "group", legend=False)
     return written
 
 

@@ -101,6 +101,23 @@ class LedgerMixin:
     def _pid(self, message: Message) -> int:
         return self.node_to_pid.get(message.metadata.src_node_id, -1)
 
+    def _record_clients(self, server_round: int, phase: str, replies: list[Message]) -> None:
+        """Per-client rows for client_metrics.csv (phase: train or evaluate)."""
+        prefix = "train" if phase == "train" else "eval"
+        assert self.current is not None
+        for m in replies:
+            metrics = next(iter(m.content.metric_records.values()))
+            self.current.client_rows.append(
+                {
+                    "round": server_round,
+                    "phase": phase,
+                    "partition_id": self._pid(m),
+                    "num_examples": int(metrics["num-examples"]),
+                    "loss": float(metrics[f"{prefix}_loss"]),
+                    "accuracy": float(metrics[f"{prefix}_accuracy"]),
+                }
+            )
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
@@ -126,18 +143,7 @@ class LedgerMixin:
         record.clients_failed = record.clients_sampled - len(ok)
         record.bytes_up = sum(message_array_bytes(m) for m in replies)
         record.failures += [f"partition {self._pid(m)}: {m.error.reason}" for m in replies if m.has_error()]
-        for m in ok:
-            metrics = next(iter(m.content.metric_records.values()))
-            record.client_rows.append(
-                {
-                    "round": server_round,
-                    "phase": "train",
-                    "partition_id": self._pid(m),
-                    "num_examples": int(metrics["num-examples"]),
-                    "loss": float(metrics["train_loss"]),
-                    "accuracy": float(metrics["train_accuracy"]),
-                }
-            )
+        self._record_clients(server_round, "train", ok)
         arrays, metrics = super().aggregate_train(server_round, replies)  # type: ignore[misc]
         if metrics is not None:
             record.train_loss = float(metrics["train_loss"])
@@ -162,18 +168,7 @@ class LedgerMixin:
         replies = sorted(replies, key=self._pid)
         ok = [m for m in replies if not m.has_error()]
         record.eval_clients_ok = len(ok)
-        for m in ok:
-            metrics = next(iter(m.content.metric_records.values()))
-            record.client_rows.append(
-                {
-                    "round": server_round,
-                    "phase": "evaluate",
-                    "partition_id": self._pid(m),
-                    "num_examples": int(metrics["num-examples"]),
-                    "loss": float(metrics["eval_loss"]),
-                    "accuracy": float(metrics["eval_accuracy"]),
-                }
-            )
+        self._record_clients(server_round, "evaluate", ok)
         metrics = super().aggregate_evaluate(server_round, replies)  # type: ignore[misc]
         if metrics is not None:
             record.fed_loss = float(metrics["eval_loss"])

@@ -18,6 +18,8 @@ from torch import nn
 from fedconv.datasets import ImageDataset, load_dataset
 from fedconv.models import build_model, transmitted_state
 from fedconv.partitioning import Partitions, make_partitions
+
+__all__ = ["ImageDataset", "Partitions", "dataset", "partitions", "reusable_model", "initial_model", "normalizer", "load_global"]
 from fedconv.training import Normalizer
 
 
