@@ -55,6 +55,11 @@ def _prepare(msg: Message, context: Context) -> tuple[dict, int, task.ImageDatas
 def train(msg: Message, context: Context) -> Message:
     cfg, pid, ds, parts, model = _prepare(msg, context)
     idx = parts.train[pid]
+    if len(idx) == 0:
+        raise ValueError(f"partition {pid} has no training data (partition.allow_empty=true)")
+    if cfg["client"].get("noop"):  # framework-overhead benchmark: no local work at all
+        metrics = MetricRecord({"train_loss": float("nan"), "train_accuracy": float("nan"), "num-examples": len(idx)})
+        return Message(RecordDict({"arrays": msg.content["arrays"], "metrics": metrics}), reply_to=msg)
     config = msg.content["config"]
     server_round = int(config["server-round"])
     client_seed = int(np.random.default_rng([int(cfg["seed"]), server_round, pid]).integers(2**31))

@@ -134,10 +134,11 @@ def make_partitions(labels: np.ndarray, cfg: Mapping[str, Any], num_clients: int
         except ValueError as exc:
             raise PartitionError(_explain(cfg, num_clients, exc)) from exc
     empty = [cid for cid, p in enumerate(parts) if len(p) == 0]
-    if empty:
+    if empty and not cfg.get("allow_empty", False):
         raise PartitionError(
             f"partition.name={cfg['name']}: {len(empty)} of {num_clients} clients got no data "
-            f"(first: client {empty[0]}); use fewer clients or a less extreme setting"
+            f"(first: client {empty[0]}); use fewer clients, a less extreme setting, or "
+            "partition.allow_empty=true (an empty client then fails every round it is sampled)"
         )
     fraction = float(cfg.get("test_fraction", 0.0))
     splits = [split_held_out(p, fraction, seed, cid) for cid, p in enumerate(parts)]
