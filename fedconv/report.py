@@ -373,7 +373,7 @@ def header_lines(result: dict[str, Any]) -> list[tuple[str, str]]:
 
     versions = sorted({f"fedconv {s['versions'].get('fedconv')}, flwr {s['versions'].get('flwr')}"
                        for s in (r.summary for r in runs) if s and s.get("versions")})
-    params = sorted({str(r.summary.get("num_parameters")) for r in runs if r.summary and r.summary.get("num_parameters")})
+    params = sorted({f"{int(r.summary['num_parameters']):,}" for r in runs if r.summary and r.summary.get("num_parameters")})
     return [
         ("dataset", values("dataset.name")),
         ("model", f"{values('model.name')} ({', '.join(params) or '?'} parameters)"),

@@ -134,3 +134,12 @@ def test_statistics_command_writes_json_and_heatmap(tmp_path: Path, capsys: pyte
         assert record["num_clients"] == 10 and len(record["clients"]) == 10
         assert sum(sum(c["label_histogram"]) for c in record["clients"]) == 1438
         assert (run / "heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_allow_empty_keeps_clients_without_data() -> None:
+    cfg = pcfg("dirichlet", alpha=0.01, min_partition_size=0)
+    with pytest.raises(PartitionError, match="allow_empty"):
+        make_partitions(LABELS, cfg, 200, seed=0)
+    parts = make_partitions(LABELS, {**cfg, "allow_empty": True}, 200, seed=0)
+    sizes = [len(parts.client_indices(c)) for c in range(200)]
+    assert 0 in sizes and sum(sizes) == len(LABELS)
