@@ -15,6 +15,7 @@ import json
 import math
 import statistics
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -461,7 +462,7 @@ def _default_out(inputs: Sequence[str]) -> Path:
     first = Path(inputs[0])
     if len(inputs) == 1 and first.is_dir():
         return first / "report"
-    return Path("results") / "reports" / __import__("time").strftime("%Y-%m-%d_%H-%M-%S")
+    return Path("results") / "reports" / time.strftime("%Y-%m-%d_%H-%M-%S")
 
 
 def main(argv: list[str] | None = None) -> int:

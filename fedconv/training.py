@@ -158,10 +158,12 @@ def evaluate(
     total_loss = 0.0
     preds = np.empty(n, dtype=np.int64)
     top5_hits = 0
+    num_classes = 0
     for start in range(0, n, batch_size):
         x = normalizer(images[start : start + batch_size]).contiguous(memory_format=torch.channels_last)
         y = labels_t[start : start + batch_size]
         logits = model(x)
+        num_classes = logits.shape[1]
         total_loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
         preds[start : start + len(y)] = logits.argmax(1).numpy()
         if logits.shape[1] > 5:
@@ -169,13 +171,8 @@ def evaluate(
     if n == 0:
         return EvalResult(loss=math.nan, accuracy=math.nan, num_examples=0, predictions=preds)
     accuracy = float((preds == labels_t.numpy()).mean())
-    top5 = top5_hits / n if model_classes(model) > 5 else None
+    top5 = top5_hits / n if num_classes > 5 else None
     return EvalResult(loss=total_loss / n, accuracy=accuracy, num_examples=n, predictions=preds, top5=top5)
-
-
-def model_classes(model: nn.Module) -> int:
-    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
-    return int(last.out_features)
 
 
 def classification_report(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> dict[str, Any]:
