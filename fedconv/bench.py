@@ -86,25 +86,19 @@ def _limit_init(cfg: dict[str, Any]) -> None:
     torch.set_num_threads(1)
     ds = task.dataset(cfg)
     _WORKER.update(cfg=cfg, ds=ds, parts=task.partitions(cfg, int(cfg["simulation"]["num_clients"])),
-                   model=task.reusable_model(cfg, ds), norm=task.normalizer(cfg, ds, train=True))
+                   model=task.reusable_model(cfg, ds))
 
 
 def _limit_train(job: tuple[dict[str, Any], int, int, float]) -> tuple[dict[str, Any], int]:
-    import numpy as np
     import torch
 
     from fedconv import task
     from fedconv.models import transmitted_state
-    from fedconv.training import train_local
 
     state, pid, server_round, lr = job
     cfg, ds, model = _WORKER["cfg"], _WORKER["ds"], _WORKER["model"]
     task.load_global(model, {k: torch.from_numpy(v) for k, v in state.items()})
-    idx = _WORKER["parts"].train[pid]
-    seed = int(np.random.default_rng([int(cfg["seed"]), server_round, pid]).integers(2**31))
-    torch.manual_seed(seed)
-    res = train_local(model, ds.train_x[idx], ds.train_y[idx], _WORKER["norm"], cfg["client"], lr=lr,
-                      epochs=int(cfg["client"]["epochs"]), seed=seed)
+    res = task.train_partition(cfg, ds, model, _WORKER["parts"].train[pid], server_round=server_round, pid=pid, lr=lr)
     return {k: v.detach().numpy().copy() for k, v in transmitted_state(model).items()}, res.num_examples
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -18,7 +17,6 @@ from fedconv import task
 from fedconv.config import from_run_config
 from fedconv.models import transmitted_state
 from fedconv.training import evaluate as evaluate_model
-from fedconv.training import train_local
 
 app = ClientApp()
 
@@ -61,19 +59,12 @@ def train(msg: Message, context: Context) -> Message:
         metrics = MetricRecord({"train_loss": float("nan"), "train_accuracy": float("nan"), "num-examples": len(idx)})
         return Message(RecordDict({"arrays": msg.content["arrays"], "metrics": metrics}), reply_to=msg)
     config = msg.content["config"]
-    server_round = int(config["server-round"])
-    client_seed = int(np.random.default_rng([int(cfg["seed"]), server_round, pid]).integers(2**31))
-    torch.manual_seed(client_seed)  # dropout masks
-    result = train_local(
-        model,
-        ds.train_x[idx],
-        ds.train_y[idx],
-        task.normalizer(cfg, ds, train=True),
-        cfg["client"],
+    result = task.train_partition(
+        cfg, ds, model, idx,
+        server_round=int(config["server-round"]),
+        pid=pid,
         lr=float(config["lr"]),
-        epochs=int(cfg["client"]["epochs"]),
         proximal_mu=float(config.get("proximal-mu", 0.0)),
-        seed=client_seed,
     )
     metrics = MetricRecord(
         {

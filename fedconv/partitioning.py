@@ -8,7 +8,6 @@ mapping. ``python -m fedconv.partitioning`` prints and saves partition statistic
 from __future__ import annotations
 
 import json
-import math
 import sys
 import warnings
 from collections.abc import Mapping

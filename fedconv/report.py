@@ -12,7 +12,6 @@ import base64
 import glob
 import html
 import json
-import math
 import statistics
 import sys
 import time
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from fedconv import run_dir
@@ -173,13 +173,6 @@ def _final_accuracy(run: Run) -> float | None:
     return series[-1][1] if series else None
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100.0
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
 def _group(runs: Sequence[Run], by: Sequence[str], facet: str | None) -> dict[tuple[str, str], list[Run]]:
     groups: dict[tuple[str, str], list[Run]] = {}
     for run in runs:
@@ -236,7 +229,7 @@ def compare(
                 "total_mb_mean": _mean_std([t / 1e6 for t in totals])[0],
                 "wall_seconds_mean": _mean_std(walls)[0],
                 "client_accuracy_mean": _mean_std([statistics.fmean(c) for c in clients])[0],
-                "client_accuracy_p10": _mean_std([_percentile(c, 10) for c in clients])[0],
+                "client_accuracy_p10": _mean_std([float(np.percentile(c, 10)) for c in clients])[0],
                 "client_accuracy_worst": _mean_std([min(c) for c in clients])[0],
                 "runs": [str(m.path) for m in members],
             }
@@ -261,7 +254,6 @@ def _plot(result: dict[str, Any], out: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     groups: dict[tuple[str, str], list[Run]] = result["groups"]
     facets = sorted({f for f, _ in groups})

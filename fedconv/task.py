@@ -19,8 +19,8 @@ from fedconv.datasets import ImageDataset, load_dataset
 from fedconv.models import build_model, transmitted_state
 from fedconv.partitioning import Partitions, make_partitions
 
-__all__ = ["ImageDataset", "Partitions", "dataset", "partitions", "reusable_model", "initial_model", "normalizer", "load_global"]
-from fedconv.training import Normalizer
+__all__ = ["ImageDataset", "Partitions", "dataset", "partitions", "reusable_model", "initial_model", "normalizer", "load_global", "train_partition"]
+from fedconv.training import Normalizer, TrainResult, train_local
 
 
 def _key(cfg: Mapping[str, Any]) -> str:
@@ -74,3 +74,17 @@ def load_global(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
         missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
         raise ValueError(f"global weights do not match the model: missing {missing}, unexpected {extra}")
     model.load_state_dict(dict(state), strict=False)
+
+
+def train_partition(
+    cfg: Mapping[str, Any], ds: ImageDataset, model: nn.Module, idx: np.ndarray,
+    *, server_round: int, pid: int, lr: float, proximal_mu: float = 0.0,
+) -> TrainResult:
+    """One client's local round, seeded from (seed, round, partition id) so any process
+    that replays it (a Ray worker, the benchmark's plain-PyTorch limit) gets the same result."""
+    seed = int(np.random.default_rng([int(cfg["seed"]), server_round, pid]).integers(2**31))
+    torch.manual_seed(seed)  # dropout masks
+    return train_local(
+        model, ds.train_x[idx], ds.train_y[idx], normalizer(cfg, ds, train=True), cfg["client"],
+        lr=lr, epochs=int(cfg["client"]["epochs"]), proximal_mu=proximal_mu, seed=seed,
+    )
