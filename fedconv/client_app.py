@@ -8,12 +8,13 @@ Flower's simulation runtime and on a real SuperNode.
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedconv import task
+from fedconv import faults, task
 from fedconv.config import from_run_config
 from fedconv.models import transmitted_state
 from fedconv.training import evaluate as evaluate_model
@@ -49,32 +50,51 @@ def _prepare(msg: Message, context: Context) -> tuple[dict, int, task.ImageDatas
     return cfg, _partition_id(context), ds, parts, model
 
 
+def _inject_delay_or_crash(cfg: dict, pid: int, server_round: int) -> None:
+    """``conf/faults``: slow clients sleep, crashing clients raise (as a real crash would)."""
+    flt = cfg.get("faults", {})
+    if pid in faults.partition_ids(flt.get("slow_partitions", "")):
+        time.sleep(float(flt.get("slow_seconds", 0.0)))
+    p = float(flt.get("dropout", 0.0))
+    if faults.crashes(int(cfg["seed"]), server_round, pid, p):
+        raise faults.InjectedCrash(f"injected crash of partition {pid} in round {server_round} (faults.dropout={p})")
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     cfg, pid, ds, parts, model = _prepare(msg, context)
     idx = parts.train[pid]
     if len(idx) == 0:
         raise ValueError(f"partition {pid} has no training data (partition.allow_empty=true)")
-    if cfg["client"].get("noop"):  # framework-overhead benchmark: no local work at all
-        metrics = MetricRecord({"train_loss": float("nan"), "train_accuracy": float("nan"), "num-examples": len(idx)})
-        return Message(RecordDict({"arrays": msg.content["arrays"], "metrics": metrics}), reply_to=msg)
     config = msg.content["config"]
+    _inject_delay_or_crash(cfg, pid, int(config["server-round"]))
+    if cfg["client"].get("noop"):  # framework-overhead benchmark: no local work at all
+        metrics = MetricRecord({"train_loss": float("nan"), "train_accuracy": float("nan"), "num-examples": len(idx), "steps": 0})
+        return Message(RecordDict({"arrays": msg.content["arrays"], "metrics": metrics}), reply_to=msg)
     result = task.train_partition(
         cfg, ds, model, idx,
         server_round=int(config["server-round"]),
         pid=pid,
         lr=float(config["lr"]),
         proximal_mu=float(config.get("proximal-mu", 0.0)),
+        epochs=int(config["local-epochs"]) if "local-epochs" in config else None,
+        step_fraction=float(config.get("step-fraction", 1.0)),
     )
+    state = transmitted_state(model)
+    num_examples = result.num_examples
+    flt = cfg.get("faults", {})
+    if pid in faults.partition_ids(flt.get("corrupt_partitions", "")):
+        state = faults.corrupt_state(state, str(flt["corrupt_mode"]))
+        num_examples = faults.corrupt_num_examples(num_examples, str(flt["corrupt_mode"]))
     metrics = MetricRecord(
         {
             "train_loss": result.loss,
             "train_accuracy": result.accuracy,
-            "num-examples": result.num_examples,
+            "num-examples": num_examples,
+            "steps": result.steps,
         }
     )
-    arrays = ArrayRecord(transmitted_state(model))
-    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+    return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), reply_to=msg)
 
 
 @app.evaluate()

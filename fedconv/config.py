@@ -22,8 +22,32 @@ OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "step", "cosine")
 CLASS_ASSIGNMENTS = ("random", "deterministic", "first-deterministic")
 SIZE_DISTRIBUTIONS = ("power_law", "dirichlet")
+STRAGGLER_POLICIES = ("drop", "aggregate")
+CORRUPT_MODES = ("nan", "inf", "shape", "dtype", "names", "num_examples")
 
 Scalar = bool | int | float | str
+
+
+def job_dirname(override_dirname: str) -> str:
+    """A sweep job's folder: its overrides (Hydra's ``override_dirname``), or a hash of them
+    when that is too long for a file name (sweep.json lists each job's overrides), so the
+    same command always finds the same folders."""
+    import hashlib
+
+    if not override_dirname:
+        return "defaults"
+    if len(override_dirname) <= 100:
+        return override_dirname
+    digest = hashlib.sha1(override_dirname.encode()).hexdigest()[:10]
+    return f"job-{digest}"
+
+
+def register_resolvers() -> None:
+    """``${fedconv_job_dir:...}`` for ``hydra.sweep.subdir`` (must exist before Hydra composes)."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("fedconv_job_dir"):
+        OmegaConf.register_new_resolver("fedconv_job_dir", job_dirname)
 
 
 class ConfigError(ValueError):
@@ -37,6 +61,7 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
+    register_resolvers()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
@@ -74,6 +99,36 @@ def from_run_config(flat: Mapping[str, Any]) -> dict[str, Any]:
             node = node.setdefault(part, {})
         node[leaf] = value
     return nested
+
+
+def unknown_keys(cfg: Mapping[str, Any], choices: Mapping[str, Any]) -> list[str]:
+    """Keys that no config file declares (``+client.foo=1`` slips past Hydra's struct check).
+
+    The reference is the same composition without the user's value overrides: the chosen
+    group options only (``choices`` is Hydra's ``runtime.choices``).
+    """
+    groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
+    overrides = [
+        f"{group}={option}" if group in cfg else f"+{group}={option}"
+        for group, option in choices.items()
+        if group in groups and option is not None
+    ]
+    reference = compose(overrides)
+    problems: list[str] = []
+
+    def walk(node: Mapping[str, Any], ref: Mapping[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            path = f"{prefix}{key}"
+            if key not in ref:
+                known = ", ".join(sorted(str(k) for k in ref))
+                problems.append(f"{path}={value!r}: unknown key; known keys{' in ' + prefix[:-1] if prefix else ''}: {known}")
+            elif isinstance(ref[key], Mapping) and not isinstance(value, Mapping):
+                problems.append(f"{path}={value!r}: must be a group of keys ({', '.join(sorted(ref[key]))})")
+            elif isinstance(value, Mapping) and isinstance(ref[key], Mapping):
+                walk(value, ref[key], f"{path}.")
+
+    walk(cfg, reference, "")
+    return problems
 
 
 def clients_per_round(num_clients: int, fraction: float, minimum: int) -> int:
@@ -121,6 +176,23 @@ def _problems(cfg: Mapping[str, Any]) -> list[str]:
     def one_of(path: str, allowed: tuple[str, ...]) -> None:
         need(path, get(path) in allowed, f"one of {', '.join(allowed)}")
 
+    def boolean(path: str) -> None:
+        if get(path) is not None:
+            need(path, isinstance(get(path), bool), "true or false")
+
+    def id_list(path: str) -> None:
+        from fedconv.faults import partition_ids
+
+        try:
+            ids = partition_ids(get(path))
+        except ValueError:
+            out.append(f"{path}={get(path)!r}: must be comma-separated partition ids, e.g. \"0,3\"")
+            return
+        n = get("simulation.num_clients")
+        bad = sorted(i for i in ids if i < 0 or (isinstance(n, int) and i >= n))
+        if bad:
+            out.append(f"{path}={get(path)!r}: partition ids must be in [0, simulation.num_clients={n}), got {bad}")
+
     inf = math.inf
     one_of("dataset.name", DATASETS)
     one_of("model.name", MODEL_NAMES)
@@ -157,6 +229,18 @@ def _problems(cfg: Mapping[str, Any]) -> list[str]:
 
     if get("strategy.name") == "fedprox":
         in_range("strategy.mu", 0, inf, False, True)
+    if get("strategy.stragglers") is not None:
+        one_of("strategy.stragglers", STRAGGLER_POLICIES)
+    for key in ("verbose", "dataset.augment", "dataset.download", "model.batch_norm", "client.noop",
+                "partition.allow_empty", "partition.self_balancing", "simulation.ray.include_dashboard"):
+        boolean(key)
+    if get("faults") is not None:
+        in_range("faults.dropout", 0, 1, False, False)
+        in_range("faults.straggler_fraction", 0, 1, False, False)
+        one_of("faults.corrupt_mode", CORRUPT_MODES)
+        in_range("faults.slow_seconds", 0, inf, False, True)
+        id_list("faults.corrupt_partitions")
+        id_list("faults.slow_partitions")
 
     in_range("client.epochs", 1, inf, False, True, integer=True)
     in_range("client.batch_size", 1, inf, False, True, integer=True)
@@ -178,6 +262,10 @@ def _problems(cfg: Mapping[str, Any]) -> list[str]:
     in_range("server.lr_gamma", 0, 1, True, False)
     in_range("server.lr_min", 0, inf, False, True)
     in_range("server.round_timeout", 0, inf, True, True)
+    if get("server.connect_timeout") is not None:
+        in_range("server.connect_timeout", 0, inf, True, True)
+    if get("server.min_train_replies") is not None:
+        in_range("server.min_train_replies", 1, inf, False, True, integer=True)
 
     in_range("simulation.num_clients", 1, inf, False, True, integer=True)
     in_range("simulation.client_resources.num_cpus", 0, inf, True, True)
@@ -190,6 +278,11 @@ def _problems(cfg: Mapping[str, Any]) -> list[str]:
             out.append(
                 f"server.min_train_clients={get('server.min_train_clients')}: "
                 f"{train_k} clients per round but simulation.num_clients={n}; must be <= {n}"
+            )
+        replies = get("server.min_train_replies")
+        if isinstance(replies, int) and replies > min(train_k, n):
+            out.append(
+                f"server.min_train_replies={replies}: must be <= the {min(train_k, n)} clients sampled per round"
             )
         eval_k = clients_per_round(n, get("server.fraction_evaluate"), get("server.min_evaluate_clients"))
         if get("server.fraction_evaluate") > 0 and eval_k > n:

@@ -1,12 +1,14 @@
 """The run-directory contract: every run, simulated or real, writes these files.
 
 config.yaml, rounds.csv (appended each round, so a live run can be read), summary.json,
-partition.json, client_metrics.csv and model.safetensors (never unpickled on load).
+partition.json, client_metrics.csv, model.safetensors and checkpoint.safetensors (neither
+is ever unpickled on load).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -41,8 +43,12 @@ ROUND_COLUMNS = [
     "bytes_eval_down",
     "fed_accuracy_p10",
     "fed_accuracy_min",
+    "clients_rejected",
+    "clients_dropped",
+    "stragglers",
+    "round_skipped",
 ]
-CLIENT_COLUMNS = ["round", "phase", "partition_id", "num_examples", "loss", "accuracy"]
+CLIENT_COLUMNS = ["round", "phase", "partition_id", "num_examples", "loss", "accuracy", "status"]
 
 CONFIG = "config.yaml"
 ROUNDS = "rounds.csv"
@@ -50,6 +56,7 @@ SUMMARY = "summary.json"
 PARTITION = "partition.json"
 CLIENTS = "client_metrics.csv"
 WEIGHTS = "model.safetensors"
+CHECKPOINT = "checkpoint.safetensors"
 CLASS_REPORT = "classification.json"
 STATUSES = ("completed", "failed", "interrupted")
 
@@ -114,6 +121,35 @@ def append_row(path: Path, columns: list[str], row: Mapping[str, Any]) -> None:
 def read_rows(path: Path) -> list[dict[str, str]]:
     with path.open(newline="") as f:
         return list(csv.DictReader(f))
+
+
+def _typed(value: str) -> Any:
+    if value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def truncate_rows(path: Path, columns: list[str], last_round: int) -> list[dict[str, Any]]:
+    """Keep the complete rows of rounds <= ``last_round`` (a resumed run redoes the rest);
+    returns them with numbers parsed."""
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if None not in r.values() and None not in r]
+    kept = [r for r in rows if r.get("round", "").isdigit() and int(r["round"]) <= last_round]
+    buf = io.StringIO()
+    writer = csv.writer(buf)  # the same dialect as append_row
+    writer.writerow(columns)
+    writer.writerows([[r.get(c, "") for c in columns] for r in kept])
+    write_atomic(path, buf.getvalue())
+    return [{k: _typed(v) for k, v in r.items()} for r in kept]
 
 
 def save_weights(path: Path, state: Mapping[str, Any]) -> None:

@@ -70,6 +70,14 @@ def backend_config(sim_cfg: Mapping[str, Any], verbose: bool) -> dict[str, Any]:
     }
 
 
+class _ClientErrorsInRoundLog(logging.Filter):
+    """Flower logs every ClientApp exception with its Ray traceback; the ServerApp already
+    prints one line per failed client in its round log, so keep those for ``verbose=true``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.ERROR and record.pathname.endswith(("vce_api.py", "raybackend.py")))
+
+
 def run_simulation(run_config: Mapping[str, Any], num_supernodes: int, backend: Mapping[str, Any], verbose: bool) -> None:
     """Run the fedconv ServerApp against ``num_supernodes`` virtual SuperNodes on Ray."""
     from flwr.app import Context, RecordDict
@@ -84,7 +92,10 @@ def run_simulation(run_config: Mapping[str, Any], num_supernodes: int, backend: 
     from fedconv.client_app import app as client_app
     from fedconv.server_app import app as server_app
 
-    logging.getLogger("flwr").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    flwr_logger = logging.getLogger("flwr")
+    flwr_logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    if not verbose and not any(isinstance(f, _ClientErrorsInRoundLog) for f in flwr_logger.filters):
+        flwr_logger.addFilter(_ClientErrorsInRoundLog())
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silence a Ray FutureWarning
     run_id = generate_rand_int_from_bytes(RUN_ID_NUM_BYTES)
     run = Run.create_empty(run_id=run_id)

@@ -10,19 +10,20 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedconv import __version__, run_dir, task
+from fedconv import __version__, checkpoint, run_dir, task
 from fedconv.config import clients_per_round, from_run_config
 from fedconv.models import count_parameters, state_bytes, transmitted_state
 from fedconv.partitioning import partition_record
-from fedconv.strategies import LedgerMixin, make_strategy
+from fedconv.strategies import LedgerMixin, RoundPolicy, make_strategy
 from fedconv.training import classification_report, evaluate, lr_for_round
 
 app = ServerApp()
@@ -52,6 +53,24 @@ def discover_partitions(grid: Grid, expected: int, timeout: float) -> dict[int, 
     if pids != list(range(expected)):
         raise DiscoveryError(f"expected partition ids 0..{expected - 1}, nodes reported {pids[:20]}")
     return mapping
+
+
+def run_rounds(
+    strategy: LedgerMixin, grid: Grid, arrays: ArrayRecord, first_round: int, last_round: int,
+    timeout: float, end_round: Callable[[int, ArrayRecord], None],
+) -> ArrayRecord:
+    """Flower's ``Strategy.start`` loop (train, federated evaluation, then our hook),
+    from any round: ``start`` always begins at round 1, a resumed run does not."""
+    for server_round in range(first_round, last_round + 1):
+        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
+        new_arrays, _ = strategy.aggregate_train(server_round, grid.send_and_receive(messages, timeout=timeout))
+        if new_arrays is not None:  # None: no valid replies, the round is skipped
+            arrays = new_arrays
+        messages = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
+        if messages:
+            strategy.aggregate_evaluate(server_round, grid.send_and_receive(messages, timeout=timeout))
+        end_round(server_round, arrays)
+    return arrays
 
 
 def _versions() -> dict[str, str]:
@@ -88,15 +107,15 @@ class RunRecorder:
         self.bytes_up = 0
         self.rows: list[dict[str, Any]] = []
         self.final_state: dict[str, torch.Tensor] | None = None
+        self.resumed_from: int | None = None
 
-    def central_eval(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        """Flower calls this after every round (and with round 0 before the first)."""
-        if server_round == 0:
-            return None
+    def end_round(self, server_round: int, arrays: ArrayRecord) -> None:
+        """After a round: central evaluation, one rounds.csv row, then the checkpoint."""
         record = self.strategy.current
         central: dict[str, float] = {}
         if server_round % self.eval_every == 0 or server_round == self.rounds:
-            task.load_global(self.eval_model, arrays.to_torch_state_dict())
+            state = arrays.to_torch_state_dict()
+            task.load_global(self.eval_model, state)
             res = evaluate(
                 self.eval_model, self.ds.test_x, self.ds.test_y, self.norm,
                 batch_size=int(self.cfg["server"]["eval_batch_size"]),
@@ -109,9 +128,35 @@ class RunRecorder:
                 report.update(round=server_round, accuracy=res.accuracy, loss=res.loss, top5=res.top5)
                 run_dir.write_json(self.out / run_dir.CLASS_REPORT, report)
         self.write_round(server_round, record, central)
+        state = arrays.to_torch_state_dict()
+        checkpoint.save(self.out / run_dir.CHECKPOINT, server_round, state, self.checkpoint_state())
         if server_round == self.rounds:
-            self.final_state = {k: v.clone() for k, v in arrays.to_torch_state_dict().items()}
-        return MetricRecord(central) if central else None
+            self.final_state = state
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything besides the weights that a resumed run needs to continue the ledger."""
+        return {
+            "bytes_total": self.bytes_total,
+            "bytes_down": self.bytes_down,
+            "bytes_up": self.bytes_up,
+            "elapsed_seconds": time.perf_counter() - self.started,
+            "strategy": dict(self.cfg["strategy"]),
+            "seed": int(self.cfg["seed"]),
+        }
+
+    def restore(self, ckpt: checkpoint.Checkpoint) -> None:
+        """Continue from a checkpoint: drop rows of rounds after it, reload the totals."""
+        k = ckpt.server_round
+        self.rows = run_dir.truncate_rows(self.out / run_dir.ROUNDS, run_dir.ROUND_COLUMNS, k)
+        run_dir.truncate_rows(self.out / run_dir.CLIENTS, run_dir.CLIENT_COLUMNS, k)
+        if len(self.rows) != k:
+            raise checkpoint.CheckpointError(
+                f"{self.out / run_dir.ROUNDS} holds {len(self.rows)} complete rounds up to the checkpoint's round {k}"
+            )
+        st = ckpt.state
+        self.bytes_total, self.bytes_down, self.bytes_up = int(st["bytes_total"]), int(st["bytes_down"]), int(st["bytes_up"])
+        self.started = time.perf_counter() - float(st["elapsed_seconds"])
+        self.resumed_from = k
 
     def write_round(self, server_round: int, record: Any, central: dict[str, float]) -> None:
         now = time.perf_counter()
@@ -140,6 +185,10 @@ class RunRecorder:
             "eval_clients_ok": record.eval_clients_ok,
             "fed_accuracy_p10": float(np.percentile(fed_accs, 10)) if fed_accs else None,
             "fed_accuracy_min": float(min(fed_accs)) if fed_accs else None,
+            "clients_rejected": record.clients_rejected,
+            "clients_dropped": record.clients_dropped,
+            "stragglers": len(record.stragglers),
+            "round_skipped": int(record.skipped),
         }
         run_dir.append_row(self.out / run_dir.ROUNDS, run_dir.ROUND_COLUMNS, row)
         for client_row in record.client_rows:
@@ -147,7 +196,15 @@ class RunRecorder:
         self.rows.append(row)
         acc = row.get("central_accuracy")
         acc_s = f"acc {acc:.4f}  loss {row['central_loss']:.4f}" if acc is not None else "acc    -  "
-        fails = f"  failed {record.clients_failed}" if record.clients_failed else ""
+        fails = "".join(
+            f"  {label} {n}"
+            for label, n in (("failed", record.clients_failed), ("rejected", record.clients_rejected),
+                             ("dropped", record.clients_dropped))
+            if n
+        )
+        if record.skipped:
+            fails += (f"  SKIPPED: {record.clients_ok} valid replies < server.min_train_replies="
+                      f"{self.strategy.policy.min_train_replies}, global model unchanged")
         _console(
             f"[round {server_round:>3}/{self.rounds}] {acc_s}  "
             f"down {record.bytes_down / 1e6:.2f} MB  up {record.bytes_up / 1e6:.2f} MB  "
@@ -174,6 +231,8 @@ class RunRecorder:
             "best_round": best["round"] if best else None,
             "rounds_completed": len(self.rows),
             "rounds_planned": self.rounds,
+            "rounds_skipped": sum(int(r.get("round_skipped") or 0) for r in self.rows),
+            "resumed_from_round": self.resumed_from,
             "bytes_down_total": self.bytes_down,
             "bytes_up_total": self.bytes_up,
             "bytes_total": self.bytes_total,
@@ -200,8 +259,15 @@ def main(grid: Grid, context: Context) -> None:
     parts = task.partitions(cfg, num_clients)
     run_dir.write_json(out / run_dir.PARTITION, partition_record(np.asarray(ds.train_y), parts, ds.num_classes))
 
-    node_to_pid = discover_partitions(grid, num_clients, timeout)
+    node_to_pid = discover_partitions(grid, num_clients, float(server.get("connect_timeout", 600)))
     strategy = make_strategy(cfg["strategy"], float(server["fraction_evaluate"]))
+    flt = cfg.get("faults", {})
+    policy = RoundPolicy(
+        straggler_fraction=float(flt.get("straggler_fraction", 0.0)),
+        local_epochs=int(cfg["client"]["epochs"]),
+        stragglers=str(cfg["strategy"].get("stragglers", "drop")),
+        min_train_replies=int(server.get("min_train_replies", 1)),
+    )
     fraction_eval = float(server["fraction_evaluate"])
     strategy.setup_ledger(
         node_to_pid=node_to_pid,
@@ -211,21 +277,25 @@ def main(grid: Grid, context: Context) -> None:
             clients_per_round(num_clients, fraction_eval, int(server["min_evaluate_clients"])) if fraction_eval > 0 else 0
         ),
         lr_for_round=lambda r: lr_for_round(server, float(cfg["client"]["lr"]), r),
+        policy=policy,
+        partition_sizes={pid: len(idx) for pid, idx in enumerate(parts.train)},
     )
     model = task.initial_model(cfg, ds)
     eval_model = task.initial_model(cfg, ds).to(memory_format=torch.channels_last)
     recorder = RunRecorder(out, cfg, strategy, eval_model)
+    arrays = ArrayRecord(transmitted_state(model))
+    first_round = 1
+    if cfg.get("resume"):
+        ckpt = checkpoint.load(out / run_dir.CHECKPOINT)
+        task.load_global(model, ckpt.weights)  # the checkpoint must fit this config's model
+        arrays = ArrayRecord({k: ckpt.weights[k] for k in transmitted_state(model)})
+        torch.set_rng_state(ckpt.torch_rng)
+        recorder.restore(ckpt)
+        first_round = ckpt.server_round + 1
+        _console(f"resuming after round {ckpt.server_round} from {out / run_dir.CHECKPOINT}")
     status = "failed"
     try:
-        strategy.start(
-            grid=grid,
-            initial_arrays=ArrayRecord(transmitted_state(model)),
-            num_rounds=int(server["rounds"]),
-            timeout=timeout,
-            train_config=ConfigRecord({}),
-            evaluate_config=ConfigRecord({}),
-            evaluate_fn=recorder.central_eval,
-        )
+        run_rounds(strategy, grid, arrays, first_round, int(server["rounds"]), timeout, recorder.end_round)
         status = "completed" if len(recorder.rows) == recorder.rounds else "failed"
     except KeyboardInterrupt:
         status = "interrupted"

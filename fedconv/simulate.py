@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -19,9 +20,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from fedconv import run_dir
-from fedconv.config import ConfigError, to_run_config, validate
+from fedconv.config import ConfigError, register_resolvers, to_run_config, unknown_keys, validate
+
+register_resolvers()
 
 EXIT_BAD_CONFIG = 2
+_TASK_STARTED = False  # set when a job starts; a Hydra exit before that is a config error
 
 
 def _discard_if_empty(out: Path) -> None:
@@ -73,39 +77,110 @@ def check_inputs(resolved: dict[str, Any]) -> None:
     task.initial_model(resolved, ds)
 
 
+def _saved_config(out: Path) -> dict[str, Any]:
+    path = out / run_dir.CONFIG
+    if not path.is_file():
+        raise ConfigError(f"resume={out}: no {run_dir.CONFIG} there; resume takes the run dir of an earlier run")
+    saved: dict[str, Any] = OmegaConf.to_container(OmegaConf.load(path), resolve=True)  # type: ignore[assignment]
+    return saved
+
+
+def _existing_run(out: Path) -> str:
+    """What ``out`` holds already: nothing, a completed run, or a partial one."""
+    summary = out / run_dir.SUMMARY
+    if summary.exists() and json.loads(summary.read_text()).get("status") == "completed":
+        return "completed"
+    if any((out / name).exists() for name in (run_dir.SUMMARY, run_dir.ROUNDS, run_dir.CHECKPOINT)):
+        return "partial"
+    return "none"
+
+
+def prepare(cfg: DictConfig, out: Path, choices: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The validated config of this job and what to do: "new", "resume" or "skip".
+
+    ``resume=<run dir>`` continues that run with its saved config. Otherwise a run dir that
+    already holds a run of the same config (a sweep re-run) is skipped when it completed
+    and continued from its checkpoint when it did not; one with a different config is refused.
+    """
+    if cfg.resume:
+        if not out.is_dir():
+            raise ConfigError(f"resume={out}: no such run directory")
+        resolved = _saved_config(out)
+        validate(resolved)
+        if _existing_run(out) == "completed":
+            return resolved, "skip"
+        if not (out / run_dir.CHECKPOINT).exists():
+            raise ConfigError(f"resume={out}: no {run_dir.CHECKPOINT} (the run never completed a round)")
+        return resolved, "resume"
+    problems = unknown_keys(OmegaConf.to_container(cfg, resolve=False), choices)  # type: ignore[arg-type]
+    try:
+        resolved = resolve(cfg, out)
+    except ConfigError as exc:
+        problems += str(exc).splitlines()
+    if problems:
+        raise ConfigError("\n".join(problems))
+    existing = _existing_run(out)
+    if existing == "none":
+        return resolved, "new"
+    saved = _saved_config(out)
+    if {**saved, "resume": ""} != {**resolved, "resume": ""}:
+        raise ConfigError(
+            f"output_dir={out}: holds a {'completed' if existing == 'completed' else 'unfinished'} run with a "
+            "different config; choose another name=... (or hydra.sweep.dir=..., output_dir=...)"
+        )
+    if existing == "completed":
+        return resolved, "skip"
+    if (out / run_dir.CHECKPOINT).exists():
+        return resolved, "resume"
+    for name in (run_dir.ROUNDS, run_dir.CLIENTS, run_dir.SUMMARY):  # died before round 1 ended
+        (out / name).unlink(missing_ok=True)
+    return resolved, "new"
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run one simulation job; returns its summary."""
+    """Run (or continue, or skip when completed) one simulation job; returns its summary."""
+    global _TASK_STARTED
+    _TASK_STARTED = True
     from fedconv import runtime
     from fedconv.datasets import DatasetError
     from fedconv.models import ModelConfigError
     from fedconv.partitioning import PartitionError
 
     hc = HydraConfig.get()
-    out = Path(cfg.output_dir or hc.runtime.output_dir).resolve()
+    out = Path(cfg.resume or cfg.output_dir or hc.runtime.output_dir).resolve()
     multirun = hc.mode == RunMode.MULTIRUN
+    job = {"job": hc.job.num if multirun else 0, "overrides": list(hc.overrides.task), "run_dir": str(out)}
+    sweep_dir = Path(hc.sweep.dir).resolve() if multirun else None
+    if cfg.resume:  # Hydra made a fresh run dir for this command; the run lives elsewhere
+        _discard_if_empty(Path(hc.runtime.output_dir))
     try:
-        resolved = resolve(cfg, out)
-        check_inputs(resolved)
+        resolved, action = prepare(cfg, out, dict(hc.runtime.choices))
+        if action != "skip":
+            check_inputs(resolved)
     except (ConfigError, DatasetError, PartitionError, ModelConfigError) as exc:
         _discard_if_empty(out)
         prefix = "config error" if isinstance(exc, ConfigError) else "error"
         print(f"{prefix}: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_CONFIG)
-    if (out / run_dir.SUMMARY).exists() or (out / run_dir.ROUNDS).exists():
-        print(f"error: {out} already holds a run; choose another output_dir", file=sys.stderr)
-        sys.exit(EXIT_BAD_CONFIG)
+    if action == "skip":
+        print(f"skipping {out}: it holds a completed run of this config", flush=True)
+        summary = json.loads((out / run_dir.SUMMARY).read_text())
+        if sweep_dir is not None:
+            _update_sweep_index(sweep_dir, {**job, "status": "completed",
+                                            "final_central_accuracy": summary.get("final_central_accuracy")})
+        return summary
+    resuming = action == "resume"
     out.mkdir(parents=True, exist_ok=True)
-    run_dir.write_config(out, resolved)
-    job = {"job": hc.job.num if multirun else 0, "overrides": list(hc.overrides.task), "run_dir": str(out)}
-    sweep_dir = Path(hc.sweep.dir).resolve() if multirun else None
+    if not resuming:
+        run_dir.write_config(out, resolved)
     if sweep_dir is not None:
         _update_sweep_index(sweep_dir, {**job, "status": "running"})
-    print(f"fedconv run -> {out}", flush=True)
+    print(f"fedconv run -> {out}" + (" (resuming from its checkpoint)" if resuming else ""), flush=True)
     started = time.perf_counter()
     status, error = "failed", ""
     try:
         runtime.run_simulation(
-            to_run_config(resolved),
+            to_run_config({**resolved, "resume": str(out) if resuming else ""}),
             int(resolved["simulation"]["num_clients"]),
             runtime.backend_config(resolved["simulation"], bool(resolved["verbose"])),
             bool(resolved["verbose"]),
@@ -155,5 +230,22 @@ def main(cfg: DictConfig) -> float | None:
     return float(acc) if acc is not None else None
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def cli() -> None:
+    """Entry point: Hydra's own errors (unknown key or option, bad override syntax) exit 1;
+    they are config errors like ours, so they exit 2. SIGTERM (a batch scheduler's stop)
+    ends the run as interrupted, like Ctrl-C."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        main()
+    except SystemExit as exc:
+        if exc.code == 1 and not _TASK_STARTED:
+            sys.exit(EXIT_BAD_CONFIG)
+        raise
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -1,8 +1,10 @@
 """Flower's FedAvg/FedProx plus what they lack: seeded cohorts by partition id and a ledger.
 
 Aggregation is Flower's own. The mixin only (1) picks each round's cohort by partition id
-from the seed, (2) sends the round's learning rate, (3) counts the bytes of the arrays
-each message really carries, and (4) collects per-round and per-client metrics.
+from the seed, (2) sends the round's learning rate (and partial-work orders to stragglers),
+(3) rejects replies that fail :mod:`fedconv.reply_checks` before Flower averages them,
+(4) counts the bytes of the arrays each message really carries, and (5) collects
+per-round and per-client metrics.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx
+
+from fedconv.faults import straggler_plan
+from fedconv.reply_checks import array_spec, reply_problem
 
 TRAIN_SALT, EVAL_SALT = 0, 1
 
@@ -25,6 +30,15 @@ def message_array_bytes(message: Message) -> int:
     if message.has_error():
         return 0
     return sum(len(a.data) for rec in message.content.array_records.values() for a in rec.values())
+
+
+def short_reason(reason: str) -> str:
+    """The client's own exception message out of Flower's wrapped Ray traceback."""
+    marker = "occurred. Message: "
+    if marker in reason:
+        return "ClientApp raised: " + reason.rsplit(marker, 1)[1].strip().splitlines()[0].rstrip("'>")
+    lines = [line.strip() for line in reason.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else reason
 
 
 def sample_cohort(seed: int, server_round: int, salt: int, num_clients: int, k: int) -> list[int]:
@@ -53,7 +67,12 @@ class CohortGrid:
 
 @dataclass
 class RoundRecord:
-    """What one round did: cohort, replies, bytes and metrics."""
+    """What one round did: cohort, replies, bytes and metrics.
+
+    Every sampled client ends in exactly one of: ok (aggregated), failed (crashed or no
+    reply within the round timeout), rejected (reply failed :func:`reply_problem`) or
+    dropped (a straggler whose partial work the strategy's policy discards).
+    """
 
     server_round: int
     started: float
@@ -61,6 +80,10 @@ class RoundRecord:
     clients_sampled: int = 0
     clients_ok: int = 0
     clients_failed: int = 0
+    clients_rejected: int = 0
+    clients_dropped: int = 0
+    stragglers: dict[int, tuple[int, float]] = field(default_factory=dict)
+    skipped: bool = False
     bytes_down: int = 0
     bytes_up: int = 0
     bytes_eval_down: int = 0
@@ -74,8 +97,18 @@ class RoundRecord:
     failures: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class RoundPolicy:
+    """How the server treats faults: stragglers, and how many good replies a round needs."""
+
+    straggler_fraction: float = 0.0
+    local_epochs: int = 1
+    stragglers: str = "drop"  # drop | aggregate
+    min_train_replies: int = 1
+
+
 class LedgerMixin:
-    """Seeded cohorts, per-round learning rate and measured communication for any FedAvg."""
+    """Seeded cohorts, per-round learning rate, reply checks and measured communication for any FedAvg."""
 
     def setup_ledger(
         self,
@@ -85,6 +118,8 @@ class LedgerMixin:
         train_per_round: int,
         eval_per_round: int,
         lr_for_round: Callable[[int], float],
+        policy: RoundPolicy = RoundPolicy(),
+        partition_sizes: Mapping[int, int] | None = None,
     ) -> None:
         self.node_to_pid = dict(node_to_pid)
         self.pid_to_node = {pid: node for node, pid in self.node_to_pid.items()}
@@ -92,7 +127,11 @@ class LedgerMixin:
         self.train_per_round = train_per_round
         self.eval_per_round = eval_per_round
         self.lr_for_round = lr_for_round
+        self.policy = policy
+        self.partition_sizes = dict(partition_sizes or {})
         self.current: RoundRecord | None = None
+        self._sent_spec: dict[str, tuple[tuple[int, ...], str]] = {}
+        self._train_cohort: list[int] = []
 
     def _cohort(self, server_round: int, salt: int, k: int) -> list[int]:
         pids = sample_cohort(self.seed, server_round, salt, len(self.pid_to_node), k)
@@ -101,22 +140,33 @@ class LedgerMixin:
     def _pid(self, message: Message) -> int:
         return self.node_to_pid.get(message.metadata.src_node_id, -1)
 
-    def _record_clients(self, server_round: int, phase: str, replies: list[Message]) -> None:
+    def _record_clients(self, server_round: int, phase: str, replies: list[Message], status: str = "ok") -> None:
         """Per-client rows for client_metrics.csv (phase: train or evaluate)."""
         prefix = "train" if phase == "train" else "eval"
         assert self.current is not None
         for m in replies:
-            metrics = next(iter(m.content.metric_records.values()))
+            metrics = next(iter(m.content.metric_records.values()), {})
             self.current.client_rows.append(
                 {
                     "round": server_round,
                     "phase": phase,
                     "partition_id": self._pid(m),
-                    "num_examples": int(metrics["num-examples"]),
-                    "loss": float(metrics[f"{prefix}_loss"]),
-                    "accuracy": float(metrics[f"{prefix}_accuracy"]),
+                    "num_examples": metrics.get("num-examples"),
+                    "loss": metrics.get(f"{prefix}_loss"),
+                    "accuracy": metrics.get(f"{prefix}_accuracy"),
+                    "status": status,
                 }
             )
+
+    def _as_straggler(self, message: Message, epochs: int, step_fraction: float) -> Message:
+        """A copy of a train message that tells its client to do partial work."""
+        key = self.configrecord_key  # type: ignore[attr-defined]
+        content = RecordDict(dict(message.content.items()))
+        config = ConfigRecord(dict(message.content[key]))
+        config["local-epochs"] = epochs
+        config["step-fraction"] = step_fraction
+        content[key] = config
+        return Message(content=content, message_type=message.metadata.message_type, dst_node_id=message.metadata.dst_node_id)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -125,8 +175,16 @@ class LedgerMixin:
         self.current = record
         record.lr = float(self.lr_for_round(server_round))
         config["lr"] = record.lr
-        cohort = CohortGrid(grid, self._cohort(server_round, TRAIN_SALT, self.train_per_round))
-        messages = list(super().configure_train(server_round, arrays, config, cohort))  # type: ignore[misc]
+        nodes = self._cohort(server_round, TRAIN_SALT, self.train_per_round)
+        self._train_cohort = [self.node_to_pid[n] for n in nodes]
+        self._sent_spec = array_spec(arrays)
+        messages = list(super().configure_train(server_round, arrays, config, CohortGrid(grid, nodes)))  # type: ignore[misc]
+        p = self.policy
+        record.stragglers = straggler_plan(self.seed, server_round, self._train_cohort, p.straggler_fraction, p.local_epochs)
+        for i, m in enumerate(messages):
+            plan = record.stragglers.get(self.node_to_pid.get(m.metadata.dst_node_id, -1))
+            if plan is not None:
+                messages[i] = self._as_straggler(m, *plan)
         record.clients_sampled = len(messages)
         record.bytes_down = sum(message_array_bytes(m) for m in messages)
         return messages
@@ -138,13 +196,31 @@ class LedgerMixin:
         assert record is not None
         # Reply order is completion order; aggregate in partition order so runs are repeatable.
         replies = sorted(replies, key=self._pid)
-        ok = [m for m in replies if not m.has_error()]
-        record.clients_ok = len(ok)
-        record.clients_failed = record.clients_sampled - len(ok)
         record.bytes_up = sum(message_array_bytes(m) for m in replies)
-        record.failures += [f"partition {self._pid(m)}: {m.error.reason}" for m in replies if m.has_error()]
-        self._record_clients(server_round, "train", ok)
-        arrays, metrics = super().aggregate_train(server_round, replies)  # type: ignore[misc]
+        answered = {self._pid(m) for m in replies}
+        record.failures += [f"partition {self._pid(m)}: {short_reason(m.error.reason)}" for m in replies if m.has_error()]
+        record.failures += [f"partition {p}: no reply within the round timeout" for p in self._train_cohort if p not in answered]
+        accepted, rejected, dropped = [], [], []
+        for m in (m for m in replies if not m.has_error()):
+            pid = self._pid(m)
+            problem = reply_problem(m, self._sent_spec, self.partition_sizes.get(pid))
+            if problem is not None:
+                rejected.append(m)
+                record.failures.append(f"partition {pid}: reply rejected: {problem}")
+            elif pid in record.stragglers and self.policy.stragglers == "drop":
+                dropped.append(m)
+            else:
+                accepted.append(m)
+        record.clients_rejected, record.clients_dropped = len(rejected), len(dropped)
+        record.clients_ok = len(accepted)
+        record.clients_failed = record.clients_sampled - len(accepted) - len(rejected) - len(dropped)
+        self._record_clients(server_round, "train", accepted)
+        self._record_clients(server_round, "train", dropped, status="dropped")
+        self._record_clients(server_round, "train", rejected, status="rejected")
+        if len(accepted) < self.policy.min_train_replies:
+            record.skipped = True
+            return None, None
+        arrays, metrics = super().aggregate_train(server_round, accepted)  # type: ignore[misc]
         if metrics is not None:
             record.train_loss = float(metrics["train_loss"])
             record.train_accuracy = float(metrics["train_accuracy"])
@@ -169,7 +245,9 @@ class LedgerMixin:
         ok = [m for m in replies if not m.has_error()]
         record.eval_clients_ok = len(ok)
         self._record_clients(server_round, "evaluate", ok)
-        metrics = super().aggregate_evaluate(server_round, replies)  # type: ignore[misc]
+        if not ok:
+            return None
+        metrics = super().aggregate_evaluate(server_round, ok)  # type: ignore[misc]
         if metrics is not None:
             record.fed_loss = float(metrics["eval_loss"])
             record.fed_accuracy = float(metrics["eval_accuracy"])

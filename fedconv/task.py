@@ -7,6 +7,7 @@ the partitions once, and builds the model once, then reuses them for every clien
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
@@ -79,12 +80,21 @@ def load_global(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
 def train_partition(
     cfg: Mapping[str, Any], ds: ImageDataset, model: nn.Module, idx: np.ndarray,
     *, server_round: int, pid: int, lr: float, proximal_mu: float = 0.0,
+    epochs: int | None = None, step_fraction: float = 1.0,
 ) -> TrainResult:
     """One client's local round, seeded from (seed, round, partition id) so any process
-    that replays it (a Ray worker, the benchmark's plain-PyTorch limit) gets the same result."""
+    that replays it (a Ray worker, the benchmark's plain-PyTorch limit) gets the same result.
+
+    ``epochs`` and ``step_fraction`` shrink the work of a straggler (default: the full
+    ``client.epochs``)."""
     seed = int(np.random.default_rng([int(cfg["seed"]), server_round, pid]).integers(2**31))
     torch.manual_seed(seed)  # dropout masks
+    epochs = int(cfg["client"]["epochs"]) if epochs is None else epochs
+    max_steps = None
+    if step_fraction < 1.0:
+        steps_per_epoch = math.ceil(len(idx) / int(cfg["client"]["batch_size"]))
+        max_steps = max(1, math.ceil(step_fraction * steps_per_epoch * epochs))
     return train_local(
         model, ds.train_x[idx], ds.train_y[idx], normalizer(cfg, ds, train=True), cfg["client"],
-        lr=lr, epochs=int(cfg["client"]["epochs"]), proximal_mu=proximal_mu, seed=seed,
+        lr=lr, epochs=epochs, proximal_mu=proximal_mu, seed=seed, max_steps=max_steps,
     )

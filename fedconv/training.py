@@ -95,8 +95,11 @@ def train_local(
     epochs: int,
     proximal_mu: float = 0.0,
     seed: int = 0,
+    max_steps: int | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place on one client's data; returns mean loss/accuracy over all steps."""
+    """Train ``model`` in place on one client's data; returns mean loss/accuracy over all steps.
+
+    ``max_steps`` cuts the work short (a straggler that runs out of time mid-epoch)."""
     model.train()
     optimizer = make_optimizer(model, cfg, lr)
     criterion = nn.CrossEntropyLoss()
@@ -113,6 +116,8 @@ def train_local(
     for _ in range(epochs):
         order = rng.permutation(n)
         for start in range(0, n, batch):
+            if max_steps is not None and steps >= max_steps:
+                break
             idx = np.sort(order[start : start + batch])
             if len(idx) < 2 and n >= 2:  # a 1-example batch breaks BatchNorm statistics
                 continue

@@ -105,3 +105,100 @@ def test_message_bytes_are_the_serialised_array_bytes() -> None:
     per_array = len(Array(arr).data)
     assert per_array >= arr.nbytes and per_array - arr.nbytes <= 128  # raw bytes + .npy header
     assert message_array_bytes(msg) == 2 * per_array
+
+
+def _model_state() -> dict:
+    from fedconv.models import build_model, transmitted_state
+
+    return transmitted_state(build_model({"name": "twoconv", "filters1": 4, "filters2": 8, "kernel_size": 3,
+                                          "batch_norm": True, "activation": "relu", "pool": "max", "head": "gap",
+                                          "dense_units": 16, "dense_layers": 1, "dropout": 0.0, "se_reduction": 4},
+                                         (1, 8, 8), 10))
+
+
+@pytest.mark.parametrize("mode", ["nan", "inf", "shape", "dtype", "names", "num_examples"])
+def test_corrupt_replies_are_rejected_before_aggregation(mode: str) -> None:
+    """Each corruption a faulty client can inject (fedconv.faults) is caught by the server's checks."""
+    from fedconv.faults import corrupt_num_examples, corrupt_state
+
+    nodes = [11, 22, 33]
+    strategy = ledgered(make_strategy({"name": "fedavg"}, 0.0), nodes, 3)
+    strategy.partition_sizes = {0: 50, 1: 50, 2: 50}
+    state = _model_state()
+    msgs = list(strategy.configure_train(1, ArrayRecord(state), ConfigRecord({}), FakeGrid(nodes)))
+    good = {k: (v.numpy() + 1.0).astype(v.numpy().dtype) for k, v in state.items()}
+    replies = []
+    for m in msgs:
+        if strategy.node_to_pid[m.metadata.dst_node_id] == 1:
+            bad = {k: v.numpy() for k, v in corrupt_state(state, mode).items()}
+            replies.append(reply(m, bad, corrupt_num_examples(50, mode)))
+        else:
+            replies.append(reply(m, good, 50))
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert strategy.current.clients_rejected == 1 and strategy.current.clients_ok == 2
+    assert strategy.current.clients_failed == 0
+    assert any(f.startswith("partition 1: reply rejected") for f in strategy.current.failures)
+    for k, v in arrays.items():
+        assert np.isfinite(v.numpy()).all()
+        np.testing.assert_allclose(v.numpy(), good[k], rtol=1e-6)
+
+
+@pytest.mark.parametrize("n", [0, -5, 2.5, float("nan"), 51])
+def test_absurd_example_counts_are_rejected(n: float) -> None:
+    nodes = [1, 2]
+    strategy = ledgered(make_strategy({"name": "fedavg"}, 0.0), nodes, 2)
+    strategy.partition_sizes = {0: 50, 1: 50}
+    start = ArrayRecord({"w": Array(np.zeros(2, np.float32))})
+    msgs = list(strategy.configure_train(1, start, ConfigRecord({}), FakeGrid(nodes)))
+    replies = [reply(msgs[0], {"w": np.ones(2, np.float32)}, 50), reply(msgs[1], {"w": np.full(2, 9.0, np.float32)}, n)]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    np.testing.assert_allclose(arrays["w"].numpy(), np.ones(2))
+    assert strategy.current.clients_rejected == 1 and "num-examples" in strategy.current.failures[0]
+
+
+def test_too_few_valid_replies_skip_the_round() -> None:
+    from fedconv.strategies import RoundPolicy
+
+    nodes = [1, 2, 3]
+    strategy = ledgered(make_strategy({"name": "fedavg"}, 0.0), nodes, 3)
+    strategy.policy = RoundPolicy(min_train_replies=2)
+    start = ArrayRecord({"w": Array(np.zeros(2, np.float32))})
+    msgs = list(strategy.configure_train(1, start, ConfigRecord({}), FakeGrid(nodes)))
+    arrays, metrics = strategy.aggregate_train(1, [reply(msgs[0], {"w": np.ones(2, np.float32)}, 10)])
+    assert arrays is None and metrics is None and strategy.current.skipped
+    assert strategy.current.clients_ok == 1 and strategy.current.clients_failed == 2
+    assert sum("no reply within the round timeout" in f for f in strategy.current.failures) == 2
+
+
+@pytest.mark.parametrize("policy,aggregated", [("drop", 3), ("aggregate", 6)])
+def test_stragglers_get_partial_work_and_the_policy_decides(policy: str, aggregated: int) -> None:
+    from fedconv.faults import straggler_plan
+    from fedconv.strategies import RoundPolicy
+
+    nodes = list(range(500, 506))
+    strategy = ledgered(make_strategy({"name": "fedavg"}, 0.0), nodes, 6, seed=3)
+    strategy.policy = RoundPolicy(straggler_fraction=0.5, local_epochs=5, stragglers=policy)
+    start = ArrayRecord({"w": Array(np.zeros(2, np.float32))})
+    msgs = list(strategy.configure_train(4, start, ConfigRecord({}), FakeGrid(nodes)))
+    plan = straggler_plan(3, 4, range(6), 0.5, 5)
+    assert len(plan) == 3 and all(1 <= e <= 5 for e, _ in plan.values())
+    for m in msgs:
+        pid = strategy.node_to_pid[m.metadata.dst_node_id]
+        cfg = m.content["config"]
+        if pid in plan:
+            assert cfg["local-epochs"] == plan[pid][0] and cfg["lr"] == pytest.approx(0.1 / 4)
+        else:
+            assert "local-epochs" not in cfg
+    replies = [reply(m, {"w": np.ones(2, np.float32)}, 10) for m in msgs]
+    strategy.aggregate_train(4, replies)
+    assert strategy.current.clients_ok == aggregated
+    assert strategy.current.clients_dropped == 6 - aggregated
+
+
+def test_straggler_plan_with_one_epoch_cuts_steps() -> None:
+    from fedconv.faults import straggler_plan
+
+    plan = straggler_plan(0, 1, range(10), 0.3, 1)
+    assert len(plan) == 3
+    assert all(e == 1 and 0 < f < 1 for e, f in plan.values())
+    assert plan == straggler_plan(0, 1, range(10), 0.3, 1) != straggler_plan(0, 2, range(10), 0.3, 1)

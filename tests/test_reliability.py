@@ -1,0 +1,190 @@
+"""Faults on the real Flower + Ray stack: crashes, skipped rounds, stragglers, poisoned
+replies, timeouts, kill-and-resume, and sweep re-runs (digits, small configs)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from fedconv.faults import crashes, straggler_plan
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE = [
+    "dataset=digits",
+    "server.fraction_train=1.0",
+    "server.fraction_evaluate=0",
+    "partition.alpha=1.0",
+]
+
+pytestmark = pytest.mark.slow
+
+
+def simulate(*overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "fedconv.simulate", *overrides],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def rows(run: Path, name: str = "rounds.csv") -> list[dict[str, str]]:
+    with (run / name).open() as f:
+        return list(csv.DictReader(f))
+
+
+def ints(table: list[dict[str, str]], key: str) -> list[int]:
+    return [int(r[key]) for r in table]
+
+
+def test_dropout_still_converges_and_counts_the_crashes(tmp_path: Path) -> None:
+    proc = simulate(*BASE, "simulation.num_clients=6", "server.rounds=5", "client.epochs=2",
+                    "faults.dropout=0.3", f"hydra.run.dir={tmp_path}")
+    ok(proc)
+    table = rows(tmp_path)
+    expected = [sum(crashes(0, r, pid, 0.3) for pid in range(6)) for r in range(1, 6)]
+    assert ints(table, "clients_failed") == expected and sum(expected) > 0
+    assert [s - f for s, f in zip(ints(table, "clients_sampled"), expected)] == ints(table, "clients_ok")
+    trained = {(int(r["round"]), int(r["partition_id"])) for r in rows(tmp_path, "client_metrics.csv")}
+    assert not any(crashes(0, r, pid, 0.3) and (r, pid) in trained for r in range(1, 6) for pid in range(6))
+    acc = [float(r["central_accuracy"]) for r in table]
+    assert acc[-1] > 0.8 and acc[-1] > acc[0]
+    assert "ClientApp raised: injected crash of partition" in proc.stdout
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
+
+
+def test_all_clients_failing_skips_the_round_and_keeps_the_model(tmp_path: Path) -> None:
+    from fedconv import task
+    from fedconv.config import compose
+    from fedconv.models import transmitted_state
+
+    overrides = [*BASE, "simulation.num_clients=4", "server.rounds=2", "faults.dropout=1.0"]
+    ok(simulate(*overrides, f"hydra.run.dir={tmp_path}"))
+    table = rows(tmp_path)
+    assert ints(table, "round_skipped") == [1, 1] and ints(table, "clients_failed") == [4, 4]
+    assert ints(table, "clients_ok") == [0, 0] and ints(table, "bytes_up") == [0, 0]
+    assert table[0]["central_accuracy"] == table[1]["central_accuracy"]
+    cfg = compose(overrides)
+    initial = transmitted_state(task.initial_model(cfg, task.dataset(cfg)))
+    final = load_file(str(tmp_path / "model.safetensors"))
+    assert set(final) == set(initial)
+    for name, tensor in initial.items():
+        np.testing.assert_array_equal(final[name], tensor.numpy())
+    assert json.loads((tmp_path / "summary.json").read_text())["rounds_skipped"] == 2
+
+
+def test_stragglers_fedprox_aggregates_fedavg_drops_and_a_rerun_skips(tmp_path: Path) -> None:
+    command = ["-m", *BASE, "simulation.num_clients=6", "server.rounds=2", "client.epochs=3",
+               "faults=stragglers", "strategy=fedavg,fedprox", f"hydra.sweep.dir={tmp_path}"]
+    ok(simulate(*command))
+    jobs = json.loads((tmp_path / "sweep.json").read_text())["jobs"]
+    fedavg, fedprox = (Path(j["run_dir"]) for j in jobs)
+    assert "strategy=fedavg" in jobs[0]["overrides"] and fedavg.parent == fedprox.parent == tmp_path
+    for r in range(1, 3):
+        assert len(straggler_plan(0, r, range(6), 0.5, 3)) == 3
+    avg, prox = rows(fedavg), rows(fedprox)
+    assert ints(avg, "stragglers") == [3, 3] and ints(prox, "stragglers") == [3, 3]
+    assert ints(avg, "clients_dropped") == [3, 3] and ints(avg, "clients_ok") == [3, 3]
+    assert ints(prox, "clients_dropped") == [0, 0] and ints(prox, "clients_ok") == [6, 6]
+    dropped = {(int(r["round"]), int(r["partition_id"])) for r in rows(fedavg, "client_metrics.csv") if r["status"] == "dropped"}
+    assert dropped == {(r, p) for r in (1, 2) for p in straggler_plan(0, r, range(6), 0.5, 3)}
+    # The same command again: both jobs completed, so both are skipped without running anything.
+    before = {p: (p / "rounds.csv").read_bytes() for p in (fedavg, fedprox)}
+    t0 = time.perf_counter()
+    again = simulate(*command)
+    ok(again)
+    assert again.stdout.count("skipping") == 2 and "fedconv run ->" not in again.stdout
+    assert time.perf_counter() - t0 < 60
+    assert {p: (p / "rounds.csv").read_bytes() for p in (fedavg, fedprox)} == before
+    index = json.loads((tmp_path / "sweep.json").read_text())
+    assert [j["status"] for j in index["jobs"]] == ["completed", "completed"]
+
+
+def test_nan_client_is_rejected_and_the_model_stays_finite(tmp_path: Path) -> None:
+    proc = simulate(*BASE, "simulation.num_clients=4", "server.rounds=3", "client.epochs=2",
+                    "faults=nan_client", f"hydra.run.dir={tmp_path}")
+    ok(proc)
+    table = rows(tmp_path)
+    assert ints(table, "clients_rejected") == [1, 1, 1] and ints(table, "clients_ok") == [3, 3, 3]
+    assert "partition 0: reply rejected: array" in proc.stdout and "non-finite" in proc.stdout
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    assert all(np.isfinite(w).all() for w in weights.values())
+    acc = [float(r["central_accuracy"]) for r in table]
+    assert acc[0] < acc[1] < acc[2]
+    rejected = [r for r in rows(tmp_path, "client_metrics.csv") if r["status"] == "rejected"]
+    assert {r["partition_id"] for r in rejected} == {"0"} and len(rejected) == 3
+
+
+def test_a_client_past_the_round_timeout_counts_as_failed(tmp_path: Path) -> None:
+    # A sleeping client holds its Ray actor past the round; 6 actors (sleep costs no CPU)
+    # keep the other clients from queueing behind it, as separate devices would.
+    proc = simulate(*BASE, "simulation.num_clients=3", "server.rounds=3", "client.epochs=1",
+                    "faults.slow_partitions=0", "faults.slow_seconds=12", "server.round_timeout=6",
+                    "simulation.ray.num_cpus=6", f"hydra.run.dir={tmp_path}")
+    ok(proc)
+    table = rows(tmp_path)
+    trained = {(int(r["round"]), int(r["partition_id"])) for r in rows(tmp_path, "client_metrics.csv")}
+    assert not any((r, 0) in trained for r in (1, 2, 3))  # partition 0 never made it in time
+    assert all(f >= 1 for f in ints(table, "clients_failed"))
+    assert 2 in ints(table, "clients_ok")  # the others did make it
+    assert proc.stdout.count("partition 0: no reply within the round timeout") == 3
+    assert all(6 <= float(r["round_seconds"]) < 6 + 3 for r in table)  # the round waited for the timeout, no longer
+
+
+def _kill_tree(pid: int) -> None:
+    import psutil
+
+    parent = psutil.Process(pid)
+    procs = [parent, *parent.children(recursive=True)]
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=20)
+
+
+def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+    overrides = [*BASE, "simulation.num_clients=4", "server.rounds=4", "server.fraction_evaluate=0.5",
+                 "faults.slow_partitions=1", "faults.slow_seconds=2"]
+    ok(simulate(*overrides, f"hydra.run.dir={tmp_path / 'whole'}"))
+    killed = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "fedconv.simulate", *overrides, f"hydra.run.dir={killed}"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (killed / "rounds.csv").exists() and len(rows(killed)) >= 2:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(1.0)  # into round 3, whose slow client needs 2 s
+    finally:
+        _kill_tree(proc.pid)
+    summary = killed / "summary.json"
+    assert not summary.exists() or json.loads(summary.read_text())["status"] != "completed"
+    assert 2 <= len(rows(killed)) <= 3  # at most the round in flight is lost
+    resumed = simulate(f"resume={killed}")
+    ok(resumed)
+    assert "resuming after round" in resumed.stdout
+    cols = ["round", "central_accuracy", "central_loss", "fed_accuracy", "fed_loss", "train_loss",
+            "clients_ok", "bytes_down", "bytes_up", "bytes_total_cum"]
+    whole, again = rows(tmp_path / "whole"), rows(killed)
+    assert [[r[c] for c in cols] for r in again] == [[r[c] for c in cols] for r in whole]
+    final = json.loads(summary.read_text())
+    assert final["status"] == "completed" and final["rounds_completed"] == 4 and final["resumed_from_round"] in (2, 3)
+    assert final["final_central_accuracy"] == json.loads((tmp_path / "whole" / "summary.json").read_text())["final_central_accuracy"]
