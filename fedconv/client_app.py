@@ -1,21 +1,25 @@
 """The fedconv ClientApp: local training and evaluation on one client's partition.
 
 Everything comes from ``context.run_config`` (the flat run config) and
-``context.node_config`` (``partition-id``, ``num-partitions``), so the same app runs in
-Flower's simulation runtime and on a real SuperNode.
+``context.node_config`` (``partition-id``, and ``num-partitions`` or a ``data-dir`` of the
+device's own data), so the same app runs in Flower's simulation runtime and on a real
+SuperNode.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedconv import faults, task
 from fedconv.config import from_run_config
+from fedconv.device_data import load_device_data
 from fedconv.models import transmitted_state
 from fedconv.training import evaluate as evaluate_model
 
@@ -32,22 +36,56 @@ def _set_threads(cfg: dict) -> None:
         torch.set_num_threads(threads)
 
 
+@dataclass(frozen=True)
+class NodeData:
+    """This node's training data (``ds.train_x[train_idx]``) and held-out split."""
+
+    ds: task.ImageDataset
+    train_idx: np.ndarray
+    held_x: np.ndarray
+    held_y: np.ndarray
+    source: str  # "partition" (of the run's dataset) or "dir" (the device's own data-dir)
+
+
+def node_data(cfg: dict, context: Context) -> NodeData:
+    """The node's own folder (``data-dir`` in its node config) or, for simulations and demos,
+    partition ``partition-id`` of ``num-partitions`` made from the run's dataset and seed."""
+    pid = _partition_id(context)
+    data_dir = context.node_config.get("data-dir")
+    if data_dir:
+        d = cfg["dataset"]
+        shape = (int(d["channels"]), int(d["height"]), int(d["width"]))
+        ds = load_device_data(str(data_dir), shape, int(d["num_classes"]),
+                              float(cfg["partition"]["test_fraction"]), int(cfg["seed"]), pid)
+        return NodeData(ds, np.arange(len(ds.train_y)), ds.test_x, ds.test_y, "dir")
+    ds = task.dataset(cfg)
+    parts = task.partitions(cfg, int(context.node_config["num-partitions"]))
+    held = parts.test[pid]
+    return NodeData(ds, parts.train[pid], ds.train_x[held], ds.train_y[held], "partition")
+
+
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Tell the server which partition this node holds (it samples cohorts by partition id)."""
-    record = ConfigRecord({"partition-id": _partition_id(context), "pid": os.getpid()})
+    """Tell the server which partition this node holds (it samples cohorts by partition id)
+    and what data it trains on (for partition.json and the example-count check)."""
+    cfg = from_run_config(context.run_config)
+    data = node_data(cfg, context)
+    hist = np.bincount(np.asarray(data.ds.train_y)[data.train_idx], minlength=data.ds.num_classes)
+    record = ConfigRecord({
+        "partition-id": _partition_id(context), "pid": os.getpid(), "source": data.source,
+        "num-train": len(data.train_idx), "num-held-out": len(data.held_y), "label-histogram": hist.tolist(),
+    })
     return Message(RecordDict({"partition": record}), reply_to=msg)
 
 
-def _prepare(msg: Message, context: Context) -> tuple[dict, int, task.ImageDataset, task.Partitions, torch.nn.Module]:
-    """Config, partition id, cached data and partitions, and the model holding the global weights."""
+def _prepare(msg: Message, context: Context) -> tuple[dict, int, NodeData, torch.nn.Module]:
+    """Config, partition id, the node's data, and the model holding the global weights."""
     cfg = from_run_config(context.run_config)
     _set_threads(cfg)
-    ds = task.dataset(cfg)
-    parts = task.partitions(cfg, int(context.node_config["num-partitions"]))
-    model = task.reusable_model(cfg, ds)
+    data = node_data(cfg, context)
+    model = task.reusable_model(cfg, data.ds)
     task.load_global(model, msg.content["arrays"].to_torch_state_dict())
-    return cfg, _partition_id(context), ds, parts, model
+    return cfg, _partition_id(context), data, model
 
 
 def _inject_delay_or_crash(cfg: dict, pid: int, server_round: int) -> None:
@@ -62,8 +100,8 @@ def _inject_delay_or_crash(cfg: dict, pid: int, server_round: int) -> None:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    cfg, pid, ds, parts, model = _prepare(msg, context)
-    idx = parts.train[pid]
+    cfg, pid, data, model = _prepare(msg, context)
+    ds, idx = data.ds, data.train_idx
     if len(idx) == 0:
         raise ValueError(f"partition {pid} has no training data (partition.allow_empty=true)")
     config = msg.content["config"]
@@ -99,9 +137,8 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    cfg, pid, ds, parts, model = _prepare(msg, context)
-    idx = parts.test[pid]
-    result = evaluate_model(model, ds.train_x[idx], ds.train_y[idx], task.normalizer(cfg, ds, train=False))
+    cfg, pid, data, model = _prepare(msg, context)
+    result = evaluate_model(model, data.held_x, data.held_y, task.normalizer(cfg, data.ds, train=False))
     metrics = MetricRecord(
         {"eval_loss": result.loss, "eval_accuracy": result.accuracy, "num-examples": result.num_examples}
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,21 @@ STRAGGLER_POLICIES = ("drop", "aggregate")
 CORRUPT_MODES = ("nan", "inf", "shape", "dtype", "names", "num_examples")
 
 Scalar = bool | int | float | str
+EXIT_BAD_CONFIG = 2  # every config error, ours or Hydra's
+
+
+def config_errors_exit_2(hydra_main: Callable[[], Any], task_started: Callable[[], bool]) -> None:
+    """Run a ``@hydra.main`` entry point so that Hydra's own config errors (unknown key or
+    option, bad override syntax), which it reports with exit 1 before the task starts,
+    exit 2 like fedconv's."""
+    import sys
+
+    try:
+        hydra_main()
+    except SystemExit as exc:
+        if exc.code == 1 and not task_started():
+            sys.exit(EXIT_BAD_CONFIG)
+        raise
 
 
 def job_dirname(override_dirname: str) -> str:
@@ -101,7 +116,7 @@ def from_run_config(flat: Mapping[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def unknown_keys(cfg: Mapping[str, Any], choices: Mapping[str, Any]) -> list[str]:
+def unknown_keys(cfg: Mapping[str, Any], choices: Mapping[str, Any], config_name: str = "config") -> list[str]:
     """Keys that no config file declares (``+client.foo=1`` slips past Hydra's struct check).
 
     The reference is the same composition without the user's value overrides: the chosen
@@ -113,7 +128,7 @@ def unknown_keys(cfg: Mapping[str, Any], choices: Mapping[str, Any]) -> list[str
         for group, option in choices.items()
         if group in groups and option is not None
     ]
-    reference = compose(overrides)
+    reference = compose(overrides, config_name)
     problems: list[str] = []
 
     def walk(node: Mapping[str, Any], ref: Mapping[str, Any], prefix: str) -> None:

@@ -8,6 +8,7 @@ mapping. ``python -m fedconv.partitioning`` prints and saves partition statistic
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from collections.abc import Mapping
@@ -115,6 +116,29 @@ def split_held_out(indices: np.ndarray, fraction: float, seed: int, cid: int) ->
     return np.sort(order[n_test:]), np.sort(order[:n_test])
 
 
+def save_partitions(path: Path, parts: Partitions) -> None:
+    """Store partitions as four flat arrays (no pickle), atomically."""
+    def flat(lists: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        sizes = np.array([len(x) for x in lists], dtype=np.int64)
+        values = np.concatenate(lists) if lists else np.zeros(0, np.int64)
+        return values.astype(np.int64), np.concatenate([[0], np.cumsum(sizes)])
+
+    train, train_off = flat(parts.train)
+    test, test_off = flat(parts.test)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, train=train, train_offsets=train_off, test=test, test_offsets=test_off)
+    os.replace(tmp, path)
+
+
+def load_partitions(path: Path) -> Partitions:
+    with np.load(path, allow_pickle=False) as f:
+        def split(values: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
+            return [values[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+
+        return Partitions(train=split(f["train"], f["train_offsets"]), test=split(f["test"], f["test_offsets"]))
+
+
 def make_partitions(labels: np.ndarray, cfg: Mapping[str, Any], num_clients: int, seed: int) -> Partitions:
     """Partition training labels into ``num_clients`` clients with the configured scheme."""
     labels = np.asarray(labels)
@@ -176,11 +200,15 @@ def mean_label_entropy(hist: np.ndarray) -> float:
 
 def partition_record(labels: np.ndarray, parts: Partitions, num_classes: int) -> dict[str, Any]:
     """JSON-ready description: per-client counts and label histograms, plus summary stats."""
-    hist = label_histograms(labels, parts, num_classes)
+    return histogram_record(label_histograms(labels, parts, num_classes), [len(t) for t in parts.test])
+
+
+def histogram_record(hist: np.ndarray, num_test: list[int]) -> dict[str, Any]:
+    """:func:`partition_record` from per-client label histograms and held-out counts."""
     sizes = hist.sum(axis=1)
     return {
-        "num_clients": parts.num_clients,
-        "num_classes": num_classes,
+        "num_clients": int(hist.shape[0]),
+        "num_classes": int(hist.shape[1]),
         "summary": {
             "size_min": int(sizes.min()),
             "size_median": float(np.median(sizes)),
@@ -191,11 +219,11 @@ def partition_record(labels: np.ndarray, parts: Partitions, num_classes: int) ->
         "clients": [
             {
                 "partition_id": cid,
-                "num_train": int(len(parts.train[cid])),
-                "num_test": int(len(parts.test[cid])),
+                "num_train": int(sizes[cid]),
+                "num_test": int(num_test[cid]),
                 "label_histogram": hist[cid].tolist(),
             }
-            for cid in range(parts.num_clients)
+            for cid in range(hist.shape[0])
         ],
     }
 

@@ -61,6 +61,14 @@ CLASS_REPORT = "classification.json"
 STATUSES = ("completed", "failed", "interrupted")
 
 
+def discard_if_empty(out: Path) -> None:
+    """Remove a run dir that holds nothing but Hydra's bookkeeping (no fake results)."""
+    import shutil
+
+    if out.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in out.iterdir()):
+        shutil.rmtree(out, ignore_errors=True)
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write via a temp file and rename, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,12 @@ SERVER_APP = "fedconv.server_app:app"
 def write_app_dir(directory: Path, run_config: Mapping[str, Any]) -> None:
     """A minimal Flower App description whose default config is this run's config."""
     project = {
-        "project": {"name": "fedconv-run", "version": "0.1.0"},
+        "project": {
+            "name": "fedconv-run",
+            "version": "0.1.0",
+            "description": "One fedconv run: its config is [tool.flwr.app.config]",
+            "license": "Apache-2.0",
+        },
         "tool": {
             "flwr": {
                 "app": {
@@ -97,6 +102,8 @@ def run_simulation(run_config: Mapping[str, Any], num_supernodes: int, backend: 
     if not verbose and not any(isinstance(f, _ClientErrorsInRoundLog) for f in flwr_logger.filters):
         flwr_logger.addFilter(_ClientErrorsInRoundLog())
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silence a Ray FutureWarning
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # no phoning home from offline machines
+    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     run_id = generate_rand_int_from_bytes(RUN_ID_NUM_BYTES)
     run = Run.create_empty(run_id=run_id)
     run.primary_task_id = generate_rand_int_from_bytes(TASK_ID_NUM_BYTES)

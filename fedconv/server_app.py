@@ -10,7 +10,8 @@ import math
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,8 @@ from flwr.serverapp import Grid, ServerApp
 from fedconv import __version__, checkpoint, run_dir, task
 from fedconv.config import clients_per_round, from_run_config
 from fedconv.models import count_parameters, state_bytes, transmitted_state
-from fedconv.partitioning import partition_record
-from fedconv.strategies import LedgerMixin, RoundPolicy, make_strategy
+from fedconv.partitioning import histogram_record
+from fedconv.strategies import LedgerMixin, RoundPolicy, make_strategy, short_reason
 from fedconv.training import classification_report, evaluate, lr_for_round
 
 app = ServerApp()
@@ -33,8 +34,20 @@ class DiscoveryError(RuntimeError):
     """Not enough nodes answered with their partition id."""
 
 
-def discover_partitions(grid: Grid, expected: int, timeout: float) -> dict[int, int]:
-    """Ask every node for its partition id (cohorts are sampled by partition id)."""
+@dataclass(frozen=True)
+class NodeReport:
+    """What a node said about its data when asked (train count, held-out count, labels)."""
+
+    node_id: int
+    partition_id: int
+    source: str
+    num_train: int
+    num_held_out: int
+    label_histogram: list[int]
+
+
+def discover_partitions(grid: Grid, expected: int, timeout: float) -> dict[int, NodeReport]:
+    """Ask every node for its partition id and data (cohorts are sampled by partition id)."""
     deadline = time.monotonic() + timeout
     while len(node_ids := list(grid.get_node_ids())) < expected:
         if time.monotonic() > deadline:
@@ -45,14 +58,31 @@ def discover_partitions(grid: Grid, expected: int, timeout: float) -> dict[int, 
         for n in node_ids
     ]
     replies = grid.send_and_receive(messages, timeout=timeout)
-    mapping: dict[int, int] = {}
+    reports: dict[int, NodeReport] = {}
+    errors = []
     for reply in replies:
-        if not reply.has_error():
-            mapping[reply.metadata.src_node_id] = int(reply.content["partition"]["partition-id"])
-    pids = sorted(mapping.values())
+        if reply.has_error():
+            errors.append(short_reason(reply.error.reason))
+            continue
+        r = reply.content["partition"]
+        node = reply.metadata.src_node_id
+        reports[node] = NodeReport(node, int(r["partition-id"]), str(r["source"]), int(r["num-train"]),
+                                   int(r["num-held-out"]), [int(v) for v in r["label-histogram"]])
+    pids = sorted(rep.partition_id for rep in reports.values())
     if pids != list(range(expected)):
-        raise DiscoveryError(f"expected partition ids 0..{expected - 1}, nodes reported {pids[:20]}")
-    return mapping
+        detail = f"; node errors: {errors[:3]}" if errors else ""
+        raise DiscoveryError(f"expected partition ids 0..{expected - 1}, nodes reported {pids[:20]}{detail}")
+    return reports
+
+
+def reported_partitions(reports: Mapping[int, NodeReport], num_classes: int) -> dict[str, Any]:
+    """partition.json from what the nodes reported (simulated partitions and device folders alike)."""
+    by_pid = sorted(reports.values(), key=lambda r: r.partition_id)
+    hist = np.array([r.label_histogram for r in by_pid], dtype=np.int64)
+    record = histogram_record(hist, [r.num_held_out for r in by_pid])
+    for client, rep in zip(record["clients"], by_pid):
+        client["source"] = rep.source
+    return record
 
 
 def run_rounds(
@@ -247,7 +277,8 @@ class RunRecorder:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = from_run_config(context.run_config)
-    out = Path(str(cfg["output_dir"]))
+    # `flwr run .` of the repo's own app has no output_dir: write under the ServerApp's cwd.
+    out = Path(str(cfg.get("output_dir") or Path.cwd() / "results" / "flwr-runs" / str(context.run_id)))
     if not out.is_absolute():
         raise ValueError(f"output_dir must be an absolute path, got '{out}'")
     out.mkdir(parents=True, exist_ok=True)
@@ -256,10 +287,9 @@ def main(grid: Grid, context: Context) -> None:
     server = cfg["server"]
     timeout = float(server["round_timeout"])
 
-    parts = task.partitions(cfg, num_clients)
-    run_dir.write_json(out / run_dir.PARTITION, partition_record(np.asarray(ds.train_y), parts, ds.num_classes))
-
-    node_to_pid = discover_partitions(grid, num_clients, float(server.get("connect_timeout", 600)))
+    reports = discover_partitions(grid, num_clients, float(server.get("connect_timeout", 600)))
+    run_dir.write_json(out / run_dir.PARTITION, reported_partitions(reports, ds.num_classes))
+    node_to_pid = {node: rep.partition_id for node, rep in reports.items()}
     strategy = make_strategy(cfg["strategy"], float(server["fraction_evaluate"]))
     flt = cfg.get("faults", {})
     policy = RoundPolicy(
@@ -278,7 +308,7 @@ def main(grid: Grid, context: Context) -> None:
         ),
         lr_for_round=lambda r: lr_for_round(server, float(cfg["client"]["lr"]), r),
         policy=policy,
-        partition_sizes={pid: len(idx) for pid, idx in enumerate(parts.train)},
+        partition_sizes={rep.partition_id: rep.num_train for rep in reports.values()},
     )
     model = task.initial_model(cfg, ds)
     eval_model = task.initial_model(cfg, ds).to(memory_format=torch.channels_last)

@@ -7,7 +7,6 @@ flattens the config into Flower's run config and hands it to :mod:`fedconv.runti
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import sys
 import time
@@ -20,18 +19,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from fedconv import run_dir
-from fedconv.config import ConfigError, register_resolvers, to_run_config, unknown_keys, validate
+from fedconv.config import EXIT_BAD_CONFIG, ConfigError, config_errors_exit_2, register_resolvers, to_run_config, unknown_keys, validate
 
 register_resolvers()
 
-EXIT_BAD_CONFIG = 2
 _TASK_STARTED = False  # set when a job starts; a Hydra exit before that is a config error
-
-
-def _discard_if_empty(out: Path) -> None:
-    """Remove a run dir that holds nothing but Hydra's bookkeeping (no fake results)."""
-    if out.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in out.iterdir()):
-        shutil.rmtree(out, ignore_errors=True)
 
 
 def _update_sweep_index(sweep_dir: Path, entry: dict[str, Any]) -> None:
@@ -152,13 +144,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     job = {"job": hc.job.num if multirun else 0, "overrides": list(hc.overrides.task), "run_dir": str(out)}
     sweep_dir = Path(hc.sweep.dir).resolve() if multirun else None
     if cfg.resume:  # Hydra made a fresh run dir for this command; the run lives elsewhere
-        _discard_if_empty(Path(hc.runtime.output_dir))
+        run_dir.discard_if_empty(Path(hc.runtime.output_dir))
     try:
         resolved, action = prepare(cfg, out, dict(hc.runtime.choices))
         if action != "skip":
             check_inputs(resolved)
     except (ConfigError, DatasetError, PartitionError, ModelConfigError) as exc:
-        _discard_if_empty(out)
+        run_dir.discard_if_empty(out)
         prefix = "config error" if isinstance(exc, ConfigError) else "error"
         print(f"{prefix}: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_CONFIG)
@@ -235,16 +227,9 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def cli() -> None:
-    """Entry point: Hydra's own errors (unknown key or option, bad override syntax) exit 1;
-    they are config errors like ours, so they exit 2. SIGTERM (a batch scheduler's stop)
-    ends the run as interrupted, like Ctrl-C."""
+    """Entry point. SIGTERM (a batch scheduler's stop) ends the run as interrupted, like Ctrl-C."""
     signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        main()
-    except SystemExit as exc:
-        if exc.code == 1 and not _TASK_STARTED:
-            sys.exit(EXIT_BAD_CONFIG)
-        raise
+    config_errors_exit_2(main, lambda: _TASK_STARTED)
 
 
 if __name__ == "__main__":

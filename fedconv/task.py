@@ -6,6 +6,7 @@ the partitions once, and builds the model once, then reuses them for every clien
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Mapping
@@ -16,9 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedconv.datasets import ImageDataset, load_dataset
+from fedconv import __version__
+from fedconv.datasets import ImageDataset, cache_root, load_dataset
 from fedconv.models import build_model, transmitted_state
-from fedconv.partitioning import Partitions, make_partitions
+from fedconv.partitioning import Partitions, load_partitions, make_partitions, save_partitions
 
 __all__ = ["ImageDataset", "Partitions", "dataset", "partitions", "reusable_model", "initial_model", "normalizer", "load_global", "train_partition"]
 from fedconv.training import Normalizer, TrainResult, train_local
@@ -40,8 +42,24 @@ def dataset(cfg: Mapping[str, Any]) -> ImageDataset:
 
 @lru_cache(maxsize=4)
 def _partitions(dataset_key: str, partition_key: str, num_clients: int, seed: int) -> Partitions:
+    """Made once per machine: a SuperNode runs every message in a fresh process, and
+    partitioning (Flower Datasets and its imports) costs seconds there; loading costs ms."""
     ds = _dataset(dataset_key)
-    return make_partitions(np.asarray(ds.train_y), json.loads(partition_key), num_clients, seed)
+    labels = np.asarray(ds.train_y)
+    digest = hashlib.sha1(
+        json.dumps([__version__, dataset_key, partition_key, num_clients, seed]).encode() + labels.tobytes()
+    ).hexdigest()[:20]
+    path = cache_root(str(json.loads(dataset_key).get("cache_dir") or "")) / "partitions" / f"{digest}.npz"
+    try:
+        return load_partitions(path)
+    except (OSError, ValueError, KeyError):
+        pass
+    parts = make_partitions(labels, json.loads(partition_key), num_clients, seed)
+    try:
+        save_partitions(path, parts)
+    except OSError:  # a read-only cache only costs time
+        pass
+    return parts
 
 
 def partitions(cfg: Mapping[str, Any], num_clients: int) -> Partitions:

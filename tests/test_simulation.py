@@ -137,7 +137,7 @@ def test_two_job_sweep_writes_two_runs_and_an_index(tmp_path: Path) -> None:
         run = Path(job["run_dir"])
         assert run.parent == tmp_path and len(rows(run)) == 2
         assert json.loads((run / "summary.json").read_text())["status"] == "completed"
-    prox = yaml.safe_load((tmp_path / "strategy=fedprox" / "config.yaml").read_text())
+    prox = yaml.safe_load((Path(index["jobs"][1]["run_dir"]) / "config.yaml").read_text())
     assert prox["strategy"] == {"name": "fedprox", "mu": 0.01, "stragglers": "aggregate"}
 
 

@@ -1,0 +1,222 @@
+"""``python -m fedconv.deploy federation=<name> [overrides]``: a run on real SuperNodes.
+
+Hydra composes the same config groups as the simulation plus ``conf/federation/<name>``;
+this module validates them, registers the SuperNodes' public keys with the SuperLink,
+writes a one-run Flower App whose ``[tool.flwr.app.config]`` is the flat run config, and
+starts it with ``flwr run --stream`` against the SuperLink. The fedconv ServerApp (started
+by the SuperLink on its machine) writes the run directory; run this launcher on the
+SuperLink's machine, or set ``output_dir`` to a path that exists there.
+
+``mode=register`` only registers the keys (do it before the boards start their SuperNodes:
+an unregistered SuperNode is refused and exits).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import hydra
+import tomli_w
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from fedconv import run_dir
+from fedconv.config import (
+    EXIT_BAD_CONFIG,
+    ConfigError,
+    config_errors_exit_2,
+    register_resolvers,
+    to_run_config,
+    unknown_keys,
+    validate,
+)
+from fedconv.runtime import write_app_dir
+
+register_resolvers()
+
+CONNECTION = "fedconv"
+MODES = ("run", "register")
+_TASK_STARTED = False
+
+
+def flwr_env(flwr_home: Path) -> dict[str, str]:
+    """Environment for Flower's processes: our own FLWR_HOME, no telemetry or update checks
+    (boards are often offline), and this interpreter's scripts on PATH."""
+    bin_dir = str(Path(sys.executable).parent)
+    return {
+        **os.environ,
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def _problems(fed: Mapping[str, Any]) -> list[str]:
+    out = []
+    if not re.fullmatch(r"[A-Za-z0-9.\-]+:\d{1,5}|\[[0-9a-fA-F:]+\]:\d{1,5}", str(fed.get("address", ""))):
+        out.append(f"federation.address={fed.get('address')!r}: must be HOST:PORT of the SuperLink")
+    if not isinstance(fed.get("insecure"), bool):
+        out.append(f"federation.insecure={fed.get('insecure')!r}: must be true or false")
+    elif not fed["insecure"]:
+        cert = Path(str(fed.get("root_certificates") or ""))
+        if not fed.get("root_certificates") or not cert.is_file():
+            out.append(
+                f"federation.root_certificates={fed.get('root_certificates')!r}: must be the lab CA certificate "
+                "file (make one with `python -m fedconv.certs`), or set federation.insecure=true for loopback tests"
+            )
+    keys = fed.get("supernode_keys") or ""
+    if keys and not sorted(Path(str(keys)).glob("*.pub")):
+        out.append(f"federation.supernode_keys={keys!r}: must be a folder holding the SuperNodes' *.pub keys, or \"\"")
+    n = fed.get("num_supernodes")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        out.append(f"federation.num_supernodes={n!r}: must be an integer >= 1")
+    return out
+
+
+def resolve(cfg: DictConfig, out: Path) -> dict[str, Any]:
+    """The validated plain config; ``simulation.num_clients`` becomes the SuperNode count."""
+    hc = HydraConfig.get()
+    problems = unknown_keys(OmegaConf.to_container(cfg, resolve=False), dict(hc.runtime.choices), "deploy")  # type: ignore[arg-type]
+    resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    if resolved.get("mode") not in MODES:
+        problems.append(f"mode={resolved.get('mode')!r}: must be one of {', '.join(MODES)}")
+    fed = resolved["federation"]
+    for key in ("root_certificates", "supernode_keys"):
+        if fed.get(key):
+            fed[key] = str(Path(str(fed[key])).expanduser().resolve())
+    problems += _problems(fed)
+    if isinstance(fed.get("num_supernodes"), int):
+        resolved["simulation"]["num_clients"] = fed["num_supernodes"]
+    try:
+        validate(resolved)
+    except ConfigError as exc:
+        problems += str(exc).splitlines()
+    if problems:
+        raise ConfigError("\n".join(problems))
+    resolved["output_dir"] = str(out)  # client.threads stays as set: 0 = every core of each board
+    return resolved
+
+
+def write_connection(flwr_home: Path, fed: Mapping[str, Any]) -> None:
+    """The Flower CLI's SuperLink connection for this federation (``$FLWR_HOME/config.toml``)."""
+    conn: dict[str, Any] = {"address": str(fed["address"])}
+    if fed["insecure"]:
+        conn["insecure"] = True
+    else:
+        conn["root-certificates"] = str(fed["root_certificates"])
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    (flwr_home / "config.toml").write_text(tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: conn}}))
+
+
+def register_supernodes(keys_dir: Path, env: Mapping[str, str]) -> list[str]:
+    """Register every ``*.pub`` in ``keys_dir`` (already registered keys are fine)."""
+    lines = []
+    for key in sorted(keys_dir.glob("*.pub")):
+        proc = subprocess.run(["flwr", "supernode", "register", str(key), CONNECTION, "--format", "json"],
+                              capture_output=True, text=True, env=dict(env), timeout=120)
+        text = proc.stdout + proc.stderr
+        if proc.returncode == 0 and '"success": true' in text:
+            node = re.search(r'"node-id":\s*(\d+)', text)
+            lines.append(f"registered {key.name} as SuperNode {node.group(1) if node else '?'}")
+        elif "already in use" in text:
+            lines.append(f"{key.name} was registered already")
+        else:
+            raise RuntimeError(f"registering {key} failed: {' '.join(text.split())[-500:]}")
+    return lines
+
+
+def start_run(app_dir: Path, env: Mapping[str, str], stream: bool) -> tuple[int, str | None]:
+    """``flwr run`` the one-run app; echo its log stream; return (exit code, run id)."""
+    cmd = ["flwr", "run", str(app_dir), CONNECTION] + (["--stream"] if stream else [])
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(env))
+    run_id = None
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            if run_id is None and (m := re.search(r"Successfully started run (\d+)", line)):
+                run_id = m.group(1)
+            if not line.startswith("Flower App configuration warnings") and "Recommended property" not in line:
+                print(line, end="", flush=True)
+        return proc.wait(), run_id
+    except KeyboardInterrupt:
+        if run_id is not None:  # stop the run on the SuperLink too, not just our log stream
+            subprocess.run(["flwr", "stop", run_id, CONNECTION], env=dict(env), capture_output=True, timeout=60)
+        proc.terminate()
+        raise
+
+
+def wait_for_summary(out: Path, timeout: float = 30.0) -> dict[str, Any] | None:
+    """The ServerApp writes summary.json last; the log stream may end a moment before."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (out / run_dir.SUMMARY).exists():
+            return json.loads((out / run_dir.SUMMARY).read_text())
+        time.sleep(0.5)
+    return None
+
+
+def run(cfg: DictConfig) -> dict[str, Any] | None:
+    global _TASK_STARTED
+    _TASK_STARTED = True
+    hc = HydraConfig.get()
+    out = Path(cfg.output_dir or hc.runtime.output_dir).resolve()
+    try:
+        resolved = resolve(cfg, out)
+    except ConfigError as exc:
+        run_dir.discard_if_empty(out)
+        print(f"config error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_BAD_CONFIG)
+    fed = resolved.pop("federation")
+    mode = resolved.pop("mode")
+    if fed["insecure"]:
+        print("WARNING: federation.insecure=true: TLS is off, model updates travel in clear text and "
+              "SuperNodes are not authenticated. Use it on loopback only.", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(prefix="fedconv-deploy-") as tmp:
+        flwr_home = Path(tmp) / "flwr-home"
+        env = flwr_env(flwr_home)
+        write_connection(flwr_home, fed)
+        if fed["supernode_keys"]:
+            for line in register_supernodes(Path(fed["supernode_keys"]), env):
+                print(line, flush=True)
+        if mode == "register":
+            run_dir.discard_if_empty(out)
+            return None
+        if (out / run_dir.SUMMARY).exists() or (out / run_dir.ROUNDS).exists():
+            print(f"config error: output_dir={out}: already holds a run; choose another", file=sys.stderr)
+            sys.exit(EXIT_BAD_CONFIG)
+        out.mkdir(parents=True, exist_ok=True)
+        run_dir.write_config(out, {**resolved, "federation": fed})
+        app_dir = Path(tmp) / "app"
+        app_dir.mkdir()
+        write_app_dir(app_dir, to_run_config(resolved))
+        print(f"fedconv deploy -> {out} on SuperLink {fed['address']} ({fed['num_supernodes']} SuperNodes)", flush=True)
+        code, run_id = start_run(app_dir, env, bool(fed.get("stream_logs", True)))
+    summary = wait_for_summary(out, timeout=30 if fed.get("stream_logs", True) else 0)
+    if code != 0 or summary is None or summary.get("status") != "completed":
+        status = summary.get("status") if summary else "no summary.json"
+        print(f"deploy failed: flwr run exited {code}, run {run_id}, status {status}", file=sys.stderr)
+        if summary is None:
+            run_dir.write_json(out / run_dir.SUMMARY, {"status": "failed", "error": f"flwr run exited {code}",
+                                                       "run_id": run_id, "rounds_completed": 0})
+        sys.exit(1)
+    return summary
+
+
+@hydra.main(version_base=None, config_path="../conf", config_name="deploy")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    config_errors_exit_2(main, lambda: _TASK_STARTED)

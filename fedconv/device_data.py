@@ -1,0 +1,178 @@
+"""A board's own data (``data-dir`` in its SuperNode's ``--node-config``) and the tool that
+writes one such folder per device from a dataset's partitions.
+
+A device folder holds either IDX files (``train-images-idx3-ubyte[.gz]`` and
+``train-labels-idx1-ubyte[.gz]``, optionally ``t10k-*`` as the local held-out split; colour
+images use ``idx4`` files, N x C x H x W) or one sub-folder per class (``0/``, ``1/``, ... or
+class names, sorted) of PNG/JPEG images, which are converted to the dataset's channels and
+size. ``meta.json`` (written by the export tool) carries the whole dataset's normalisation
+statistics, so a board normalises exactly like the server; without it the device's own
+statistics are used.
+
+    python -m fedconv.device_data OUT [hydra overrides]   # OUT/device-<i>/ for every partition
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedconv.datasets import DatasetError, ImageDataset, _channel_stats, parse_idx
+from fedconv.partitioning import split_held_out
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm")
+
+
+def _idx_name(split: str, what: str, ndim: int) -> str:
+    return f"{split}-{what}-idx{ndim}-ubyte"
+
+
+def _find(directory: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def _read_idx_split(directory: Path, split: str, channels: int) -> tuple[np.ndarray, np.ndarray] | None:
+    ndim = 3 if channels == 1 else 4
+    images = _find(directory, _idx_name(split, "images", ndim))
+    labels = _find(directory, _idx_name(split, "labels", 1))
+    if images is None and labels is None:
+        return None
+    if images is None or labels is None:
+        missing = _idx_name(split, "images" if images is None else "labels", ndim if images is None else 1)
+        raise DatasetError(f"{directory}: {missing}[.gz] is missing (IDX images and labels come in pairs)")
+    x, y = parse_idx(images, ndim), parse_idx(labels, 1)
+    if len(x) != len(y):
+        raise DatasetError(f"{images}: {len(x)} images but {labels} holds {len(y)} labels")
+    return (x[:, None] if ndim == 3 else x), y.astype(np.int64)
+
+
+def _read_class_folders(directory: Path, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray] | None:
+    from PIL import Image
+
+    classes = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        return None
+    numeric = all(p.name.isdigit() for p in classes)
+    c, h, w = shape
+    xs, ys = [], []
+    for rank, folder in enumerate(classes):
+        label = int(folder.name) if numeric else rank
+        for path in sorted(folder.iterdir()):
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                with Image.open(path) as img:
+                    img = img.convert("L" if c == 1 else "RGB").resize((w, h))
+                    arr = np.asarray(img, dtype=np.uint8)
+            except OSError as exc:
+                raise DatasetError(f"{path}: not a readable image ({exc})") from exc
+            xs.append(arr[None] if c == 1 else arr.transpose(2, 0, 1))
+            ys.append(label)
+    if not xs:
+        raise DatasetError(f"{directory}: class folders hold no images ({', '.join(IMAGE_SUFFIXES)})")
+    return np.stack(xs), np.asarray(ys, dtype=np.int64)
+
+
+@lru_cache(maxsize=2)
+def load_device_data(
+    data_dir: str, shape: tuple[int, int, int], num_classes: int, test_fraction: float, seed: int, pid: int
+) -> ImageDataset:
+    """The device's data as an :class:`ImageDataset` (train = local training data, test = its
+    held-out split: the ``t10k`` files, or ``test_fraction`` of the training data)."""
+    directory = Path(data_dir).expanduser()
+    if not directory.is_dir():
+        raise DatasetError(f"data-dir {directory}: no such folder on this device")
+    train = _read_idx_split(directory, "train", shape[0]) or _read_class_folders(directory, shape)
+    if train is None:
+        raise DatasetError(
+            f"data-dir {directory}: found neither IDX files ({_idx_name('train', 'images', 3 if shape[0] == 1 else 4)}"
+            "[.gz], ...) nor one folder per class of images"
+        )
+    x, y = train
+    test = _read_idx_split(directory, "t10k", shape[0])
+    if test is None:
+        keep, held = split_held_out(np.arange(len(y)), test_fraction, seed, pid)
+        test, (x, y) = (x[held], y[held]), (x[keep], y[keep])
+    for images, labels in ((x, y), test):
+        if tuple(images.shape[1:]) != shape:
+            raise DatasetError(f"data-dir {directory}: images are {tuple(images.shape[1:])}, the run expects {shape}")
+        if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+            raise DatasetError(f"data-dir {directory}: labels must be in [0, {num_classes}), found {int(labels.max())}")
+    meta_path = directory / "meta.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        mean, std = tuple(meta["mean"]), tuple(meta["std"])
+    else:
+        mean, std = _channel_stats(x)
+    return ImageDataset(name=f"device:{directory}", train_x=x, train_y=y, test_x=test[0], test_y=test[1],
+                        num_classes=num_classes, mean=mean, std=std)
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    header = struct.pack(">I", 0x0800 | array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
+    path.write_bytes(gzip.compress(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes(), mtime=0))
+
+
+def export_partitions(cfg: dict[str, Any], out: Path) -> list[Path]:
+    """Write ``out/device-<i>/`` (IDX train + held-out files, meta.json) for every partition."""
+    from fedconv import task
+
+    ds = task.dataset(cfg)
+    n = int(cfg["simulation"]["num_clients"])
+    parts = task.partitions(cfg, n)
+    ndim = 3 if ds.input_shape[0] == 1 else 4
+    folders = []
+    for pid in range(n):
+        folder = out / f"device-{pid}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for split, idx in (("train", parts.train[pid]), ("t10k", parts.test[pid])):
+            images = ds.train_x[idx]
+            _write_idx(folder / f"{_idx_name(split, 'images', ndim)}.gz", images[:, 0] if ndim == 3 else images)
+            _write_idx(folder / f"{_idx_name(split, 'labels', 1)}.gz", np.asarray(ds.train_y[idx], dtype=np.uint8))
+        meta = {
+            "partition_id": pid, "num_partitions": n, "dataset": cfg["dataset"]["name"],
+            "partition": cfg["partition"], "seed": int(cfg["seed"]),
+            "num_train": len(parts.train[pid]), "num_held_out": len(parts.test[pid]),
+            "label_histogram": np.bincount(np.asarray(ds.train_y)[parts.train[pid]], minlength=ds.num_classes).tolist(),
+            "mean": list(ds.mean), "std": list(ds.std),
+            "node_config": f"partition-id={pid} num-partitions={n} data-dir=\"<this folder on the board>\"",
+        }
+        (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        folders.append(folder)
+    return folders
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fedconv.config import ConfigError, compose, validate
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0].startswith("-") or "=" in args[0]:
+        print("usage: python -m fedconv.device_data OUT_DIR [hydra overrides, e.g. simulation.num_clients=8]",
+              file=sys.stderr)
+        return 2
+    out, overrides = Path(args[0]), args[1:]
+    try:
+        cfg = compose(overrides)
+        validate(cfg)
+        folders = export_partitions(cfg, out)
+    except (ConfigError, DatasetError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for folder in folders:
+        meta = json.loads((folder / "meta.json").read_text())
+        print(f"{folder}: {meta['num_train']} train + {meta['num_held_out']} held-out images")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
