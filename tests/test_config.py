@@ -72,3 +72,24 @@ def test_all_problems_reported_one_per_line() -> None:
         validate(cfg)
     lines = str(err.value).splitlines()
     assert len(lines) == 2 and lines[0].startswith("client.lr=-1")
+
+
+def test_pyproject_declares_the_flower_app_with_the_default_config() -> None:
+    """`flwr run .` ships fedconv with [tool.flwr.app.config]; it must equal the default composition."""
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    app = project["tool"]["flwr"]["app"]
+    assert app["components"] == {"serverapp": "fedconv.server_app:app", "clientapp": "fedconv.client_app:app"}
+    assert app["config"] == to_run_config(compose([]))
+
+
+def test_sweep_job_folders_are_stable_and_short() -> None:
+    from fedconv.config import job_dirname
+
+    assert job_dirname("seed=1,strategy=fedprox") == "seed=1,strategy=fedprox"
+    assert job_dirname("") == "defaults"
+    long = ",".join(f"key{i}=value{i}" for i in range(20))
+    assert job_dirname(long) == job_dirname(long) and job_dirname(long).startswith("job-") and len(job_dirname(long)) < 20
+    assert job_dirname(long) != job_dirname(long + ",x=1")

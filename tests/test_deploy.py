@@ -1,0 +1,163 @@
+"""Deployment engine on loopback: a real SuperLink and real SuperNodes as processes, TLS and
+SuperNode authentication on, keys from ``python -m fedconv.certs``, the run started by
+``python -m fedconv.deploy``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fedconv.certs import make_lab_keys
+from fedconv.deploy import flwr_env
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"SuperLink exited: {log.read_text()[-3000:]}"
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"SuperLink not listening on {port}: {log.read_text()[-3000:]}")
+
+
+class Processes:
+    """Starts Flower's daemons in their own sessions; stops them and all their children."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
+        proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        import psutil
+
+        family = []
+        for proc in self.procs:
+            try:
+                parent = psutil.Process(proc.pid)
+                family += [parent, *parent.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                pass
+        for proc in self.procs:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        _, alive = psutil.wait_procs(family, timeout=10)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=10)
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    procs = Processes()
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
+
+
+def deploy(*overrides: str, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fedconv.deploy", *overrides], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env=env or {**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def test_three_authenticated_supernodes_train_and_an_unregistered_one_is_refused(
+    tmp_path: Path, processes: Processes
+) -> None:
+    keys = make_lab_keys(tmp_path / "keys", ["127.0.0.1", "localhost"], supernodes=4)
+    registered = tmp_path / "registered"  # the lab registers boards 0-2; board 3's key is not registered
+    registered.mkdir()
+    for i in range(3):
+        (registered / keys.public_key(i).name).write_bytes(keys.public_key(i).read_bytes())
+    port = free_port()
+    link_log = tmp_path / "superlink.log"
+    link = processes.start(
+        ["flower-superlink", "--ssl-ca-certfile", str(keys.ca_cert), "--ssl-certfile", str(keys.server_cert),
+         "--ssl-keyfile", str(keys.server_key), "--enable-supernode-auth",
+         "--disable-runtime-dependency-installation", "--host", "127.0.0.1", "--port", str(port)],
+        link_log, flwr_env(tmp_path / "superlink-home"),
+    )
+    wait_for_port(port, link, link_log)
+    federation = [f"federation.address=127.0.0.1:{port}", f"federation.root_certificates={keys.ca_cert}",
+                  f"federation.supernode_keys={registered}", "federation.num_supernodes=3"]
+    reg = deploy(*federation, "mode=register", f"hydra.run.dir={tmp_path / 'unused'}")
+    assert reg.returncode == 0, reg.stdout[-2000:] + reg.stderr[-2000:]
+    assert reg.stdout.count("registered supernode-") == 3
+    nodes = {}
+    for i in range(4):
+        nodes[i] = processes.start(
+            ["flower-supernode", "--superlink", f"127.0.0.1:{port}", "--root-certificates", str(keys.ca_cert),
+             "--auth-supernode-private-key", str(keys.supernode_keys[i]), "--port", str(free_port()),
+             "--node-config", f"partition-id={i} num-partitions=3"],
+            tmp_path / f"supernode-{i}.log", flwr_env(tmp_path / f"supernode-{i}-home"),
+        )
+    run = tmp_path / "run"
+    t0 = time.perf_counter()
+    proc = deploy(*federation, "dataset=digits", "server.rounds=2", "server.fraction_train=1.0",
+                  "server.fraction_evaluate=1.0", "client.threads=1", "server.connect_timeout=120",
+                  f"hydra.run.dir={run}")
+    wall = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "[round   2/2]" in proc.stdout and "done: completed" in proc.stdout
+    with (run / "rounds.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["round"]) for r in rows] == [1, 2]
+    for r in rows:
+        assert int(r["clients_sampled"]) == 3 and int(r["clients_ok"]) == 3 and int(r["clients_failed"]) == 0
+        assert int(r["bytes_down"]) > 0 and int(r["bytes_up"]) > 0 and r["central_accuracy"] != ""
+        assert int(r["eval_clients_ok"]) == 3
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["rounds_completed"] == 2
+    assert json.loads((run / "partition.json").read_text())["num_clients"] == 3
+    for name in ("config.yaml", "model.safetensors", "client_metrics.csv", "checkpoint.safetensors"):
+        assert (run / name).is_file(), name
+    # The unregistered SuperNode was refused: it exited with an error and never took part.
+    assert nodes[3].wait(timeout=60) != 0
+    assert "Failed to activate SuperNode" in (tmp_path / "supernode-3.log").read_text()
+    assert all(nodes[i].poll() is None for i in range(3))
+    print(f"3-SuperNode loopback run: {wall:.1f}s wall, rounds {[float(r['round_seconds']) for r in rows]}")
+
+
+def test_federation_config_errors_exit_2(tmp_path: Path) -> None:
+    proc = deploy("federation.address=nohostport", f"federation.root_certificates={tmp_path / 'missing.crt'}",
+                  f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 2
+    assert "federation.address='nohostport'" in proc.stderr and "federation.root_certificates=" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_insecure_is_opt_in_and_warns(tmp_path: Path) -> None:
+    proc = deploy("federation=local", "mode=register", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 0, proc.stderr
+    assert "WARNING: federation.insecure=true: TLS is off" in proc.stderr
+    secure = deploy("mode=register", "federation.root_certificates=", f"hydra.run.dir={tmp_path / 'run2'}")
+    assert secure.returncode == 2 and "federation.root_certificates" in secure.stderr

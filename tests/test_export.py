@@ -1,0 +1,55 @@
+"""Export: the four artifacts load back and predict like the PyTorch model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fedconv import run_dir, task
+from fedconv.config import compose
+from fedconv.export import export, main
+from fedconv.models import transmitted_state
+from fedconv.training import train_local
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory whose model was trained centrally on digits (a few seconds)."""
+    run = tmp_path_factory.mktemp("run")
+    cfg = compose(["dataset=digits"])
+    ds = task.dataset(cfg)
+    model = task.initial_model(cfg, ds)
+    train_local(model, ds.train_x, ds.train_y, task.normalizer(cfg, ds, train=True), cfg["client"],
+                lr=0.05, epochs=15, seed=0)
+    run_dir.write_config(run, cfg)
+    run_dir.save_weights(run / run_dir.WEIGHTS, transmitted_state(model))
+    return run
+
+
+def test_artifacts_predict_like_the_pytorch_model(trained_run: Path) -> None:
+    report = export(trained_run, trained_run / "export", runs=200)
+    rows = report["artifacts"]
+    float_acc = rows["pytorch-float"]["accuracy"]
+    assert float_acc > 0.9
+    assert rows["torchscript"]["agreement_with_float"] == 1.0
+    assert rows["onnx"]["agreement_with_float"] >= 0.997  # fp32 kernels may flip a near tie
+    for name in ("int8-dynamic", "int8-static"):
+        assert abs(rows[name]["accuracy"] - float_acc) <= 0.01, (name, rows[name]["accuracy"], float_acc)
+    for name in ("torchscript", "onnx", "int8-dynamic", "int8-static"):
+        r = rows[name]
+        assert (trained_run / "export" / r["file"]).is_file() and r["size_mb"] > 0 and r["latency_ms_median"] > 0
+    assert rows["int8-static"]["size_mb"] < rows["torchscript"]["size_mb"]
+    saved = json.loads((trained_run / "export" / "export.json").read_text())
+    assert saved["latency_runs"] == 200 and saved["threads"] == 1
+
+
+def test_missing_run_dir_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main([str(tmp_path / "nope")]) == 2
+    assert "config.yaml: missing" in capsys.readouterr().err
+
+
+def test_too_few_latency_runs_are_refused(trained_run: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main([str(trained_run), "--runs", "50", "--out", str(trained_run / "x")]) == 2
+    assert "--runs=50" in capsys.readouterr().err
