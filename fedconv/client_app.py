@@ -70,7 +70,8 @@ def query(msg: Message, context: Context) -> Message:
     and what data it trains on (for partition.json and the example-count check)."""
     cfg = from_run_config(context.run_config)
     data = node_data(cfg, context)
-    hist = np.bincount(np.asarray(data.ds.train_y)[data.train_idx], minlength=data.ds.num_classes)
+    labels = np.concatenate([np.asarray(data.ds.train_y)[data.train_idx], np.asarray(data.held_y)])
+    hist = np.bincount(labels.astype(np.int64), minlength=data.ds.num_classes)
     record = ConfigRecord({
         "partition-id": _partition_id(context), "pid": os.getpid(), "source": data.source,
         "num-train": len(data.train_idx), "num-held-out": len(data.held_y), "label-histogram": hist.tolist(),

@@ -264,6 +264,8 @@ def _problems(cfg: Mapping[str, Any]) -> list[str]:
     in_range("client.momentum", 0, 1, False, True)
     in_range("client.weight_decay", 0, inf, False, True)
     in_range("client.threads", 0, 1024, False, False, integer=True)
+    if get("client.max_steps") is not None:
+        in_range("client.max_steps", 0, inf, False, True, integer=True)
 
     in_range("server.rounds", 1, inf, False, True, integer=True)
     in_range("server.fraction_train", 0, 1, True, False)

@@ -18,7 +18,6 @@ median latency of one image over ``--runs`` (>= 200) runs on 1 thread. The numbe
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys

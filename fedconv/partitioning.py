@@ -200,11 +200,13 @@ def mean_label_entropy(hist: np.ndarray) -> float:
 
 def partition_record(labels: np.ndarray, parts: Partitions, num_classes: int) -> dict[str, Any]:
     """JSON-ready description: per-client counts and label histograms, plus summary stats."""
-    return histogram_record(label_histograms(labels, parts, num_classes), [len(t) for t in parts.test])
+    return histogram_record(label_histograms(labels, parts, num_classes), [len(t) for t in parts.train],
+                            [len(t) for t in parts.test])
 
 
-def histogram_record(hist: np.ndarray, num_test: list[int]) -> dict[str, Any]:
-    """:func:`partition_record` from per-client label histograms and held-out counts."""
+def histogram_record(hist: np.ndarray, num_train: list[int], num_test: list[int]) -> dict[str, Any]:
+    """:func:`partition_record` from per-client label histograms (training + held-out)
+    and the two counts."""
     sizes = hist.sum(axis=1)
     return {
         "num_clients": int(hist.shape[0]),
@@ -219,7 +221,7 @@ def histogram_record(hist: np.ndarray, num_test: list[int]) -> dict[str, Any]:
         "clients": [
             {
                 "partition_id": cid,
-                "num_train": int(sizes[cid]),
+                "num_train": int(num_train[cid]),
                 "num_test": int(num_test[cid]),
                 "label_histogram": hist[cid].tolist(),
             }

@@ -36,7 +36,8 @@ class DiscoveryError(RuntimeError):
 
 @dataclass(frozen=True)
 class NodeReport:
-    """What a node said about its data when asked (train count, held-out count, labels)."""
+    """What a node said about its data when asked (train and held-out counts, and the
+    label histogram of both together)."""
 
     node_id: int
     partition_id: int
@@ -79,7 +80,7 @@ def reported_partitions(reports: Mapping[int, NodeReport], num_classes: int) -> 
     """partition.json from what the nodes reported (simulated partitions and device folders alike)."""
     by_pid = sorted(reports.values(), key=lambda r: r.partition_id)
     hist = np.array([r.label_histogram for r in by_pid], dtype=np.int64)
-    record = histogram_record(hist, [r.num_held_out for r in by_pid])
+    record = histogram_record(hist, [r.num_train for r in by_pid], [r.num_held_out for r in by_pid])
     for client, rep in zip(record["clients"], by_pid):
         client["source"] = rep.source
     return record

@@ -108,10 +108,11 @@ def train_partition(
     seed = int(np.random.default_rng([int(cfg["seed"]), server_round, pid]).integers(2**31))
     torch.manual_seed(seed)  # dropout masks
     epochs = int(cfg["client"]["epochs"]) if epochs is None else epochs
-    max_steps = None
+    max_steps = int(cfg["client"].get("max_steps", 0)) or None  # a constrained board's budget
     if step_fraction < 1.0:
         steps_per_epoch = math.ceil(len(idx) / int(cfg["client"]["batch_size"]))
-        max_steps = max(1, math.ceil(step_fraction * steps_per_epoch * epochs))
+        budget = max(1, math.ceil(step_fraction * steps_per_epoch * epochs))
+        max_steps = min(budget, max_steps) if max_steps else budget
     return train_local(
         model, ds.train_x[idx], ds.train_y[idx], normalizer(cfg, ds, train=True), cfg["client"],
         lr=lr, epochs=epochs, proximal_mu=proximal_mu, seed=seed, max_steps=max_steps,

@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 
 from fedconv.certs import make_lab_keys
+from fedconv.config import compose
 from fedconv.deploy import flwr_env
+from fedconv.device_data import export_partitions
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -112,12 +114,17 @@ def test_three_authenticated_supernodes_train_and_an_unregistered_one_is_refused
     reg = deploy(*federation, "mode=register", f"hydra.run.dir={tmp_path / 'unused'}")
     assert reg.returncode == 0, reg.stdout[-2000:] + reg.stderr[-2000:]
     assert reg.stdout.count("registered supernode-") == 3
+    # Board 2 trains on its own copy of its data (a folder written by the export tool);
+    # the others build their partition from the dataset with the run's partitioner and seed.
+    export_partitions(compose(["dataset=digits", "simulation.num_clients=3"]), tmp_path / "devices")
+    node_configs = {i: f"partition-id={i} num-partitions=3" for i in range(4)}
+    node_configs[2] = f'partition-id=2 data-dir="{tmp_path / "devices" / "device-2"}"'
     nodes = {}
     for i in range(4):
         nodes[i] = processes.start(
             ["flower-supernode", "--superlink", f"127.0.0.1:{port}", "--root-certificates", str(keys.ca_cert),
              "--auth-supernode-private-key", str(keys.supernode_keys[i]), "--port", str(free_port()),
-             "--node-config", f"partition-id={i} num-partitions=3"],
+             "--node-config", node_configs[i]],
             tmp_path / f"supernode-{i}.log", flwr_env(tmp_path / f"supernode-{i}-home"),
         )
     run = tmp_path / "run"
@@ -137,7 +144,9 @@ def test_three_authenticated_supernodes_train_and_an_unregistered_one_is_refused
         assert int(r["eval_clients_ok"]) == 3
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["rounds_completed"] == 2
-    assert json.loads((run / "partition.json").read_text())["num_clients"] == 3
+    partition = json.loads((run / "partition.json").read_text())
+    assert partition["num_clients"] == 3
+    assert [c["source"] for c in partition["clients"]] == ["partition", "partition", "dir"]
     for name in ("config.yaml", "model.safetensors", "client_metrics.csv", "checkpoint.safetensors"):
         assert (run / name).is_file(), name
     # The unregistered SuperNode was refused: it exited with an error and never took part.
