@@ -143,9 +143,9 @@ class RunRecorder:
     def end_round(self, server_round: int, arrays: ArrayRecord) -> None:
         """After a round: central evaluation, one rounds.csv row, then the checkpoint."""
         record = self.strategy.current
+        state = arrays.to_torch_state_dict()
         central: dict[str, float] = {}
         if server_round % self.eval_every == 0 or server_round == self.rounds:
-            state = arrays.to_torch_state_dict()
             task.load_global(self.eval_model, state)
             res = evaluate(
                 self.eval_model, self.ds.test_x, self.ds.test_y, self.norm,
@@ -159,7 +159,6 @@ class RunRecorder:
                 report.update(round=server_round, accuracy=res.accuracy, loss=res.loss, top5=res.top5)
                 run_dir.write_json(self.out / run_dir.CLASS_REPORT, report)
         self.write_round(server_round, record, central)
-        state = arrays.to_torch_state_dict()
         checkpoint.save(self.out / run_dir.CHECKPOINT, server_round, state, self.checkpoint_state())
         if server_round == self.rounds:
             self.final_state = state

@@ -1,11 +1,15 @@
-"""Shared helpers: small real-format dataset files written by the tests themselves."""
+"""Shared helpers: small real-format dataset files written by the tests themselves, and
+running ``python -m fedconv.simulate`` as a user would."""
 
 from __future__ import annotations
 
+import csv
 import gzip
 import os
 import pickle
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -66,3 +70,21 @@ def require_fashion_mnist() -> None:
         if os.environ.get("CI"):
             pytest.fail("Fashion-MNIST missing in CI: bootstrap should have installed dataset-fashion-mnist")
         pytest.skip("Fashion-MNIST not installed (apt-get install -y dataset-fashion-mnist)")
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def simulate(*overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python -m fedconv.simulate`` in a subprocess, as a user would run it."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "fedconv.simulate", *overrides],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def rows(run: Path, name: str = "rounds.csv") -> list[dict[str, str]]:
+    """A run directory's CSV file as a list of rows."""
+    with (run / name).open() as f:
+        return list(csv.DictReader(f))

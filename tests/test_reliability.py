@@ -3,7 +3,6 @@ replies, timeouts, kill-and-resume, and sweep re-runs (digits, small configs).""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -16,9 +15,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from conftest import ROOT, rows, simulate
 from fedconv.faults import crashes, straggler_plan
 
-ROOT = Path(__file__).resolve().parent.parent
 BASE = [
     "dataset=digits",
     "server.fraction_train=1.0",
@@ -29,21 +28,8 @@ BASE = [
 pytestmark = pytest.mark.slow
 
 
-def simulate(*overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "fedconv.simulate", *overrides],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
-    )
-
-
 def ok(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-
-
-def rows(run: Path, name: str = "rounds.csv") -> list[dict[str, str]]:
-    with (run / name).open() as f:
-        return list(csv.DictReader(f))
 
 
 def ints(table: list[dict[str, str]], key: str) -> list[int]:

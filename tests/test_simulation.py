@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import socket
@@ -16,7 +15,8 @@ import pytest
 import yaml
 from safetensors.numpy import load_file
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import rows, simulate
+
 SMALL = [
     "dataset=digits",
     "simulation.num_clients=4",
@@ -28,19 +28,6 @@ SMALL = [
 ]
 
 pytestmark = pytest.mark.slow
-
-
-def simulate(*overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "fedconv.simulate", *overrides],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
-    )
-
-
-def rows(run: Path) -> list[dict[str, str]]:
-    with (run / "rounds.csv").open() as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
