@@ -290,7 +290,7 @@ def main(grid: Grid, context: Context) -> None:
     reports = discover_partitions(grid, num_clients, float(server.get("connect_timeout", 600)))
     run_dir.write_json(out / run_dir.PARTITION, reported_partitions(reports, ds.num_classes))
     node_to_pid = {node: rep.partition_id for node, rep in reports.items()}
-    strategy = make_strategy(cfg["strategy"], float(server["fraction_evaluate"]))
+    strategy = make_strategy(cfg["strategy"])
     flt = cfg.get("faults", {})
     policy = RoundPolicy(
         straggler_fraction=float(flt.get("straggler_fraction", 0.0)),

@@ -262,16 +262,12 @@ class LoggedFedProx(LedgerMixin, FedProx):
     """Flower's FedProx with fedconv's cohorts and ledger (clients add the proximal term)."""
 
 
-def make_strategy(strategy_cfg: Mapping[str, Any], fraction_evaluate: float) -> FedAvg:
-    """Build the configured Flower strategy. Cohort sizes are the ledger's, so Flower
-    is told to take every node of the cohort view it is handed."""
-    common = dict(
-        fraction_train=1.0,
-        fraction_evaluate=1.0 if fraction_evaluate > 0 else 0.0,
-        min_train_nodes=1,
-        min_evaluate_nodes=1 if fraction_evaluate > 0 else 0,
-        min_available_nodes=1,
-    )
+def make_strategy(strategy_cfg: Mapping[str, Any]) -> FedAvg:
+    """Build the configured Flower strategy. Cohort sizes are the ledger's (an evaluation
+    cohort of 0 turns federated evaluation off), so Flower is told to take every node of
+    the cohort view it is handed."""
+    common = dict(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=1, min_evaluate_nodes=1,
+                  min_available_nodes=1)
     name = strategy_cfg["name"]
     if name == "fedavg":
         return LoggedFedAvg(**common)

@@ -45,7 +45,7 @@ def reply(to: Message, arrays: dict[str, np.ndarray], n: int, loss: float = 1.0)
 
 def test_fedavg_aggregate_is_the_example_weighted_mean() -> None:
     nodes = [101, 202, 303]
-    strategy = ledgered(make_strategy({"name": "fedavg"}, 0.0), nodes, 3)
+    strategy = ledgered(make_strategy({"name": "fedavg"}), nodes, 3)
     start = ArrayRecord({"w": Array(np.zeros((2, 3), np.float32)), "b": Array(np.zeros(3, np.float32))})
     msgs = list(strategy.configure_train(1, start, ConfigRecord({}), FakeGrid(nodes)))
     rng = np.random.default_rng(0)
@@ -64,7 +64,7 @@ def test_fedavg_aggregate_is_the_example_weighted_mean() -> None:
 
 def test_configure_train_takes_the_seeded_cohort_and_sends_lr_and_mu() -> None:
     nodes = list(range(1000, 1020))
-    strategy = ledgered(make_strategy({"name": "fedprox", "mu": 0.3}, 0.5), nodes, 5, seed=4)
+    strategy = ledgered(make_strategy({"name": "fedprox", "mu": 0.3}), nodes, 5, seed=4)
     assert isinstance(strategy, LoggedFedProx)
     arrays = ArrayRecord({"w": Array(np.ones(100, np.float32))})
     msgs = list(strategy.configure_train(2, arrays, ConfigRecord({}), FakeGrid(nodes)))
@@ -122,7 +122,7 @@ def test_corrupt_replies_are_rejected_before_aggregation(mode: str) -> None:
     from fedconv.faults import corrupt_num_examples, corrupt_state
 
     nodes = [11, 22, 33]
-    strategy = ledgered(make_strategy({"name": "fedavg"}, 0.0), nodes, 3)
+    strategy = ledgered(make_strategy({"name": "fedavg"}), nodes, 3)
     strategy.partition_sizes = {0: 50, 1: 50, 2: 50}
     state = _model_state()
     msgs = list(strategy.configure_train(1, ArrayRecord(state), ConfigRecord({}), FakeGrid(nodes)))
@@ -146,7 +146,7 @@ def test_corrupt_replies_are_rejected_before_aggregation(mode: str) -> None:
 @pytest.mark.parametrize("n", [0, -5, 2.5, float("nan"), 51])
 def test_absurd_example_counts_are_rejected(n: float) -> None:
     nodes = [1, 2]
-    strategy = ledgered(make_strategy({"name": "fedavg"}, 0.0), nodes, 2)
+    strategy = ledgered(make_strategy({"name": "fedavg"}), nodes, 2)
     strategy.partition_sizes = {0: 50, 1: 50}
     start = ArrayRecord({"w": Array(np.zeros(2, np.float32))})
     msgs = list(strategy.configure_train(1, start, ConfigRecord({}), FakeGrid(nodes)))
@@ -160,7 +160,7 @@ def test_too_few_valid_replies_skip_the_round() -> None:
     from fedconv.strategies import RoundPolicy
 
     nodes = [1, 2, 3]
-    strategy = ledgered(make_strategy({"name": "fedavg"}, 0.0), nodes, 3)
+    strategy = ledgered(make_strategy({"name": "fedavg"}), nodes, 3)
     strategy.policy = RoundPolicy(min_train_replies=2)
     start = ArrayRecord({"w": Array(np.zeros(2, np.float32))})
     msgs = list(strategy.configure_train(1, start, ConfigRecord({}), FakeGrid(nodes)))
@@ -176,7 +176,7 @@ def test_stragglers_get_partial_work_and_the_policy_decides(policy: str, aggrega
     from fedconv.strategies import RoundPolicy
 
     nodes = list(range(500, 506))
-    strategy = ledgered(make_strategy({"name": "fedavg"}, 0.0), nodes, 6, seed=3)
+    strategy = ledgered(make_strategy({"name": "fedavg"}), nodes, 6, seed=3)
     strategy.policy = RoundPolicy(straggler_fraction=0.5, local_epochs=5, stragglers=policy)
     start = ArrayRecord({"w": Array(np.zeros(2, np.float32))})
     msgs = list(strategy.configure_train(4, start, ConfigRecord({}), FakeGrid(nodes)))
