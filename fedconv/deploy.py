@@ -136,9 +136,10 @@ def register_supernodes(keys_dir: Path, env: Mapping[str, str]) -> list[str]:
     return lines
 
 
-def start_run(app_dir: Path, env: Mapping[str, str], stream: bool) -> tuple[int, str | None]:
-    """``flwr run`` the one-run app; echo its log stream; return (exit code, run id)."""
-    cmd = ["flwr", "run", str(app_dir), CONNECTION] + (["--stream"] if stream else [])
+def start_run(app_dir: Path, env: Mapping[str, str], echo: bool) -> tuple[int, str | None]:
+    """``flwr run --stream`` the one-run app (it returns when the run ends); echo the log
+    stream when asked; return (exit code, run id)."""
+    cmd = ["flwr", "run", str(app_dir), CONNECTION, "--stream"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(env))
     run_id = None
     assert proc.stdout is not None
@@ -146,7 +147,7 @@ def start_run(app_dir: Path, env: Mapping[str, str], stream: bool) -> tuple[int,
         for line in proc.stdout:
             if run_id is None and (m := re.search(r"Successfully started run (\d+)", line)):
                 run_id = m.group(1)
-            if not line.startswith("Flower App configuration warnings") and "Recommended property" not in line:
+            if echo or run_id is None or line.startswith(("[round", "done:", "    client failure", "resuming")):
                 print(line, end="", flush=True)
         return proc.wait(), run_id
     except KeyboardInterrupt:
@@ -202,7 +203,7 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
         write_app_dir(app_dir, to_run_config(resolved))
         print(f"fedconv deploy -> {out} on SuperLink {fed['address']} ({fed['num_supernodes']} SuperNodes)", flush=True)
         code, run_id = start_run(app_dir, env, bool(fed.get("stream_logs", True)))
-    summary = wait_for_summary(out, timeout=30 if fed.get("stream_logs", True) else 0)
+    summary = wait_for_summary(out)
     if code != 0 or summary is None or summary.get("status") != "completed":
         status = summary.get("status") if summary else "no summary.json"
         print(f"deploy failed: flwr run exited {code}, run {run_id}, status {status}", file=sys.stderr)
