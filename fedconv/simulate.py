@@ -27,11 +27,18 @@ _TASK_STARTED = False  # set when a job starts; a Hydra exit before that is a co
 
 
 def _update_sweep_index(sweep_dir: Path, entry: dict[str, Any]) -> None:
-    """sweep.json: one entry per job with its overrides, run dir and status."""
+    """sweep.json: one entry per run dir with its overrides, job number and status.
+
+    Keyed by run dir, not job number: a later sweep into the same folder (more seeds, one
+    strategy) numbers its jobs from 0 again and must not replace the earlier jobs' entries.
+    """
     path = sweep_dir / "sweep.json"
     index = json.loads(path.read_text()) if path.exists() else {"sweep_dir": str(sweep_dir), "jobs": []}
-    index["jobs"] = [j for j in index["jobs"] if j["job"] != entry["job"]] + [entry]
-    index["jobs"].sort(key=lambda j: j["job"])
+    dirs = [j["run_dir"] for j in index["jobs"]]
+    if entry["run_dir"] in dirs:
+        index["jobs"][dirs.index(entry["run_dir"])] = entry
+    else:
+        index["jobs"].append(entry)
     run_dir.write_json(path, index)
 
 

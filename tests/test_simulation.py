@@ -126,6 +126,13 @@ def test_two_job_sweep_writes_two_runs_and_an_index(tmp_path: Path) -> None:
         assert json.loads((run / "summary.json").read_text())["status"] == "completed"
     prox = yaml.safe_load((Path(index["jobs"][1]["run_dir"]) / "config.yaml").read_text())
     assert prox["strategy"] == {"name": "fedprox", "mu": 0.01, "stragglers": "aggregate"}
+    # A second, different sweep into the same folder (another seed) numbers its job 0 again:
+    # the index gains an entry and keeps the first sweep's two.
+    more = simulate("-m", *SMALL, "server.rounds=2", "strategy=fedavg", "seed=1", f"hydra.sweep.dir={tmp_path}")
+    assert more.returncode == 0, more.stdout[-3000:] + more.stderr[-3000:]
+    after = json.loads((tmp_path / "sweep.json").read_text())["jobs"]
+    assert after[:2] == index["jobs"] and len(after) == 3
+    assert after[2]["job"] == 0 and "seed=1" in after[2]["overrides"] and after[2]["status"] == "completed"
 
 
 # Every bad input a user can type, what the message must name, and where it is caught:

@@ -5,12 +5,17 @@
 #   bash experiments/niid_bench_fmnist/run.sh                  # seed 0, the whole grid
 #   SEEDS=0,1,2 bash experiments/niid_bench_fmnist/run.sh      # more seeds
 #   CELLS="iid dir0.5" bash experiments/niid_bench_fmnist/run.sh strategy.mu=0.1   # extra overrides
+#   CELLS=c3 STRATEGIES=fedprox SEEDS=1,2 bash experiments/niid_bench_fmnist/run.sh  # one strategy
+#   CELLS="iid dir0.5" MODELS=twoconv,twoconv_dw bash experiments/niid_bench_fmnist/run.sh  # part 2
+#   CELLS=central bash experiments/niid_bench_fmnist/run.sh   # canonical 2conv on all 60k images
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
 ROOT=${NIID_ROOT:-results/sweeps/niid_bench_fmnist}
 SEEDS=${SEEDS:-0}
 CELLS=${CELLS:-"iid dir0.5 c3 c2"}
+STRATEGIES=${STRATEGIES:-fedavg,fedprox}
+MODELS=${MODELS:-}   # empty: the preset's niid_cnn (job folders then carry no model= part)
 
 partition_of() {
   case "$1" in
@@ -18,14 +23,21 @@ partition_of() {
     dir0.5) echo "partition=dirichlet partition.alpha=0.5 partition.min_partition_size=10 partition.self_balancing=true" ;;
     c3) echo "partition=pathological partition.k=3 partition.class_assignment=first-deterministic" ;;
     c2) echo "partition=pathological partition.k=2 partition.class_assignment=first-deterministic" ;;
-    *) echo "unknown cell $1 (iid, dir0.5, c3, c2)" >&2; exit 2 ;;
+    *) echo "unknown cell $1 (iid, dir0.5, c3, c2, central)" >&2; exit 2 ;;
   esac
 }
 
+models=()
+if [ -n "$MODELS" ]; then models=("model=$MODELS"); fi
 for cell in $CELLS; do
-  # shellcheck disable=SC2046
-  "$PY" -m fedconv.simulate -m +experiment=niid_bench_fmnist strategy=fedavg,fedprox "seed=$SEEDS" \
-    $(partition_of "$cell") "$@" "hydra.sweep.dir=$ROOT/$cell"
+  if [ "$cell" = central ]; then
+    "$PY" -m fedconv.simulate -m +experiment=niid_bench_fmnist_central "seed=$SEEDS" "$@" \
+      "hydra.sweep.dir=$ROOT/$cell"
+  else
+    # shellcheck disable=SC2046
+    "$PY" -m fedconv.simulate -m +experiment=niid_bench_fmnist "strategy=$STRATEGIES" "seed=$SEEDS" \
+      "${models[@]}" $(partition_of "$cell") "$@" "hydra.sweep.dir=$ROOT/$cell"
+  fi
   "$PY" -m fedconv.report "$ROOT/$cell" --out "$ROOT/$cell/report" >/dev/null
 done
 "$PY" experiments/niid_bench_fmnist/table.py "$ROOT"
