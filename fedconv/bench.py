@@ -7,7 +7,8 @@
    with and without start-up, and ``T_sim / T_limit``;
 3. framework overhead: clients that do no work, 10 and 100 per round: seconds per round;
 4. scale: 100 / 1,000 / 10,000 clients, 10 per round: seconds per round, start-up, peak memory;
-5. edge client: one client's local round on one thread (600 samples).
+5. edge client: one client's local round on one thread (600 samples);
+6. central evaluation: the ServerApp's per-round evaluation of the test set.
 
 Each measurement runs ``--repeats`` times (default 3); medians are reported. Results go
 to ``results/bench/<timestamp>/bench.json`` and ``bench.png`` and are printed as a table.
@@ -196,6 +197,34 @@ def measure_edge() -> dict[str, float]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+# ---------------------------------------------------------------- central evaluation
+
+EVAL_SNIPPET = """
+import json, statistics, time, torch
+from fedconv import task
+from fedconv.config import compose
+from fedconv.training import evaluate
+cfg = compose(["+experiment=bench"])
+ds = task.dataset(cfg)
+model = task.initial_model(cfg, ds).to(memory_format=torch.channels_last)  # as the ServerApp holds it
+norm = task.normalizer(cfg, ds, train=False)
+batch = int(cfg["server"]["eval_batch_size"])
+evaluate(model, ds.test_x, ds.test_y, norm, batch_size=batch)  # warm-up
+times = []
+for _ in range(10):
+    t0 = time.perf_counter()
+    evaluate(model, ds.test_x, ds.test_y, norm, batch_size=batch)
+    times.append(time.perf_counter() - t0)
+print(json.dumps({"seconds": statistics.median(times), "images": len(ds.test_y), "threads": torch.get_num_threads()}))
+"""
+
+
+def measure_central_eval() -> dict[str, float]:
+    """The ServerApp's per-round central evaluation (driver process, default torch threads)."""
+    out = subprocess.run([sys.executable, "-c", EVAL_SNIPPET], cwd=ROOT, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 # ---------------------------------------------------------------------------- driver
 
 
@@ -247,6 +276,8 @@ def run_benchmark(repeats: int, quick: bool) -> dict[str, Any]:
                                               "partition.min_partition_size=0", "partition.allow_empty=true"])
         for n in scale_sizes
     }
+    print("[bench] central evaluation ...", flush=True)
+    res["central_eval"] = repeat(measure_central_eval, repeats)
     print("[bench] edge client ...", flush=True)
     res["edge"] = repeat(measure_edge, repeats)
     return res
@@ -273,6 +304,8 @@ def table(res: dict[str, Any]) -> str:
             f"| scale {int(n):,} clients (10 per round, zero-work): s/round, start-up, peak PSS | "
             f"{row['round_s_median']:.3f} s, {row['startup_s']:.1f} s, {row['peak_pss_mib']:.0f} MiB |"
         )
+    ev = res["central_eval"]
+    lines.append(f"| central evaluation of {int(ev['images']):,} test images ({int(ev['threads'])} threads) | {ev['seconds']:.3f} s |")
     edge = res["edge"]
     lines.append(f"| edge client: 600 samples, 1 epoch, 1 thread | {edge['seconds']:.2f} s, {edge['peak_rss_mib']:.0f} MiB peak RSS |")
     return "\n".join(lines)

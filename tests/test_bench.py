@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fedconv.bench import measure_limit, measure_sim
+from fedconv.bench import measure_central_eval, measure_limit, measure_sim
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ["dataset=digits", "simulation.num_clients=4", "server.fraction_train=1.0", "server.rounds=3"]
@@ -48,3 +48,8 @@ def test_noop_clients_return_the_global_model_and_empty_clients_fail(tmp_path: P
     for r in rows:
         assert int(r["clients_failed"]) == empty and int(r["clients_ok"]) == 40 - empty
     assert "has no training data" in proc.stdout
+
+
+def test_central_evaluation_is_timed_on_the_whole_test_set() -> None:
+    res = measure_central_eval()  # the benchmark config: Fashion-MNIST's 10,000 test images
+    assert res["images"] == 10_000 and res["seconds"] > 0 and res["threads"] >= 1
