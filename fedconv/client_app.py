@@ -3,7 +3,8 @@
 Everything comes from ``context.run_config`` (the flat run config) and
 ``context.node_config`` (``partition-id``, and ``num-partitions`` or a ``data-dir`` of the
 device's own data), so the same app runs in Flower's simulation runtime and on a real
-SuperNode.
+SuperNode. In a simulation's node pool (``simulation.nodes=pool``) the server names the
+partition in each message instead: any virtual node can load any partition of the run.
 """
 
 from __future__ import annotations
@@ -26,8 +27,19 @@ from fedconv.training import evaluate as evaluate_model
 app = ClientApp()
 
 
-def _partition_id(context: Context) -> int:
-    return int(context.node_config["partition-id"])
+class PoolError(ValueError):
+    """A node that holds its own data was sent work for another partition."""
+
+
+def _assigned_partition(msg: Message) -> int | None:
+    """The partition the server named in this message (node pool), if any."""
+    config = msg.content.config_records.get("config")
+    return int(config["partition-id"]) if config is not None and "partition-id" in config else None
+
+
+def _partition_id(context: Context, msg: Message) -> int:
+    assigned = _assigned_partition(msg)
+    return int(context.node_config["partition-id"]) if assigned is None else assigned
 
 
 def _set_threads(cfg: dict) -> None:
@@ -47,11 +59,17 @@ class NodeData:
     source: str  # "partition" (of the run's dataset) or "dir" (the device's own data-dir)
 
 
-def node_data(cfg: dict, context: Context) -> NodeData:
+def node_data(cfg: dict, context: Context, msg: Message) -> NodeData:
     """The node's own folder (``data-dir`` in its node config) or, for simulations and demos,
-    partition ``partition-id`` of ``num-partitions`` made from the run's dataset and seed."""
-    pid = _partition_id(context)
+    partition ``partition-id`` of ``num-partitions`` made from the run's dataset and seed
+    (in a node pool: the partition the message names, of ``simulation.num_clients``)."""
+    pid = _partition_id(context, msg)
     data_dir = context.node_config.get("data-dir")
+    if data_dir and _assigned_partition(msg) is not None:
+        raise PoolError(
+            f"this node trains on its own data-dir ({data_dir}) but the server assigned it partition {pid}: "
+            "run devices with simulation.nodes=per_client (python -m fedconv.deploy sets it)"
+        )
     if data_dir:
         d = cfg["dataset"]
         shape = (int(d["channels"]), int(d["height"]), int(d["width"]))
@@ -59,7 +77,9 @@ def node_data(cfg: dict, context: Context) -> NodeData:
                               float(cfg["partition"]["test_fraction"]), int(cfg["seed"]), pid)
         return NodeData(ds, np.arange(len(ds.train_y)), ds.test_x, ds.test_y, "dir")
     ds = task.dataset(cfg)
-    parts = task.partitions(cfg, int(context.node_config["num-partitions"]))
+    pooled = _assigned_partition(msg) is not None
+    num_partitions = int(cfg["simulation"]["num_clients"]) if pooled else int(context.node_config["num-partitions"])
+    parts = task.partitions(cfg, num_partitions)
     held = parts.test[pid]
     return NodeData(ds, parts.train[pid], ds.train_x[held], ds.train_y[held], "partition")
 
@@ -69,11 +89,11 @@ def query(msg: Message, context: Context) -> Message:
     """Tell the server which partition this node holds (it samples cohorts by partition id)
     and what data it trains on (for partition.json and the example-count check)."""
     cfg = from_run_config(context.run_config)
-    data = node_data(cfg, context)
+    data = node_data(cfg, context, msg)
     labels = np.concatenate([np.asarray(data.ds.train_y)[data.train_idx], np.asarray(data.held_y)])
     hist = np.bincount(labels.astype(np.int64), minlength=data.ds.num_classes)
     record = ConfigRecord({
-        "partition-id": _partition_id(context), "pid": os.getpid(), "source": data.source,
+        "partition-id": _partition_id(context, msg), "pid": os.getpid(), "source": data.source,
         "num-train": len(data.train_idx), "num-held-out": len(data.held_y), "label-histogram": hist.tolist(),
     })
     return Message(RecordDict({"partition": record}), reply_to=msg)
@@ -83,10 +103,10 @@ def _prepare(msg: Message, context: Context) -> tuple[dict, int, NodeData, torch
     """Config, partition id, the node's data, and the model holding the global weights."""
     cfg = from_run_config(context.run_config)
     _set_threads(cfg)
-    data = node_data(cfg, context)
+    data = node_data(cfg, context, msg)
     model = task.reusable_model(cfg, data.ds)
     task.load_global(model, msg.content["arrays"].to_torch_state_dict())
-    return cfg, _partition_id(context), data, model
+    return cfg, _partition_id(context, msg), data, model
 
 
 def _inject_delay_or_crash(cfg: dict, pid: int, server_round: int) -> None:

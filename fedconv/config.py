@@ -151,6 +151,28 @@ def clients_per_round(num_clients: int, fraction: float, minimum: int) -> int:
     return max(int(num_clients * fraction), minimum)
 
 
+NODE_MODES = ("pool", "per_client")
+
+
+def cohort_sizes(cfg: Mapping[str, Any]) -> tuple[int, int]:
+    """(train, evaluate) clients per round; 0 evaluation clients when federated evaluation is off."""
+    n, server = int(cfg["simulation"]["num_clients"]), cfg["server"]
+    train = clients_per_round(n, float(server["fraction_train"]), int(server["min_train_clients"]))
+    fraction_eval = float(server["fraction_evaluate"])
+    evaluate = clients_per_round(n, fraction_eval, int(server["min_evaluate_clients"])) if fraction_eval > 0 else 0
+    return train, evaluate
+
+
+def virtual_nodes(cfg: Mapping[str, Any]) -> int:
+    """How many virtual SuperNodes a simulation registers: one per client (``per_client``) or,
+    for a ``pool``, just enough to serve the largest cohort (Flower's simulation engine scans
+    every registered node for messages ten times a second, so 10,000 idle nodes cost time)."""
+    n = int(cfg["simulation"]["num_clients"])
+    if cfg["simulation"].get("nodes", "per_client") == "per_client":
+        return n
+    return min(n, max(cohort_sizes(cfg)))
+
+
 def _problems(cfg: Mapping[str, Any]) -> list[str]:
     from fedconv.models import ACTIVATIONS, HEADS, MODEL_NAMES, POOLS, TWOCONV_VARIANTS
 
@@ -285,6 +307,8 @@ def _problems(cfg: Mapping[str, Any]) -> list[str]:
         in_range("server.min_train_replies", 1, inf, False, True, integer=True)
 
     in_range("simulation.num_clients", 1, inf, False, True, integer=True)
+    if get("simulation.nodes") is not None:
+        one_of("simulation.nodes", NODE_MODES)
     in_range("simulation.client_resources.num_cpus", 0, inf, True, True)
     in_range("simulation.client_resources.num_gpus", 0, inf, False, True)
 

@@ -98,6 +98,7 @@ def resolve(cfg: DictConfig, out: Path) -> dict[str, Any]:
     problems += _problems(fed)
     if isinstance(fed.get("num_supernodes"), int):
         resolved["simulation"]["num_clients"] = fed["num_supernodes"]
+    resolved["simulation"]["nodes"] = "per_client"  # devices own their data; the server asks them
     try:
         validate(resolved)
     except ConfigError as exc:

@@ -21,9 +21,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 from flwr.serverapp import Grid, ServerApp
 
 from fedconv import __version__, checkpoint, run_dir, task
-from fedconv.config import clients_per_round, from_run_config
+from fedconv.config import cohort_sizes, from_run_config, virtual_nodes
 from fedconv.models import count_parameters, state_bytes, transmitted_state
-from fedconv.partitioning import histogram_record
+from fedconv.partitioning import histogram_record, partition_record
 from fedconv.strategies import LedgerMixin, RoundPolicy, make_strategy, short_reason
 from fedconv.training import classification_report, evaluate, lr_for_round
 
@@ -47,16 +47,30 @@ class NodeReport:
     label_histogram: list[int]
 
 
-def discover_partitions(grid: Grid, expected: int, timeout: float) -> dict[int, NodeReport]:
-    """Ask every node for its partition id and data (cohorts are sampled by partition id)."""
+def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
+    """The connected node ids, once there are at least ``expected`` of them."""
     deadline = time.monotonic() + timeout
     while len(node_ids := list(grid.get_node_ids())) < expected:
         if time.monotonic() > deadline:
             raise DiscoveryError(f"only {len(node_ids)} of {expected} nodes connected within {timeout:.0f}s")
         time.sleep(0.2)
+    return node_ids
+
+
+def discover_partitions(grid: Grid, expected: int, timeout: float, pool: bool = False) -> dict[int, NodeReport]:
+    """Ask every node for its partition id and data (cohorts are sampled by partition id).
+
+    With ``pool``, the server names partition i for the i-th of ``expected`` nodes instead:
+    the query then only warms every pool node up (imports, data, model) and proves it can
+    load a partition, as the per-client query does before round 1.
+    """
+    node_ids = wait_for_nodes(grid, expected, timeout)
+    if pool:
+        node_ids = sorted(node_ids)[:expected]
     messages = [
-        Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type=MessageType.QUERY)
-        for n in node_ids
+        Message(RecordDict({"config": ConfigRecord({"partition-id": i} if pool else {})}), dst_node_id=n,
+                message_type=MessageType.QUERY)
+        for i, n in enumerate(node_ids)
     ]
     replies = grid.send_and_receive(messages, timeout=timeout)
     reports: dict[int, NodeReport] = {}
@@ -270,6 +284,8 @@ class RunRecorder:
             "num_parameters": count_parameters(model),
             "model_bytes": state_bytes(model),
             "seed": int(self.cfg["seed"]),
+            "nodes": self.cfg["simulation"].get("nodes", "per_client"),
+            "virtual_nodes": virtual_nodes(self.cfg),
             "versions": _versions(),
         }
 
@@ -286,10 +302,27 @@ def main(grid: Grid, context: Context) -> None:
     num_clients = int(cfg["simulation"]["num_clients"])
     server = cfg["server"]
     timeout = float(server["round_timeout"])
+    connect_timeout = float(server.get("connect_timeout", 600))
+    train_k, eval_k = cohort_sizes(cfg)
 
-    reports = discover_partitions(grid, num_clients, float(server.get("connect_timeout", 600)))
-    run_dir.write_json(out / run_dir.PARTITION, reported_partitions(reports, ds.num_classes))
-    node_to_pid = {node: rep.partition_id for node, rep in reports.items()}
+    if cfg["simulation"].get("nodes", "per_client") == "pool":
+        # Virtual nodes of a simulation can load any partition: only the pool is queried (to
+        # warm it up), the server knows the partitions (made once per machine, from the disk
+        # cache) and names one in every message.
+        warmed = discover_partitions(grid, virtual_nodes(cfg), connect_timeout, pool=True)
+        pool = sorted(warmed, key=lambda node: warmed[node].partition_id)
+        parts = task.partitions(cfg, num_clients)
+        record = partition_record(np.asarray(ds.train_y), parts, ds.num_classes)
+        for client in record["clients"]:
+            client["source"] = "partition"
+        run_dir.write_json(out / run_dir.PARTITION, record)
+        nodes: dict[str, Any] = {"pool": pool, "num_partitions": num_clients}
+        sizes = {pid: len(t) for pid, t in enumerate(parts.train)}
+    else:
+        reports = discover_partitions(grid, num_clients, connect_timeout)
+        run_dir.write_json(out / run_dir.PARTITION, reported_partitions(reports, ds.num_classes))
+        nodes = {"node_to_pid": {node: rep.partition_id for node, rep in reports.items()}}
+        sizes = {rep.partition_id: rep.num_train for rep in reports.values()}
     strategy = make_strategy(cfg["strategy"])
     flt = cfg.get("faults", {})
     policy = RoundPolicy(
@@ -298,17 +331,14 @@ def main(grid: Grid, context: Context) -> None:
         stragglers=str(cfg["strategy"].get("stragglers", "drop")),
         min_train_replies=int(server.get("min_train_replies", 1)),
     )
-    fraction_eval = float(server["fraction_evaluate"])
     strategy.setup_ledger(
-        node_to_pid=node_to_pid,
+        **nodes,
         seed=int(cfg["seed"]),
-        train_per_round=clients_per_round(num_clients, float(server["fraction_train"]), int(server["min_train_clients"])),
-        eval_per_round=(
-            clients_per_round(num_clients, fraction_eval, int(server["min_evaluate_clients"])) if fraction_eval > 0 else 0
-        ),
+        train_per_round=train_k,
+        eval_per_round=eval_k,
         lr_for_round=lambda r: lr_for_round(server, float(cfg["client"]["lr"]), r),
         policy=policy,
-        partition_sizes={rep.partition_id: rep.num_train for rep in reports.values()},
+        partition_sizes=sizes,
     )
     model = task.initial_model(cfg, ds)
     eval_model = task.initial_model(cfg, ds).to(memory_format=torch.channels_last)

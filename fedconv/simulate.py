@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from fedconv import run_dir
-from fedconv.config import EXIT_BAD_CONFIG, ConfigError, config_errors_exit_2, register_resolvers, to_run_config, unknown_keys, validate
+from fedconv.config import EXIT_BAD_CONFIG, ConfigError, config_errors_exit_2, register_resolvers, to_run_config, unknown_keys, validate, virtual_nodes
 
 register_resolvers()
 
@@ -180,7 +180,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     try:
         runtime.run_simulation(
             to_run_config({**resolved, "resume": str(out) if resuming else ""}),
-            int(resolved["simulation"]["num_clients"]),
+            virtual_nodes(resolved),
             runtime.backend_config(resolved["simulation"], bool(resolved["verbose"])),
             bool(resolved["verbose"]),
         )

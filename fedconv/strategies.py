@@ -113,7 +113,9 @@ class LedgerMixin:
     def setup_ledger(
         self,
         *,
-        node_to_pid: Mapping[int, int],
+        node_to_pid: Mapping[int, int] | None = None,
+        pool: list[int] | None = None,
+        num_partitions: int | None = None,
         seed: int,
         train_per_round: int,
         eval_per_round: int,
@@ -121,8 +123,17 @@ class LedgerMixin:
         policy: RoundPolicy = RoundPolicy(),
         partition_sizes: Mapping[int, int] | None = None,
     ) -> None:
-        self.node_to_pid = dict(node_to_pid)
+        """Either ``node_to_pid`` (each node owns one partition: devices, ``per_client``) or a
+        ``pool`` of node ids and ``num_partitions`` (any node trains the partition its message
+        names; the cohort's partitions are dealt to the pool in order every phase)."""
+        if (node_to_pid is None) == (pool is None):
+            raise ValueError("setup_ledger: pass exactly one of node_to_pid and pool")
+        self.pool = list(pool) if pool is not None else None
+        self.node_to_pid = dict(node_to_pid or {})
         self.pid_to_node = {pid: node for node, pid in self.node_to_pid.items()}
+        self.num_partitions = int(num_partitions) if pool is not None else len(self.node_to_pid)
+        if self.pool is not None and max(train_per_round, eval_per_round) > len(self.pool):
+            raise ValueError(f"a node pool of {len(self.pool)} cannot serve cohorts of {max(train_per_round, eval_per_round)}")
         self.seed = seed
         self.train_per_round = train_per_round
         self.eval_per_round = eval_per_round
@@ -134,8 +145,26 @@ class LedgerMixin:
         self._train_cohort: list[int] = []
 
     def _cohort(self, server_round: int, salt: int, k: int) -> list[int]:
-        pids = sample_cohort(self.seed, server_round, salt, len(self.pid_to_node), k)
+        """This phase's nodes; in a pool, also which partition each of them serves."""
+        pids = sample_cohort(self.seed, server_round, salt, self.num_partitions, k)
+        if self.pool is not None:
+            self.node_to_pid = dict(zip(self.pool, pids))
+            self.pid_to_node = {pid: node for node, pid in self.node_to_pid.items()}
         return [self.pid_to_node[p] for p in pids]
+
+    def _name_partitions(self, messages: list[Message]) -> list[Message]:
+        """In a pool, tell each node which partition it trains or evaluates on."""
+        if self.pool is None:
+            return messages
+        key = self.configrecord_key  # type: ignore[attr-defined]
+        named = []
+        for m in messages:
+            content = RecordDict(dict(m.content.items()))
+            config = ConfigRecord(dict(m.content[key]))
+            config["partition-id"] = self.node_to_pid[m.metadata.dst_node_id]
+            content[key] = config
+            named.append(Message(content=content, message_type=m.metadata.message_type, dst_node_id=m.metadata.dst_node_id))
+        return named
 
     def _pid(self, message: Message) -> int:
         return self.node_to_pid.get(message.metadata.src_node_id, -1)
@@ -178,7 +207,7 @@ class LedgerMixin:
         nodes = self._cohort(server_round, TRAIN_SALT, self.train_per_round)
         self._train_cohort = [self.node_to_pid[n] for n in nodes]
         self._sent_spec = array_spec(arrays)
-        messages = list(super().configure_train(server_round, arrays, config, CohortGrid(grid, nodes)))  # type: ignore[misc]
+        messages = self._name_partitions(list(super().configure_train(server_round, arrays, config, CohortGrid(grid, nodes))))  # type: ignore[misc]
         p = self.policy
         record.stragglers = straggler_plan(self.seed, server_round, self._train_cohort, p.straggler_fraction, p.local_epochs)
         for i, m in enumerate(messages):
@@ -232,7 +261,7 @@ class LedgerMixin:
         if self.eval_per_round == 0:
             return []
         cohort = CohortGrid(grid, self._cohort(server_round, EVAL_SALT, self.eval_per_round))
-        messages = list(super().configure_evaluate(server_round, arrays, config, cohort))  # type: ignore[misc]
+        messages = self._name_partitions(list(super().configure_evaluate(server_round, arrays, config, cohort)))  # type: ignore[misc]
         if self.current is not None:
             self.current.eval_clients_sampled = len(messages)
             self.current.bytes_eval_down = sum(message_array_bytes(m) for m in messages)

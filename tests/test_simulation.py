@@ -113,6 +113,27 @@ def test_bytes_down_is_cohort_times_model_bytes(runs: dict[str, Path]) -> None:
         assert int(r["bytes_eval_down"]) == int(r["eval_clients_sampled"]) * carried
 
 
+def test_a_node_pool_runs_the_same_federation_as_one_node_per_client(tmp_path: Path) -> None:
+    """8 clients, 4 train and 2 evaluate per round: the pool registers 4 virtual SuperNodes
+    and names each one's partition per message; one SuperNode per client (found by a query)
+    must give the same numbers, client by client."""
+    common = [*SMALL, "simulation.num_clients=8", "server.fraction_train=0.5", "server.fraction_evaluate=0.25",
+              "server.rounds=2"]
+    for mode in ("pool", "per_client"):
+        proc = simulate(*common, f"simulation.nodes={mode}", f"hydra.run.dir={tmp_path / mode}")
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    pool, per = tmp_path / "pool", tmp_path / "per_client"
+    cols = ["central_accuracy", "central_loss", "fed_accuracy", "fed_loss", "train_loss", "clients_ok", "bytes_total_cum"]
+    assert [[r[k] for k in cols] for r in rows(pool)] == [[r[k] for k in cols] for r in rows(per)]
+    client_cols = ["round", "phase", "partition_id", "num_examples", "loss", "accuracy", "status"]
+    pool_clients = [[r[k] for k in client_cols] for r in rows(pool, "client_metrics.csv")]
+    assert pool_clients == [[r[k] for k in client_cols] for r in rows(per, "client_metrics.csv")]
+    assert len({r[2] for r in pool_clients if r[1] == "train"}) > 4  # more partitions than pool nodes took part
+    assert json.loads((pool / "partition.json").read_text()) == json.loads((per / "partition.json").read_text())
+    assert json.loads((pool / "summary.json").read_text())["virtual_nodes"] == 4
+    assert json.loads((per / "summary.json").read_text())["virtual_nodes"] == 8
+
+
 def test_two_job_sweep_writes_two_runs_and_an_index(tmp_path: Path) -> None:
     proc = simulate("-m", *SMALL, "server.rounds=2", "strategy=fedavg,fedprox", f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -146,6 +167,7 @@ BAD_CONFIGS = [
     ("client.epochs=0", "client.epochs", "fedconv"),
     ("client.epochs=abc", "client.epochs", "fedconv"),
     ("client.lr=0", "client.lr", "fedconv"),
+    ("simulation.nodes=shared", "simulation.nodes", "fedconv"),
     ("server.rounds=0", "server.rounds", "fedconv"),
     ("server.rounds=2.5", "server.rounds", "fedconv"),
     ("server.min_train_clients=9", "server.min_train_clients", "fedconv"),
