@@ -84,6 +84,15 @@ def _saved_config(out: Path) -> dict[str, Any]:
     return saved
 
 
+def _results_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The config minus what cannot change a run's numbers: ``resume``, and how virtual
+    nodes are laid out (``simulation.nodes``: a pool and one node per client give the same
+    run, and runs saved before the option existed do not have it)."""
+    out = {**cfg, "resume": ""}
+    out["simulation"] = {k: v for k, v in cfg.get("simulation", {}).items() if k != "nodes"}
+    return out
+
+
 def _existing_run(out: Path) -> str:
     """What ``out`` holds already: nothing, a completed run, or a partial one."""
     summary = out / run_dir.SUMMARY
@@ -122,7 +131,7 @@ def prepare(cfg: DictConfig, out: Path, choices: dict[str, Any]) -> tuple[dict[s
     if existing == "none":
         return resolved, "new"
     saved = _saved_config(out)
-    if {**saved, "resume": ""} != {**resolved, "resume": ""}:
+    if _results_config(saved) != _results_config(resolved):
         raise ConfigError(
             f"output_dir={out}: holds a {'completed' if existing == 'completed' else 'unfinished'} run with a "
             "different config; choose another name=... (or hydra.sweep.dir=..., output_dir=...)"

@@ -96,6 +96,16 @@ def test_same_seed_same_numbers_different_seed_differs(runs: dict[str, Path]) ->
     assert [[r[k] for k in cols] for r in a] != [[r[k] for k in cols] for r in c]
 
 
+def test_rerunning_into_a_run_dir_skips_the_same_config_and_refuses_another(runs: dict[str, Path]) -> None:
+    before = (runs["a"] / "rounds.csv").read_bytes()
+    # The node layout cannot change the numbers (pool and per-client runs are identical).
+    same = simulate(*SMALL, "seed=0", "simulation.nodes=per_client", f"hydra.run.dir={runs['a']}")
+    assert same.returncode == 0 and "skipping" in same.stdout, same.stderr[-2000:]
+    other = simulate(*SMALL, "seed=0", "server.rounds=4", f"hydra.run.dir={runs['a']}")
+    assert other.returncode == 2 and "holds a completed run with a different config" in other.stderr
+    assert (runs["a"] / "rounds.csv").read_bytes() == before
+
+
 def test_bytes_down_is_cohort_times_model_bytes(runs: dict[str, Path]) -> None:
     from flwr.app import Array
 
