@@ -25,7 +25,7 @@ from fedconv.config import cohort_sizes, from_run_config, virtual_nodes
 from fedconv.models import count_parameters, state_bytes, transmitted_state
 from fedconv.partitioning import histogram_record, partition_record
 from fedconv.strategies import LedgerMixin, RoundPolicy, make_strategy, short_reason
-from fedconv.training import classification_report, evaluate, lr_for_round
+from fedconv.training import classification_report, evaluate, folded_for_inference, lr_for_round
 
 app = ServerApp()
 
@@ -162,7 +162,7 @@ class RunRecorder:
         if server_round % self.eval_every == 0 or server_round == self.rounds:
             task.load_global(self.eval_model, state)
             res = evaluate(
-                self.eval_model, self.ds.test_x, self.ds.test_y, self.norm,
+                folded_for_inference(self.eval_model), self.ds.test_x, self.ds.test_y, self.norm,
                 batch_size=int(self.cfg["server"]["eval_batch_size"]),
             )
             central = {"central_accuracy": res.accuracy, "central_loss": res.loss}

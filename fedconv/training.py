@@ -148,6 +148,20 @@ class EvalResult:
     top5: float | None = None
 
 
+def folded_for_inference(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval mode with every BatchNorm folded into the conv before it
+    (``torch.fx``'s conv-BN fusion). Same predictions, about a third less time for the
+    2conv family on CPU, where eval-mode BatchNorm is a separate pass over the activations.
+    Models ``torch.fx`` cannot trace are returned as they are (in eval mode)."""
+    from torch.fx.experimental.optimization import fuse
+
+    model.eval()
+    try:
+        return fuse(model, inplace=False)
+    except Exception:  # noqa: BLE001 - untraceable model: evaluate it unfolded
+        return model
+
+
 @torch.inference_mode()
 def evaluate(
     model: nn.Module,

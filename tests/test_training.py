@@ -12,6 +12,7 @@ from fedconv.config import compose
 from fedconv.datasets import load_dataset
 from fedconv.models import build_model
 from fedconv.training import (
+    folded_for_inference,
     Normalizer,
     augment_batch,
     classification_report,
@@ -115,3 +116,27 @@ def test_augmentation_keeps_shape_and_range() -> None:
     y = augment_batch(x, gen)
     assert y.shape == x.shape and float(y.min()) >= 0.0 and float(y.max()) <= 1.0
     assert not torch.equal(x, y)
+
+
+@pytest.mark.parametrize("name", ["twoconv", "twoconv_dw", "twoconv_res", "twoconv_se", "twoconv_mb", "niid_cnn"])
+def test_folding_batchnorm_keeps_the_predictions(name: str) -> None:
+    model = build_model(compose([f"model={name}"])["model"], (1, 28, 28), 10, seed=1)
+    with torch.no_grad():  # BatchNorm statistics far from the identity, as after training
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    def batchnorms(m: torch.nn.Module) -> int:
+        return sum(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules())
+
+    before = batchnorms(model)
+    folded = folded_for_inference(model)
+    # Every BatchNorm right after a conv is folded (twoconv_res: also the shortcut's);
+    # twoconv_mb's second one follows a concatenation of two branches and stays.
+    assert batchnorms(folded) == {"niid_cnn": 0, "twoconv_mb": 1}.get(name, 0)
+    assert batchnorms(model) == before == {"niid_cnn": 0, "twoconv_res": 3}.get(name, 2)  # original untouched
+    x = torch.randn(64, 1, 28, 28)
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-4)

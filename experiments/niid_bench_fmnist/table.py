@@ -1,6 +1,6 @@
 """NIID-Bench on Fashion-MNIST: the tables of experiments/niid_bench_fmnist/README.md, from run dirs.
 
-    python experiments/niid_bench_fmnist/table.py results/sweeps/niid_bench_fmnist [--out tables.md]
+    python experiments/niid_bench_fmnist/table.py results/sweeps/niid_bench_fmnist [--out tables.md] [--plots DIR]
 
 1. ``niid_cnn`` vs published (Flower's reproduction of NIID-Bench). Tolerance (issue #8):
    within max(2 points, 2 x published std) of the published mean for IID, Dir(0.5) and #C=3;
@@ -189,15 +189,68 @@ def tables(root: Path) -> str:
     ])
 
 
+def plot_models(runs: list[Run], out: Path) -> list[Path]:
+    """Accuracy vs round of every model per federated cell and strategy (unfinished runs
+    included, which ``fedconv.report`` leaves out), and the centralized reference per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for cell in CELL_NAMES:
+        others = [r for r in runs if r.cell == cell and r.model != REFERENCE_MODEL]
+        if not others:
+            continue
+        labels = sorted({r.label for r in others})
+        fig, axes = plt.subplots(1, len(labels), figsize=(5.5 * len(labels), 3.8), squeeze=False)
+        for ax, label in zip(axes[0], labels):
+            for r in sorted((r for r in runs if r.cell == cell and r.label == label), key=lambda r: (r.model, r.seed)):
+                rounds = range(1, len(r.accuracies) + 1)
+                ax.plot(rounds, r.accuracies, label=f"{r.model} (seed {r.seed})", marker="." if len(rounds) < 15 else None)
+            ax.set_title(f"{CELL_NAMES[cell]}, {label}")
+            ax.set_xlabel("round")
+            ax.set_ylabel("central test accuracy %")
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.tight_layout()
+        path = out / f"models_{cell}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    central = [r for r in runs if r.cell == "central"]
+    if central:
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        for r in central:
+            ax.plot(range(1, len(r.accuracies) + 1), r.accuracies, label=f"{r.model} (seed {r.seed})")
+        ax.axhline(90.0, color="grey", linestyle="--", linewidth=1)
+        ax.set_title("centralized, all 60,000 training images")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("central test accuracy %")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = out / "central.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("root", type=Path)
-    parser.add_argument("--out", type=Path)
+    parser.add_argument("--out", type=Path, help="also write the tables to this file")
+    parser.add_argument("--plots", type=Path, help="write the 2conv-vs-niid_cnn and centralized plots here")
     args = parser.parse_args()
     text = tables(args.root)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
+    if args.plots:
+        for path in plot_models(collect(args.root), args.plots):
+            print(f"wrote {path}")
 
 
 if __name__ == "__main__":
