@@ -257,6 +257,11 @@ def run_benchmark(repeats: int, quick: bool) -> dict[str, Any]:
     rounds = ["server.rounds=5"] if quick else []
     noop = [*BENCH, *rounds, "client.noop=true", "server.eval_every=1000"]
     scale_sizes = [100, 1000] if quick else [100, 1000, 10000]
+
+    def scale_config(n: int) -> list[str]:  # zero-work clients, 10 per round out of n
+        return [*noop, *([] if quick else ["server.rounds=10"]), f"simulation.num_clients={n}",
+                f"server.fraction_train={10 / n}", "partition.min_partition_size=0", "partition.allow_empty=true"]
+
     res: dict[str, Any] = {"machine": machine(), "quick": quick, "config": BENCH + rounds}
     print("[bench] compute limit ...", flush=True)
     res["limit"] = repeat(measure_limit, repeats, BENCH + rounds, cores)
@@ -265,15 +270,14 @@ def run_benchmark(repeats: int, quick: bool) -> dict[str, Any]:
     res["ratio_rounds"] = res["sim"]["rounds_s"] / res["limit"]["rounds_s"]
     res["ratio_total"] = res["sim"]["total_s"] / res["limit"]["total_s"]
     print("[bench] framework overhead ...", flush=True)
+    # 10 zero-work clients per round out of 100 is also the scale series' first point: one measurement.
     res["overhead"] = {
-        "10": repeat(measure_sim, repeats, noop),
+        "10": repeat(measure_sim, repeats, scale_config(100)),
         "100": repeat(measure_sim, repeats, [*noop, "server.fraction_train=1.0"]),
     }
     print("[bench] scale ...", flush=True)
     res["scale"] = {
-        str(n): repeat(measure_sim, repeats, [*noop, *([] if quick else ["server.rounds=10"]),
-                                              f"simulation.num_clients={n}", f"server.fraction_train={10 / n}",
-                                              "partition.min_partition_size=0", "partition.allow_empty=true"])
+        str(n): res["overhead"]["10"] if n == 100 else repeat(measure_sim, repeats, scale_config(n))
         for n in scale_sizes
     }
     print("[bench] central evaluation ...", flush=True)
