@@ -112,7 +112,7 @@ def measure_limit(overrides: list[str], workers: int) -> dict[str, float]:
     from fedconv.config import clients_per_round, compose
     from fedconv.models import transmitted_state
     from fedconv.strategies import TRAIN_SALT, sample_cohort
-    from fedconv.training import evaluate, lr_for_round
+    from fedconv.training import evaluate, folded_for_inference, lr_for_round
 
     t0 = time.perf_counter()
     cfg = compose(overrides)
@@ -136,7 +136,8 @@ def measure_limit(overrides: list[str], workers: int) -> dict[str, float]:
             state = {key: sum(s[key] * (num / total) for s, num in results).astype(np.float32) for key in state}
             torch.set_num_threads(workers)
             task.load_global(eval_model, {key: torch.from_numpy(v) for key, v in state.items()})
-            accuracy = evaluate(eval_model, ds.test_x, ds.test_y, norm, int(server["eval_batch_size"])).accuracy
+            folded = folded_for_inference(eval_model)  # the ServerApp's evaluation, done the same way
+            accuracy = evaluate(folded, ds.test_x, ds.test_y, norm, int(server["eval_batch_size"])).accuracy
         rounds_s = time.perf_counter() - t_rounds
     return {"rounds_s": rounds_s, "startup_s": startup, "total_s": startup + rounds_s, "final_accuracy": accuracy}
 
