@@ -57,6 +57,11 @@ class Run:
             return f"fedprox mu={self.mu:g}"
         return self.strategy
 
+    @property
+    def progress(self) -> str:
+        """Rounds run of those planned, marked when the run has not completed."""
+        return f"{len(self.accuracies)}/{self.rounds_planned}" + ("" if self.completed else " (unfinished)")
+
     def best(self, rounds: int | None = None) -> tuple[float, int]:
         """Best accuracy (%) and its round, over the first ``rounds`` rounds (all by default)."""
         accs = self.accuracies[:rounds] if rounds else self.accuracies
@@ -150,9 +155,8 @@ def models_table(runs: list[Run]) -> str:
         ref = reference.get((r.cell, r.label, r.seed))
         same = f"{ref.best(len(r.accuracies))[0]:.2f}" if ref else "not run"
         full = f"{ref.best()[0]:.2f}" if ref and ref.completed else "not run"
-        state = f"{len(r.accuracies)}/{r.rounds_planned}" + ("" if r.completed else " (unfinished)")
         lines.append(
-            f"| {CELL_NAMES[r.cell]} | {r.label} | {r.model} | {r.seed} | {state} | {acc:.2f} ({at}) | "
+            f"| {CELL_NAMES[r.cell]} | {r.label} | {r.model} | {r.seed} | {r.progress} | {acc:.2f} ({at}) | "
             f"{same} | {full} | {statistics.median(r.seconds):.0f} |"
         )
     if not others:
@@ -170,9 +174,8 @@ def central_table(runs: list[Run]) -> str:
     for r in central:
         acc, at = r.best()
         first = next((i + 1 for i, a in enumerate(r.accuracies) if a >= 90.0), None)
-        state = f"{len(r.accuracies)}/{r.rounds_planned}" + ("" if r.completed else " (unfinished)")
         lines.append(
-            f"| {r.model} | {r.seed} | {state} | {acc:.2f} ({at}) | {first or 'not reached'} | "
+            f"| {r.model} | {r.seed} | {r.progress} | {acc:.2f} ({at}) | {first or 'not reached'} | "
             f"{statistics.median(r.seconds):.0f} |"
         )
     if not central:
