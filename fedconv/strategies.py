@@ -156,15 +156,7 @@ class LedgerMixin:
         """In a pool, tell each node which partition it trains or evaluates on."""
         if self.pool is None:
             return messages
-        key = self.configrecord_key  # type: ignore[attr-defined]
-        named = []
-        for m in messages:
-            content = RecordDict(dict(m.content.items()))
-            config = ConfigRecord(dict(m.content[key]))
-            config["partition-id"] = self.node_to_pid[m.metadata.dst_node_id]
-            content[key] = config
-            named.append(Message(content=content, message_type=m.metadata.message_type, dst_node_id=m.metadata.dst_node_id))
-        return named
+        return [self._with_config(m, partition_id=self.node_to_pid[m.metadata.dst_node_id]) for m in messages]
 
     def _pid(self, message: Message) -> int:
         return self.node_to_pid.get(message.metadata.src_node_id, -1)
@@ -187,15 +179,19 @@ class LedgerMixin:
                 }
             )
 
-    def _as_straggler(self, message: Message, epochs: int, step_fraction: float) -> Message:
-        """A copy of a train message that tells its client to do partial work."""
+    def _with_config(self, message: Message, **values: Any) -> Message:
+        """A copy of a message whose ConfigRecord also carries ``values`` (arrays are shared)."""
         key = self.configrecord_key  # type: ignore[attr-defined]
         content = RecordDict(dict(message.content.items()))
         config = ConfigRecord(dict(message.content[key]))
-        config["local-epochs"] = epochs
-        config["step-fraction"] = step_fraction
+        for name, value in values.items():
+            config[name.replace("_", "-")] = value
         content[key] = config
         return Message(content=content, message_type=message.metadata.message_type, dst_node_id=message.metadata.dst_node_id)
+
+    def _as_straggler(self, message: Message, epochs: int, step_fraction: float) -> Message:
+        """A copy of a train message that tells its client to do partial work."""
+        return self._with_config(message, local_epochs=epochs, step_fraction=step_fraction)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
