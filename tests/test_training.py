@@ -140,3 +140,27 @@ def test_folding_batchnorm_keeps_the_predictions(name: str) -> None:
     x = torch.randn(64, 1, 28, 28)
     with torch.inference_mode():
         torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["twoconv", "twoconv_dw", "twoconv_res"])
+def test_channels_last_training_matches_the_default_layout_and_hands_back_contiguous_weights(name: str) -> None:
+    """train_local trains in channels-last layout for speed; the weights it hands back (and
+    that go on the wire) are in the default layout and equal a default-layout run up to
+    floating-point reordering."""
+    from fedconv.training import _train_steps
+
+    cfg = compose(["dataset=digits"])
+    ds = load_dataset(cfg["dataset"])
+    norm = Normalizer.from_stats(ds.mean, ds.std)
+    model_cfg = compose([f"model={name}", "dataset=digits"])["model"]
+    fast, plain = (build_model(model_cfg, (1, 8, 8), 10, seed=3) for _ in range(2))
+    args = (ds.train_x[:256], ds.train_y[:256], norm, cfg["client"])
+    torch.manual_seed(0)
+    got = train_local(fast, *args, lr=0.05, epochs=2, seed=1)
+    torch.manual_seed(0)
+    want = _train_steps(plain, *args, lr=0.05, epochs=2, proximal_mu=0.0, seed=1, max_steps=None)
+    assert got.steps == want.steps > 0
+    assert got.loss == pytest.approx(want.loss, rel=1e-4)
+    for (key, a), b in zip(fast.state_dict().items(), plain.state_dict().values(), strict=True):
+        assert a.is_contiguous(), key
+        torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-3)
