@@ -7,6 +7,8 @@ flattens the config into Flower's run config and hands it to :mod:`fedconv.runti
 from __future__ import annotations
 
 import json
+import logging
+import os
 import signal
 import sys
 import time
@@ -24,6 +26,7 @@ from fedconv.config import EXIT_BAD_CONFIG, ConfigError, config_errors_exit_2, r
 register_resolvers()
 
 _TASK_STARTED = False  # set when a job starts; a Hydra exit before that is a config error
+STOP_WAIT_S = 60.0  # how long an interrupted run waits for the ServerApp to record its rounds
 
 
 def _update_sweep_index(sweep_dir: Path, entry: dict[str, Any]) -> None:
@@ -149,7 +152,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Run (or continue, or skip when completed) one simulation job; returns its summary."""
     global _TASK_STARTED
     _TASK_STARTED = True
-    from fedconv import runtime
+    from fedconv import runtime, stopping
     from fedconv.datasets import DatasetError
     from fedconv.models import ModelConfigError
     from fedconv.partitioning import PartitionError
@@ -186,6 +189,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     print(f"fedconv run -> {out}" + (" (resuming from its checkpoint)" if resuming else ""), flush=True)
     started = time.perf_counter()
     status, error = "failed", ""
+    stopping.arm()
     try:
         runtime.run_simulation(
             to_run_config({**resolved, "resume": str(out) if resuming else ""}),
@@ -195,13 +199,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )
         summary = json.loads((out / run_dir.SUMMARY).read_text())
         status = summary["status"]
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: let the ServerApp record its rounds first
         status, error = "interrupted", "KeyboardInterrupt"
+        stopping.request_stop(timeout=STOP_WAIT_S)
         raise
     except Exception as exc:  # the run failed; record it and (in a sweep) go on
         error = f"{type(exc).__name__}: {exc}"
         print(f"run failed: {error}", file=sys.stderr)
     finally:
+        stopping.disarm()
         _shutdown_ray()
         if status != "completed":
             _write_failure(out, resolved, status, error)
@@ -238,14 +244,30 @@ def main(cfg: DictConfig) -> float | None:
     return float(acc) if acc is not None else None
 
 
+_STOP_SIGNAL = signal.SIGINT  # what interrupted the run (Ctrl-C unless SIGTERM came)
+
+
 def _interrupt(signum: int, frame: Any) -> None:
+    global _STOP_SIGNAL
+    _STOP_SIGNAL = signal.Signals(signum)
     raise KeyboardInterrupt(f"signal {signum}")
 
 
 def cli() -> None:
-    """Entry point. SIGTERM (a batch scheduler's stop) ends the run as interrupted, like Ctrl-C."""
+    """Entry point. SIGTERM (a batch scheduler's stop) ends the run as interrupted, like
+    Ctrl-C: the completed rounds and the checkpoint stay, summary.json says ``interrupted``,
+    ``resume=<run dir>`` continues; the exit status is 128 + the signal number."""
     signal.signal(signal.SIGTERM, _interrupt)
-    config_errors_exit_2(main, lambda: _TASK_STARTED)
+    try:
+        config_errors_exit_2(main, lambda: _TASK_STARTED)
+    except KeyboardInterrupt:
+        # The run dir and the sweep index are written and Ray is shut down by now; Flower's
+        # engine threads may still wait on actors that are gone, so do not join them.
+        print(f"fedconv: interrupted by {_STOP_SIGNAL.name}", file=sys.stderr)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + int(_STOP_SIGNAL))
 
 
 if __name__ == "__main__":
