@@ -194,7 +194,7 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
         if mode == "register":
             run_dir.discard_if_empty(out)
             return None
-        if (out / run_dir.SUMMARY).exists() or (out / run_dir.ROUNDS).exists():
+        if run_dir.existing_run(out) != "none":
             print(f"config error: output_dir={out}: already holds a run; choose another", file=sys.stderr)
             sys.exit(EXIT_BAD_CONFIG)
         out.mkdir(parents=True, exist_ok=True)

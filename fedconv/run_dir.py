@@ -69,6 +69,16 @@ def discard_if_empty(out: Path) -> None:
         shutil.rmtree(out, ignore_errors=True)
 
 
+def existing_run(out: Path) -> str:
+    """What ``out`` holds already: "none", a "completed" run, or a "partial" one."""
+    summary = out / SUMMARY
+    if summary.exists() and json.loads(summary.read_text()).get("status") == "completed":
+        return "completed"
+    if any((out / name).exists() for name in (SUMMARY, ROUNDS, CHECKPOINT)):
+        return "partial"
+    return "none"
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write via a temp file and rename, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)

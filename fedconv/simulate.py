@@ -96,16 +96,6 @@ def _results_config(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _existing_run(out: Path) -> str:
-    """What ``out`` holds already: nothing, a completed run, or a partial one."""
-    summary = out / run_dir.SUMMARY
-    if summary.exists() and json.loads(summary.read_text()).get("status") == "completed":
-        return "completed"
-    if any((out / name).exists() for name in (run_dir.SUMMARY, run_dir.ROUNDS, run_dir.CHECKPOINT)):
-        return "partial"
-    return "none"
-
-
 def prepare(cfg: DictConfig, out: Path, choices: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """The validated config of this job and what to do: "new", "resume" or "skip".
 
@@ -118,7 +108,7 @@ def prepare(cfg: DictConfig, out: Path, choices: dict[str, Any]) -> tuple[dict[s
             raise ConfigError(f"resume={out}: no such run directory")
         resolved = _saved_config(out)
         validate(resolved)
-        if _existing_run(out) == "completed":
+        if run_dir.existing_run(out) == "completed":
             return resolved, "skip"
         if not (out / run_dir.CHECKPOINT).exists():
             raise ConfigError(f"resume={out}: no {run_dir.CHECKPOINT} (the run never completed a round)")
@@ -130,7 +120,7 @@ def prepare(cfg: DictConfig, out: Path, choices: dict[str, Any]) -> tuple[dict[s
         problems += str(exc).splitlines()
     if problems:
         raise ConfigError("\n".join(problems))
-    existing = _existing_run(out)
+    existing = run_dir.existing_run(out)
     if existing == "none":
         return resolved, "new"
     saved = _saved_config(out)

@@ -170,3 +170,15 @@ def test_insecure_is_opt_in_and_warns(tmp_path: Path) -> None:
     assert "WARNING: federation.insecure=true: TLS is off" in proc.stderr
     secure = deploy("mode=register", "federation.root_certificates=", f"hydra.run.dir={tmp_path / 'run2'}")
     assert secure.returncode == 2 and "federation.root_certificates" in secure.stderr
+
+
+@pytest.mark.parametrize("left", ["rounds.csv", "checkpoint.safetensors"])
+def test_deploy_refuses_a_run_dir_that_already_holds_a_run(tmp_path: Path, left: str) -> None:
+    """Checked before any run starts, so no SuperLink is needed: nothing is overwritten."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / left).write_text("from an earlier run\n")
+    proc = deploy("federation=local", f"hydra.run.dir={out}", timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"output_dir={out}: already holds a run" in proc.stderr
+    assert (out / left).read_text() == "from an earlier run\n" and not (out / "summary.json").exists()
