@@ -198,6 +198,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         print(f"run failed: {error}", file=sys.stderr)
     finally:
         stopping.disarm()
+        _shutdown_ray()
         if status != "completed":
             _write_failure(out, resolved, status, error)
         summary = json.loads((out / run_dir.SUMMARY).read_text())
@@ -211,9 +212,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     "wall_seconds": round(time.perf_counter() - started, 2),
                 },
             )
-        # Last: after an interrupt, Flower's engine threads may still touch Ray, and Ray's core
-        # worker ends the process when they do after the shutdown; the files are written by then.
-        _shutdown_ray()
     if status != "completed" and not multirun:
         sys.exit(1)
     return summary
