@@ -145,10 +145,8 @@ def _kill_tree(pid: int) -> None:
 
 def _start_and_wait_for_rounds(overrides: list[str], out: Path, rounds: int) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    # As in a terminal: SIGINT handled (a shell's background job, e.g. CI, inherits it ignored).
     proc = subprocess.Popen([sys.executable, "-m", "fedconv.simulate", *overrides, f"hydra.run.dir={out}"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
         if (out / "rounds.csv").exists() and len(rows(out)) >= rounds:
