@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import sys
 import tempfile
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -86,25 +83,6 @@ class _ClientErrorsInRoundLog(logging.Filter):
         return not (record.levelno == logging.ERROR and record.pathname.endswith(("vce_api.py", "raybackend.py")))
 
 
-def start_ray(init_args: Mapping[str, Any]) -> None:
-    """Start Ray as Flower's backend would (``RayBackend.init_ray``, which then skips its own
-    ``ray.init``), and put this process's SIGTERM handler back afterwards: ``ray.init`` swaps
-    in its own (``sys.exit``) and Ray's core worker a C++ one that aborts the process, so a
-    batch scheduler's stop would end a run without its summary."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    handler = signal.getsignal(signal.SIGTERM)
-    pythonpath = os.pathsep.join(sys.path)  # Ray workers get the driver's import path
-    if os.environ.get("PYTHONPATH"):
-        pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
-    os.environ["PYTHONPATH"] = pythonpath
-    ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **{"include_dashboard": False, **init_args})
-    if handler is not None and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler)
-
-
 def run_simulation(run_config: Mapping[str, Any], num_supernodes: int, backend: Mapping[str, Any], verbose: bool) -> None:
     """Run the fedconv ServerApp against ``num_supernodes`` virtual SuperNodes on Ray."""
     from flwr.app import Context, RecordDict
@@ -136,7 +114,6 @@ def run_simulation(run_config: Mapping[str, Any], num_supernodes: int, backend: 
     context = Context(
         run_id=run_id, node_id=0, node_config={}, state=RecordDict(), run_config=dict(run_config)
     )
-    start_ray(backend["init_args"])
     with tempfile.TemporaryDirectory(prefix="fedconv-app-") as app_dir:
         write_app_dir(Path(app_dir), run_config)
         _run_simulation(

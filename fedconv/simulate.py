@@ -7,8 +7,6 @@ flattens the config into Flower's run config and hands it to :mod:`fedconv.runti
 from __future__ import annotations
 
 import json
-import logging
-import os
 import signal
 import sys
 import time
@@ -26,7 +24,6 @@ from fedconv.config import EXIT_BAD_CONFIG, ConfigError, config_errors_exit_2, r
 register_resolvers()
 
 _TASK_STARTED = False  # set when a job starts; a Hydra exit before that is a config error
-STOP_WAIT_S = 60.0  # how long an interrupted run waits for the ServerApp to record its rounds
 
 
 def _update_sweep_index(sweep_dir: Path, entry: dict[str, Any]) -> None:
@@ -142,7 +139,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Run (or continue, or skip when completed) one simulation job; returns its summary."""
     global _TASK_STARTED
     _TASK_STARTED = True
-    from fedconv import runtime, stopping
+    from fedconv import runtime
     from fedconv.datasets import DatasetError
     from fedconv.models import ModelConfigError
     from fedconv.partitioning import PartitionError
@@ -179,7 +176,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     print(f"fedconv run -> {out}" + (" (resuming from its checkpoint)" if resuming else ""), flush=True)
     started = time.perf_counter()
     status, error = "failed", ""
-    stopping.arm()
     try:
         runtime.run_simulation(
             to_run_config({**resolved, "resume": str(out) if resuming else ""}),
@@ -189,15 +185,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )
         summary = json.loads((out / run_dir.SUMMARY).read_text())
         status = summary["status"]
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: let the ServerApp record its rounds first
+    except KeyboardInterrupt:
         status, error = "interrupted", "KeyboardInterrupt"
-        stopping.request_stop(timeout=STOP_WAIT_S)
         raise
     except Exception as exc:  # the run failed; record it and (in a sweep) go on
         error = f"{type(exc).__name__}: {exc}"
         print(f"run failed: {error}", file=sys.stderr)
     finally:
-        stopping.disarm()
         _shutdown_ray()
         if status != "completed":
             _write_failure(out, resolved, status, error)
@@ -234,30 +228,14 @@ def main(cfg: DictConfig) -> float | None:
     return float(acc) if acc is not None else None
 
 
-_STOP_SIGNAL = signal.SIGINT  # what interrupted the run (Ctrl-C unless SIGTERM came)
-
-
 def _interrupt(signum: int, frame: Any) -> None:
-    global _STOP_SIGNAL
-    _STOP_SIGNAL = signal.Signals(signum)
     raise KeyboardInterrupt(f"signal {signum}")
 
 
 def cli() -> None:
-    """Entry point. SIGTERM (a batch scheduler's stop) ends the run as interrupted, like
-    Ctrl-C: the completed rounds and the checkpoint stay, summary.json says ``interrupted``,
-    ``resume=<run dir>`` continues; the exit status is 128 + the signal number."""
+    """Entry point. SIGTERM (a batch scheduler's stop) ends the run as interrupted, like Ctrl-C."""
     signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        config_errors_exit_2(main, lambda: _TASK_STARTED)
-    except KeyboardInterrupt:
-        # The run dir and the sweep index are written and Ray is shut down by now; Flower's
-        # engine threads may still wait on actors that are gone, so do not join them.
-        print(f"fedconv: interrupted by {_STOP_SIGNAL.name}", file=sys.stderr)
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(128 + int(_STOP_SIGNAL))
+    config_errors_exit_2(main, lambda: _TASK_STARTED)
 
 
 if __name__ == "__main__":
