@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
 import tempfile
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -83,6 +86,30 @@ class _ClientErrorsInRoundLog(logging.Filter):
         return not (record.levelno == logging.ERROR and record.pathname.endswith(("vce_api.py", "raybackend.py")))
 
 
+def start_ray(init_args: Mapping[str, Any]) -> None:
+    """Start Ray as Flower's backend would (``RayBackend.init_ray``, which then skips its own
+    ``ray.init``) and give this process its signal handlers back: ``ray.init`` installs a
+    SIGTERM handler that exits at once and Ray's core worker one that aborts the process, so
+    a batch scheduler's stop would end a run without its summary (see :mod:`fedconv.stopping`).
+
+    The PYTHONPATH lines repeat ``RayBackend.init_ray``'s: Ray workers get the driver's import path.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    pythonpath = os.pathsep.join(sys.path)
+    if os.environ.get("PYTHONPATH"):
+        pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
+    os.environ["PYTHONPATH"] = pythonpath
+    ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **{"include_dashboard": False, **init_args})
+    if threading.current_thread() is threading.main_thread():
+        for sig, handler in handlers.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+
+
 def run_simulation(run_config: Mapping[str, Any], num_supernodes: int, backend: Mapping[str, Any], verbose: bool) -> None:
     """Run the fedconv ServerApp against ``num_supernodes`` virtual SuperNodes on Ray."""
     from flwr.app import Context, RecordDict
@@ -114,6 +141,7 @@ def run_simulation(run_config: Mapping[str, Any], num_supernodes: int, backend: 
     context = Context(
         run_id=run_id, node_id=0, node_config={}, state=RecordDict(), run_config=dict(run_config)
     )
+    start_ray(backend["init_args"])
     with tempfile.TemporaryDirectory(prefix="fedconv-app-") as app_dir:
         write_app_dir(Path(app_dir), run_config)
         _run_simulation(

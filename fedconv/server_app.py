@@ -20,7 +20,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedconv import __version__, checkpoint, run_dir, task
+from fedconv import __version__, checkpoint, run_dir, stopping, task
 from fedconv.config import cohort_sizes, from_run_config, virtual_nodes
 from fedconv.models import count_parameters, state_bytes, transmitted_state
 from fedconv.partitioning import histogram_record, partition_record
@@ -72,7 +72,7 @@ def discover_partitions(grid: Grid, expected: int, timeout: float, pool: bool = 
                 message_type=MessageType.QUERY)
         for i, n in enumerate(node_ids)
     ]
-    replies = grid.send_and_receive(messages, timeout=timeout)
+    replies = stopping.exchange(grid, messages, timeout)
     reports: dict[int, NodeReport] = {}
     errors = []
     for reply in replies:
@@ -108,12 +108,12 @@ def run_rounds(
     from any round: ``start`` always begins at round 1, a resumed run does not."""
     for server_round in range(first_round, last_round + 1):
         messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
-        new_arrays, _ = strategy.aggregate_train(server_round, grid.send_and_receive(messages, timeout=timeout))
+        new_arrays, _ = strategy.aggregate_train(server_round, stopping.exchange(grid, messages, timeout))
         if new_arrays is not None:  # None: no valid replies, the round is skipped
             arrays = new_arrays
         messages = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
         if messages:
-            strategy.aggregate_evaluate(server_round, grid.send_and_receive(messages, timeout=timeout))
+            strategy.aggregate_evaluate(server_round, stopping.exchange(grid, messages, timeout))
         end_round(server_round, arrays)
     return arrays
 
@@ -292,6 +292,14 @@ class RunRecorder:
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    try:
+        serve(grid, context)
+    except stopping.RunStopped as stop:  # before the first round: nothing to record
+        _console(f"{stop} before the first round")
+
+
+def serve(grid: Grid, context: Context) -> None:
+    """Discover the nodes, run the rounds, write the run directory."""
     cfg = from_run_config(context.run_config)
     # `flwr run .` of the repo's own app has no output_dir: write under the ServerApp's cwd.
     out = Path(str(cfg.get("output_dir") or Path.cwd() / "results" / "flwr-runs" / str(context.run_id)))
@@ -357,6 +365,8 @@ def main(grid: Grid, context: Context) -> None:
     try:
         run_rounds(strategy, grid, arrays, first_round, int(server["rounds"]), timeout, recorder.end_round)
         status = "completed" if len(recorder.rows) == recorder.rounds else "failed"
+    except stopping.RunStopped:  # Ctrl-C or SIGTERM: keep the completed rounds, end quietly
+        status = "interrupted"
     except KeyboardInterrupt:
         status = "interrupted"
         raise

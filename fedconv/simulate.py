@@ -7,7 +7,6 @@ flattens the config into Flower's run config and hands it to :mod:`fedconv.runti
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import time
 from pathlib import Path
@@ -139,7 +138,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Run (or continue, or skip when completed) one simulation job; returns its summary."""
     global _TASK_STARTED
     _TASK_STARTED = True
-    from fedconv import runtime
+    from fedconv import runtime, stopping
     from fedconv.datasets import DatasetError
     from fedconv.models import ModelConfigError
     from fedconv.partitioning import PartitionError
@@ -176,6 +175,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     print(f"fedconv run -> {out}" + (" (resuming from its checkpoint)" if resuming else ""), flush=True)
     started = time.perf_counter()
     status, error = "failed", ""
+    stopping.run_started()
     try:
         runtime.run_simulation(
             to_run_config({**resolved, "resume": str(out) if resuming else ""}),
@@ -183,8 +183,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             runtime.backend_config(resolved["simulation"], bool(resolved["verbose"])),
             bool(resolved["verbose"]),
         )
-        summary = json.loads((out / run_dir.SUMMARY).read_text())
-        status = summary["status"]
+        summary_path = out / run_dir.SUMMARY
+        if summary_path.exists():
+            status = json.loads(summary_path.read_text())["status"]
+        if stopping.requested() and status != "completed":  # the ServerApp kept its rounds
+            status, error = "interrupted", stopping.reason()
+        elif not summary_path.exists():
+            raise FileNotFoundError(f"the ServerApp wrote no {summary_path}")
     except KeyboardInterrupt:
         status, error = "interrupted", "KeyboardInterrupt"
         raise
@@ -192,6 +197,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         error = f"{type(exc).__name__}: {exc}"
         print(f"run failed: {error}", file=sys.stderr)
     finally:
+        stopping.run_ended()
         _shutdown_ray()
         if status != "completed":
             _write_failure(out, resolved, status, error)
@@ -206,6 +212,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     "wall_seconds": round(time.perf_counter() - started, 2),
                 },
             )
+    if stopping.requested():  # end the sweep too; the entry point exits 128 + signal
+        raise KeyboardInterrupt(stopping.reason())
     if status != "completed" and not multirun:
         sys.exit(1)
     return summary
@@ -228,14 +236,18 @@ def main(cfg: DictConfig) -> float | None:
     return float(acc) if acc is not None else None
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def cli() -> None:
-    """Entry point. SIGTERM (a batch scheduler's stop) ends the run as interrupted, like Ctrl-C."""
-    signal.signal(signal.SIGTERM, _interrupt)
-    config_errors_exit_2(main, lambda: _TASK_STARTED)
+    """Entry point. Ctrl-C or SIGTERM (a batch scheduler's stop) ends a run as interrupted:
+    the clients' in-flight updates finish, the completed rounds and the checkpoint stay,
+    summary.json says ``interrupted``, ``resume=<run dir>`` continues it, and the exit status
+    is 128 + the signal number (:mod:`fedconv.stopping`)."""
+    from fedconv import stopping
+
+    stopping.install_handlers()
+    try:
+        config_errors_exit_2(main, lambda: _TASK_STARTED)
+    except KeyboardInterrupt:
+        stopping.quit_now()
 
 
 if __name__ == "__main__":

@@ -143,6 +143,65 @@ def _kill_tree(pid: int) -> None:
     psutil.wait_procs(procs, timeout=20)
 
 
+def _start_and_wait_for_rounds(args: list[str], out: Path, rounds: int) -> subprocess.Popen:
+    """Start ``fedconv.simulate`` in its own session, as from a terminal (SIGINT handled: a
+    shell's background job, e.g. CI, inherits it ignored), and wait until ``out`` has rounds."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "fedconv.simulate", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / "rounds.csv").exists() and len(rows(out)) >= rounds:
+            return proc
+        time.sleep(0.2)
+    _kill_tree(proc.pid)
+    raise AssertionError(f"the run ended or stalled before round {rounds}: rc {proc.poll()}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_a_signalled_run_stops_as_interrupted_keeps_its_rounds_and_resumes(tmp_path: Path, sig: signal.Signals) -> None:
+    """A batch scheduler's SIGTERM to the process, or Ctrl-C to its whole process group, in
+    the middle of round 3 of the first job of a sweep, while Ray runs: the process ends
+    within seconds with 128 + signum, the completed rounds and an ``interrupted`` summary
+    stay, the sweep starts no further job, no Ray process is left, and ``resume=`` finishes."""
+    import psutil
+
+    overrides = [*BASE, "simulation.num_clients=4", "server.rounds=4", "faults.slow_partitions=1", "faults.slow_seconds=2"]
+    sweep = tmp_path / "sweep"
+    out = sweep / "job0"
+    args = ["-m", *overrides, "seed=0,1", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=job${hydra.job.num}"]
+    proc = _start_and_wait_for_rounds(args, out, 2)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert children, "Ray should be running"
+    time.sleep(0.5)  # into round 3, whose slow client needs 2 s
+    t0 = time.monotonic()
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)  # what a terminal does on Ctrl-C
+    else:
+        proc.send_signal(sig)
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        _kill_tree(proc.pid)
+        raise AssertionError("the run did not end within 60 s of the signal") from None
+    assert proc.returncode == 128 + sig, stderr[-3000:]
+    assert time.monotonic() - t0 < 30
+    assert f"fedconv: {sig.name}: stopping" in stderr and f"interrupted by {sig.name}" in stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["error"] == f"stopped by {sig.name}"
+    assert summary["rounds_completed"] == len(rows(out)) in (2, 3)
+    jobs = json.loads((sweep / "sweep.json").read_text())["jobs"]
+    assert [(j["run_dir"], j["status"]) for j in jobs] == [(str(out), "interrupted")]
+    assert not (sweep / "job1").exists()
+    _, alive = psutil.wait_procs(children, timeout=20)
+    assert not alive, [p.name() for p in alive]
+    resumed = simulate(f"resume={out}")
+    ok(resumed)
+    final = json.loads((out / "summary.json").read_text())
+    assert final["status"] == "completed" and final["rounds_completed"] == 4 and final["resumed_from_round"] in (2, 3)
+
+
 def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
     overrides = [*BASE, "simulation.num_clients=4", "server.rounds=4", "server.fraction_evaluate=0.5",
                  "faults.slow_partitions=1", "faults.slow_seconds=2"]

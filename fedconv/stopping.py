@@ -1,0 +1,113 @@
+"""Stopping a simulated run cleanly on Ctrl-C or SIGTERM (a batch scheduler's stop).
+
+Flower's simulation runs the ServerApp in a thread of this process and its engine in the
+main thread, which is where signals land. Raising there would leave Flower's worker threads
+blocked on Ray actors that are being shut down, and the ServerApp thread waiting out the
+round timeout: the process hangs or Ray ends it before the run's files are written. So the
+first signal only *asks* the run to stop: the ServerApp's message exchange sees the request
+while it waits for replies and raises ``RunStopped``, the ServerApp records its completed
+rounds as ``interrupted`` and returns, Flower winds down its engine as after any run (the
+clients' in-flight updates finish first) and shuts Ray down, and the entry point exits with
+128 + the signal number. A second signal quits at once.
+
+A deployed ServerApp (its own process under a SuperLink) never has a run started here, so
+its exchange is Flower's plain ``send_and_receive``; ``flwr stop`` ends it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from flwr.app import Message
+    from flwr.serverapp import Grid
+
+_running = threading.Event()  # a simulated run is in progress in this process
+_requested = threading.Event()  # a signal asked it to stop
+_signal: signal.Signals | None = None
+
+
+class RunStopped(Exception):
+    """The process was asked to stop (Ctrl-C or SIGTERM) while the ServerApp waited for replies."""
+
+
+def install_handlers() -> None:
+    """SIGTERM, and SIGINT unless it arrived ignored (a shell's background job), ask a
+    running simulation to stop; outside a run they interrupt as Ctrl-C normally does."""
+    signal.signal(signal.SIGTERM, _on_signal)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _on_signal)
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    global _signal
+    first = _signal is None
+    _signal = signal.Signals(signum)
+    if _running.is_set() and first:
+        _requested.set()
+        print(f"fedconv: {_signal.name}: stopping after the clients' current updates "
+              "(the completed rounds are kept; signal again to quit at once)", file=sys.stderr, flush=True)
+        return
+    if _requested.is_set():  # a second signal while stopping: Flower's threads cannot be joined
+        quit_now(flush_logs=False)
+    raise KeyboardInterrupt(_signal.name)
+
+
+def quit_now(flush_logs: bool = True) -> None:
+    """End the process with 128 + the signal number without joining other threads (after an
+    interrupt, Flower's engine threads may wait forever on Ray actors that are gone)."""
+    sig = _signal or signal.SIGINT
+    print(f"fedconv: interrupted by {sig.name}", file=sys.stderr, flush=True)
+    if flush_logs:
+        logging.shutdown()
+    sys.stdout.flush()
+    os._exit(128 + int(sig))
+
+
+def run_started() -> None:
+    _running.set()
+
+
+def run_ended() -> None:
+    _running.clear()
+
+
+def requested() -> bool:
+    """Has a signal asked the current run to stop?"""
+    return _requested.is_set()
+
+
+def reason() -> str:
+    """'stopped by SIGTERM' (or SIGINT): what an interrupted run's summary says ended it."""
+    return f"stopped by {_signal.name if _signal else 'a signal'}"
+
+
+def check() -> None:
+    if _requested.is_set():
+        raise RunStopped(reason())
+
+
+def exchange(grid: Grid, messages: Iterable[Message], timeout: float | None) -> list[Message]:
+    """``grid.send_and_receive`` that gives up as soon as a stop is requested."""
+    if not _running.is_set():
+        return list(grid.send_and_receive(messages, timeout=timeout))
+    check()
+    pending = set(grid.push_messages(messages))
+    interval = float(getattr(grid, "pull_interval", 0.1))
+    deadline = None if timeout is None else time.monotonic() + timeout
+    replies: list[Message] = []
+    while pending and (deadline is None or time.monotonic() < deadline):
+        got = list(grid.pull_messages(pending))
+        replies.extend(got)
+        pending.difference_update(m.metadata.reply_to_message_id for m in got)
+        if pending and _requested.wait(interval):
+            check()
+    return replies
