@@ -4,8 +4,11 @@ Hydra composes the same config groups as the simulation plus ``conf/federation/<
 this module validates them, registers the SuperNodes' public keys with the SuperLink,
 writes a one-run Flower App whose ``[tool.flwr.app.config]`` is the flat run config, and
 starts it with ``flwr run --stream`` against the SuperLink. The fedconv ServerApp (started
-by the SuperLink on its machine) writes the run directory; run this launcher on the
-SuperLink's machine, or set ``output_dir`` to a path that exists there.
+by the SuperLink on its machine) writes the run directory and evaluates the global model on
+the dataset's test set there; run this launcher on the SuperLink's machine: it loads that
+dataset before starting, so a missing one fails in one line instead of after the SuperNodes
+have connected. (Launching from another machine needs the dataset there too, and
+``output_dir`` set to a path that exists on the SuperLink's machine.)
 
 ``mode=register`` only registers the keys (do it before the boards start their SuperNodes:
 an unregistered SuperNode is refused and exits).
@@ -29,7 +32,7 @@ import tomli_w
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from fedconv import run_dir
+from fedconv import run_dir, task
 from fedconv.config import (
     EXIT_BAD_CONFIG,
     ConfigError,
@@ -39,6 +42,7 @@ from fedconv.config import (
     unknown_keys,
     validate,
 )
+from fedconv.datasets import DatasetError
 from fedconv.runtime import write_app_dir
 
 register_resolvers()
@@ -184,6 +188,14 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
     if fed["insecure"]:
         print("WARNING: federation.insecure=true: TLS is off, model updates travel in clear text and "
               "SuperNodes are not authenticated. Use it on loopback only.", file=sys.stderr, flush=True)
+    if mode == "run":
+        try:
+            task.dataset(resolved)
+        except DatasetError as exc:
+            run_dir.discard_if_empty(out)
+            print(f"error: {exc} (the ServerApp evaluates on its test set on the SuperLink's machine; "
+                  "run this launcher there)", file=sys.stderr)
+            sys.exit(EXIT_BAD_CONFIG)
     with tempfile.TemporaryDirectory(prefix="fedconv-deploy-") as tmp:
         flwr_home = Path(tmp) / "flwr-home"
         env = flwr_env(flwr_home)

@@ -182,3 +182,17 @@ def test_deploy_refuses_a_run_dir_that_already_holds_a_run(tmp_path: Path, left:
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"output_dir={out}: already holds a run" in proc.stderr
     assert (out / left).read_text() == "from an earlier run\n" and not (out / "summary.json").exists()
+
+
+def test_deploy_checks_the_servers_dataset_before_starting(tmp_path: Path) -> None:
+    """The ServerApp evaluates on the test set on the SuperLink's machine (where the launcher
+    runs): a missing dataset fails here in one line, before any SuperLink is contacted."""
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "FEDCONV_DATA"}
+    proc = deploy("federation=local", "dataset=mnist", f"dataset.data_dir={empty}",
+                  f"hydra.run.dir={tmp_path / 'run'}", env={**env, "PYTHONUNBUFFERED": "1"}, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"dataset 'mnist' not found; looked in: {empty}" in proc.stderr
+    assert "run this launcher there" in proc.stderr and "Successfully started run" not in proc.stdout
+    assert not (tmp_path / "run").exists()
