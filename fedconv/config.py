@@ -173,6 +173,42 @@ def virtual_nodes(cfg: Mapping[str, Any]) -> int:
     return min(n, max(cohort_sizes(cfg)))
 
 
+# Keys that say where or how a run executes, never what it computes.
+EXECUTION_KEYS = frozenset({
+    "name", "output_dir", "resume", "verbose", "dataset.data_dir", "dataset.cache_dir", "dataset.download",
+    "simulation.nodes", "simulation.ray.address", "simulation.ray.num_cpus", "simulation.ray.include_dashboard",
+    "server.connect_timeout",
+})
+
+
+def inert_keys(cfg: Mapping[str, Any]) -> set[str]:
+    """Dotted keys whose value cannot change this run's numbers: the execution keys, and the
+    options of a mechanism the config leaves off (straggler handling without stragglers, a
+    step schedule's gamma under a cosine one, ...). A report warns only about the others."""
+    def get(path: str) -> Any:
+        node: Any = cfg
+        for part in path.split("."):
+            node = node.get(part) if isinstance(node, Mapping) else None
+        return node
+
+    inert = set(EXECUTION_KEYS)
+    if not get("faults.straggler_fraction"):
+        inert.add("strategy.stragglers")
+    if not str(get("faults.corrupt_partitions") or "").strip():
+        inert.add("faults.corrupt_mode")
+    if not str(get("faults.slow_partitions") or "").strip():
+        inert.add("faults.slow_seconds")
+    if get("server.lr_schedule") != "step":
+        inert |= {"server.lr_step_size", "server.lr_gamma"}
+    if get("server.lr_schedule") != "cosine":
+        inert.add("server.lr_min")
+    if get("client.optimizer") != "sgd":
+        inert.add("client.momentum")
+    if get("model.name") != "twoconv_se":
+        inert.add("model.se_reduction")
+    return inert
+
+
 def _problems(cfg: Mapping[str, Any]) -> list[str]:
     from fedconv.models import ACTIVATIONS, HEADS, MODEL_NAMES, POOLS, TWOCONV_VARIANTS
 

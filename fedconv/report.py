@@ -16,77 +16,34 @@ import statistics
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from fedconv import run_dir
+from fedconv.config import inert_keys
+from fedconv.run_reader import IN_PROGRESS, Run, read_run
 
 DEFAULT_BY = ("strategy.name", "strategy.mu")
-IGNORED_DIFFERENCES = {"seed", "output_dir", "name", "verbose"}
+AVERAGED_OVER = "seed"
 
 
 class ReportError(ValueError):
     """Nothing to report on, or a bad argument; the message says what was looked at."""
 
 
-@dataclass
-class Run:
-    """One run directory, parsed."""
-
-    path: Path
-    config: dict[str, Any]
-    rounds: list[dict[str, float | None]]
-    summary: dict[str, Any] | None
-    clients: list[dict[str, str]] = field(default_factory=list)
-
-    @property
-    def status(self) -> str:
-        return str(self.summary.get("status")) if self.summary else "running"
-
-    def get(self, key: str) -> Any:
-        node: Any = self.config
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
-                return None
-            node = node[part]
-        return node
-
-    def series(self, column: str) -> list[tuple[int, float]]:
-        return [(int(r["round"]), r[column]) for r in self.rounds if r.get(column) is not None]  # type: ignore[misc]
-
-    def final_client_accuracies(self) -> list[float]:
-        evals = [r for r in self.clients if r["phase"] == "evaluate"]
-        if not evals:
-            return []
-        last = max(int(r["round"]) for r in evals)
-        return [float(r["accuracy"]) for r in evals if int(r["round"]) == last]
-
-
-def _float(value: str | None) -> float | None:
-    if value is None or value == "":
+def _sweep_index(path: Path) -> dict[str, Any] | None:
+    """The sweep's index, or None where there is none or it is unreadable (then the run
+    dirs under the folder are found by their config.yaml, which they all have)."""
+    if not (path / run_dir.SWEEP_INDEX).exists():
         return None
-    return float(value)
-
-
-def read_run(path: Path) -> Run:
     try:
-        return _read_run(path)
-    except (OSError, ValueError, KeyError, yaml.YAMLError) as exc:
-        raise ReportError(f"{path}: unreadable run directory ({type(exc).__name__}: {exc})") from exc
-
-
-def _read_run(path: Path) -> Run:
-    config = yaml.safe_load((path / run_dir.CONFIG).read_text()) or {}
-    rounds: list[dict[str, float | None]] = []
-    if (path / run_dir.ROUNDS).exists():
-        rounds = [{k: _float(v) for k, v in row.items()} for row in run_dir.read_rows(path / run_dir.ROUNDS)]
-    summary = json.loads((path / run_dir.SUMMARY).read_text()) if (path / run_dir.SUMMARY).exists() else None
-    clients = run_dir.read_rows(path / run_dir.CLIENTS) if (path / run_dir.CLIENTS).exists() else []
-    return Run(path=path, config=config, rounds=rounds, summary=summary, clients=clients)
+        return run_dir.read_sweep_index(path.resolve())
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"warning: {path / run_dir.SWEEP_INDEX} unreadable ({type(exc).__name__}); "
+              "reading the run dirs under it instead", file=sys.stderr)
+        return None
 
 
 def find_runs(inputs: Sequence[str | Path]) -> list[Run]:
@@ -98,8 +55,8 @@ def find_runs(inputs: Sequence[str | Path]) -> list[Run]:
         for m in matches:
             p = Path(m)
             looked.append(str(p))
-            if (p / "sweep.json").exists():
-                index = json.loads((p / "sweep.json").read_text())
+            index = _sweep_index(p)
+            if index is not None:
                 dirs += [Path(j["run_dir"]) for j in index["jobs"]]
             elif (p / run_dir.CONFIG).exists():
                 dirs.append(p)
@@ -107,14 +64,23 @@ def find_runs(inputs: Sequence[str | Path]) -> list[Run]:
                 dirs += sorted(c.parent for c in p.rglob(run_dir.CONFIG) if ".hydra" not in c.parts)
     seen: set[Path] = set()
     runs = []
-    for d in dirs:
+    for d in dirs:  # a sweep's job without a config.yaml is read (as damaged), not skipped
         d = d.resolve()
-        if d not in seen and (d / run_dir.CONFIG).exists():
+        if d not in seen:
             seen.add(d)
             runs.append(read_run(d))
     if not runs:
         raise ReportError(f"no run directories (with {run_dir.CONFIG}) found in: {', '.join(looked) or '(nothing given)'}")
     return runs
+
+
+def _why_excluded(run: Run) -> str:
+    if run.problem:
+        return run.problem
+    if run.status == IN_PROGRESS:
+        return (f"no {run_dir.SUMMARY}: still running, or stopped before writing one "
+                f"({len(run.rounds)} rounds so far; resume=<run dir> continues it)")
+    return str((run.summary or {}).get("error", ""))
 
 
 def _flatten(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -128,13 +94,15 @@ def _flatten(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def uncontrolled_differences(runs: Sequence[Run], keys: Iterable[str]) -> dict[str, list[Any]]:
-    """Config keys that differ between runs but are neither grouped nor faceted on."""
-    grouped = set(keys)
+    """Config keys that differ between runs, are neither grouped nor faceted on, and can
+    change the numbers in at least one of them (:func:`fedconv.config.inert_keys`)."""
+    grouped = {*keys, AVERAGED_OVER}
     flats = [_flatten(r.config) for r in runs]
+    inert = set.intersection(*(inert_keys(r.config) for r in runs)) if runs else set()
     all_keys = set().union(*flats)
     diffs = {}
     for key in sorted(all_keys):
-        if key in grouped or key in IGNORED_DIFFERENCES or key.startswith("hydra."):
+        if key in grouped or key in inert or key.startswith("hydra."):
             continue
         values = {json.dumps(f.get(key), sort_keys=True) for f in flats}
         if len(values) > 1:
@@ -190,10 +158,11 @@ def compare(
     """The comparison as plain data: ``rows`` (one per facet x group), ``excluded`` runs,
     the ``target`` used, and config ``differences`` not controlled for."""
     runs = list(inputs) if inputs and isinstance(inputs[0], Run) else find_runs(inputs)  # type: ignore[arg-type]
-    usable = [r for r in runs if r.status in ("completed", "running")]
-    excluded = [{"run": str(r.path), "status": r.status, "error": (r.summary or {}).get("error", "")} for r in runs if r not in usable]
+    usable = [r for r in runs if r.status == "completed"]
+    excluded = [{"run": str(r.path), "status": r.status, "error": _why_excluded(r)} for r in runs if r not in usable]
     if not usable:
-        raise ReportError("every run failed or was interrupted: " + ", ".join(f"{e['run']} ({e['status']})" for e in excluded))
+        raise ReportError("no completed, undamaged run to report on: "
+                          + "; ".join(f"{e['run']} ({e['status']}{': ' + e['error'] if e['error'] else ''})" for e in excluded))
     groups = _group(usable, by, facet)
     if target is None:
         finals = [_mean_std([a for a in map(_final_accuracy, rs) if a is not None])[0] for rs in groups.values()]
@@ -215,7 +184,6 @@ def compare(
                 "facet": facet_value if facet else None,
                 "group": label,
                 "n": len(members),
-                "in_progress": sum(m.status == "running" for m in members),
                 "seeds": sorted({m.get("seed") for m in members}),
                 "rounds": max((len(m.rounds) for m in members), default=0),
                 "final_accuracy_mean": final_mean,
@@ -254,6 +222,7 @@ def _plot(result: dict[str, Any], out: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     groups: dict[tuple[str, str], list[Run]] = result["groups"]
     facets = sorted({f for f, _ in groups})
@@ -268,6 +237,8 @@ def _plot(result: dict[str, Any], out: Path) -> list[Path]:
         for ax, facet_value in zip(axes[0], facets):
             draw_panel(ax, facet_value)
             ax.set_xlabel(xlabel)
+            if xlabel == "round":  # a few rounds must not get ticks at 1.5, 2.5, ...
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             if facet_key:
                 ax.set_title(f"{facet_key} = {facet_value}")
@@ -335,6 +306,13 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def _fmt_round(value: float | None) -> str:
+    """A round number, or a mean of them over seeds: 12, 12.5 (never 12.0)."""
+    if value is None:
+        return "–"
+    return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
+
+
 TABLE_HEADER = [
     "group", "n", "final acc (mean ± std)", "best acc (round)", "rounds to target", "MB to target",
     "total MB", "wall s", "client acc mean / p10 / worst",
@@ -342,14 +320,13 @@ TABLE_HEADER = [
 
 
 def table_cells(row: dict[str, Any]) -> list[str]:
-    progress = f" ({row['in_progress']} running)" if row["in_progress"] else ""
     reached = row["reached"]
-    rtt = _fmt(row["rounds_to_target_mean"], 1) if row["rounds_to_target_mean"] is not None else f"not reached ({reached})"
+    rtt = _fmt_round(row["rounds_to_target_mean"]) if row["rounds_to_target_mean"] is not None else f"not reached ({reached})"
     return [
         row["group"],
-        f"{row['n']}{progress}",
+        str(row["n"]),
         f"{_fmt(row['final_accuracy_mean'])} ± {_fmt(row['final_accuracy_std'])}",
-        f"{_fmt(row['best_accuracy_mean'])} ({_fmt(row['best_round_mean'], 1)})",
+        f"{_fmt(row['best_accuracy_mean'])} ({_fmt_round(row['best_round_mean'])})",
         rtt,
         _fmt(row["mb_to_target_mean"], 1),
         _fmt(row["total_mb_mean"], 1),

@@ -79,6 +79,28 @@ def existing_run(out: Path) -> str:
     return "none"
 
 
+SWEEP_INDEX = "sweep.json"
+
+
+def read_sweep_index(sweep_dir: Path) -> dict[str, Any]:
+    """A sweep's index with every job's ``run_dir`` under ``sweep_dir`` as given: the index
+    records absolute paths, and a sweep folder that was moved or copied must read (and
+    update) its own run dirs, never the original's."""
+    path = sweep_dir / SWEEP_INDEX
+    if not path.exists():
+        return {"sweep_dir": str(sweep_dir), "jobs": []}
+    index = json.loads(path.read_text())
+    recorded = Path(index.get("sweep_dir") or sweep_dir)
+    for job in index["jobs"]:
+        run = Path(job["run_dir"])
+        if run.is_absolute() and run.is_relative_to(recorded):
+            job["run_dir"] = str(sweep_dir / run.relative_to(recorded))
+        elif not run.is_absolute():
+            job["run_dir"] = str(sweep_dir / run)
+    index["sweep_dir"] = str(sweep_dir)
+    return index
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write via a temp file and rename, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -154,14 +176,27 @@ def _typed(value: str) -> Any:
         return value
 
 
+def _complete_rows(path: Path, last_round: int) -> list[dict[str, str]]:
+    """The rows of rounds <= ``last_round`` that have every cell (a crash mid-write leaves a
+    short last line)."""
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if None not in r.values() and None not in r]
+    return [r for r in rows if r.get("round", "").isdigit() and int(r["round"]) <= last_round]
+
+
+def complete_rounds(path: Path, last_round: int) -> int:
+    """How many distinct rounds <= ``last_round`` rounds.csv holds complete rows of."""
+    return len({r["round"] for r in _complete_rows(path, last_round)})
+
+
 def truncate_rows(path: Path, columns: list[str], last_round: int) -> list[dict[str, Any]]:
     """Keep the complete rows of rounds <= ``last_round`` (a resumed run redoes the rest);
     returns them with numbers parsed."""
     if not path.exists():
         return []
-    with path.open(newline="") as f:
-        rows = [r for r in csv.DictReader(f) if None not in r.values() and None not in r]
-    kept = [r for r in rows if r.get("round", "").isdigit() and int(r["round"]) <= last_round]
+    kept = _complete_rows(path, last_round)
     buf = io.StringIO()
     writer = csv.writer(buf)  # the same dialect as append_row
     writer.writerow(columns)

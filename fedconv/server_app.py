@@ -375,10 +375,12 @@ def serve(grid: Grid, context: Context) -> None:
             run_dir.save_weights(out / run_dir.WEIGHTS, recorder.final_state)
         summary = recorder.summary(status, model)
         run_dir.write_json(out / run_dir.SUMMARY, summary)
-    acc = summary["final_central_accuracy"]
-    acc_text = f"{acc:.4f}" if isinstance(acc, float) and math.isfinite(acc) else "n/a"
+    def accuracy(value: Any) -> str:
+        return f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else "n/a"
+
     _console(
-        f"done: {summary['status']}, {summary['rounds_completed']} rounds, final accuracy {acc_text}, "
-        f"best {summary['best_central_accuracy']} (round {summary['best_round']}), "
+        f"done: {summary['status']}, {summary['rounds_completed']} rounds, "
+        f"final accuracy {accuracy(summary['final_central_accuracy'])}, "
+        f"best {accuracy(summary['best_central_accuracy'])} (round {summary['best_round']}), "
         f"{summary['bytes_total'] / 1e6:.1f} MB, {summary['wall_seconds']:.1f}s"
     )

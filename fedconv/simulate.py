@@ -31,20 +31,23 @@ def _update_sweep_index(sweep_dir: Path, entry: dict[str, Any]) -> None:
     Keyed by run dir, not job number: a later sweep into the same folder (more seeds, one
     strategy) numbers its jobs from 0 again and must not replace the earlier jobs' entries.
     """
-    path = sweep_dir / "sweep.json"
-    index = json.loads(path.read_text()) if path.exists() else {"sweep_dir": str(sweep_dir), "jobs": []}
+    index = run_dir.read_sweep_index(sweep_dir)
     dirs = [j["run_dir"] for j in index["jobs"]]
     if entry["run_dir"] in dirs:
         index["jobs"][dirs.index(entry["run_dir"])] = entry
     else:
         index["jobs"].append(entry)
-    run_dir.write_json(path, index)
+    run_dir.write_json(sweep_dir / run_dir.SWEEP_INDEX, index)
 
 
 def _write_failure(out: Path, cfg: dict[str, Any], status: str, error: str) -> None:
     """Make sure a run that did not complete never looks like it did."""
     path = out / run_dir.SUMMARY
-    summary = json.loads(path.read_text()) if path.exists() else {"seed": cfg.get("seed"), "rounds_completed": 0}
+    if path.exists():
+        summary = json.loads(path.read_text())
+    else:  # the ServerApp never wrote one: say what rounds.csv holds, so the two agree
+        done = run_dir.complete_rounds(out / run_dir.ROUNDS, int(cfg["server"]["rounds"]))
+        summary = {"seed": cfg.get("seed"), "rounds_completed": done}
     if summary.get("status") != "completed" or status == "interrupted":
         summary.update(status=status, error=error)
         run_dir.write_json(path, summary)
@@ -61,18 +64,26 @@ def resolve(cfg: DictConfig, out: Path) -> dict[str, Any]:
     return resolved
 
 
-def check_inputs(resolved: dict[str, Any]) -> None:
+def check_inputs(resolved: dict[str, Any], resume_from: Path | None = None) -> None:
     """Load the data, make the partitions and build the model before Ray starts, so a
-    missing file or an impossible partition fails in one line. The ServerApp runs in this
-    process, so this also warms its caches."""
-    from fedconv import task
+    missing file or an impossible partition fails in one line (and, on resume, a checkpoint
+    that does not fit the model). The ServerApp runs in this process, so this also warms
+    its caches."""
+    from fedconv import checkpoint, task
 
     ds = task.dataset(resolved)
     declared = tuple(int(resolved["dataset"][k]) for k in ("channels", "height", "width"))
     if ds.input_shape != declared:
         raise ConfigError(f"dataset: files hold {ds.input_shape} images but the config declares {declared}")
     task.partitions(resolved, int(resolved["simulation"]["num_clients"]))
-    task.initial_model(resolved, ds)
+    model = task.initial_model(resolved, ds)
+    if resume_from is not None:
+        path = resume_from / run_dir.CHECKPOINT
+        weights = checkpoint.load(path).weights
+        try:
+            task.load_global(model, weights)
+        except (ValueError, RuntimeError) as exc:
+            raise checkpoint.CheckpointError(f"{path}: does not fit the run's model ({exc})") from exc
 
 
 def _saved_config(out: Path) -> dict[str, Any]:
@@ -84,30 +95,92 @@ def _saved_config(out: Path) -> dict[str, Any]:
 
 
 def _results_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The config minus what cannot change a run's numbers: ``resume``, and how virtual
-    nodes are laid out (``simulation.nodes``: a pool and one node per client give the same
-    run, and runs saved before the option existed do not have it)."""
-    out = {**cfg, "resume": ""}
+    """The config minus what cannot change a run's numbers: ``resume``, where the run dir
+    lives (``output_dir``: a sweep folder that was moved or copied is the same sweep), and
+    how virtual nodes are laid out (``simulation.nodes``: a pool and one node per client
+    give the same run, and runs saved before the option existed do not have it)."""
+    out = {**cfg, "resume": "", "output_dir": ""}
     out["simulation"] = {k: v for k, v in cfg.get("simulation", {}).items() if k != "nodes"}
     return out
 
 
-def prepare(cfg: DictConfig, out: Path, choices: dict[str, Any]) -> tuple[dict[str, Any], str]:
+# What ``resume=`` may change: where and how the rest of the run executes, and how many
+# rounds it has (extending a run); never a value that the completed rounds depended on.
+RESUME_OVERRIDES = (
+    "server.rounds", "server.round_timeout", "server.connect_timeout", "verbose", "simulation.nodes",
+    "simulation.ray.address", "simulation.ray.num_cpus", "simulation.ray.include_dashboard",
+)
+
+
+def _override_key(override: str) -> str:
+    """``+a.b=1`` / ``~a.b`` / ``a.b=1`` -> ``a.b``."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _resume_config(cfg: DictConfig, out: Path, overrides: list[str]) -> dict[str, Any]:
+    """The saved config of the run in ``out``, rooted at ``out`` (a run dir that was moved or
+    copied continues where it is now, never where it was made), with the allowed overrides."""
+    if not out.is_dir():
+        raise ConfigError(f"resume={out}: no such run directory")
+    resolved = _saved_config(out)
+    resolved.update(output_dir=str(out), resume="")
+    keys = [k for k in map(_override_key, overrides) if k != "resume" and not k.startswith("hydra.")]
+    refused = [k for k in keys if k not in RESUME_OVERRIDES]
+    if refused:
+        raise ConfigError(
+            f"resume={out}: {', '.join(refused)} cannot change when a run resumes (its rounds so far used the "
+            f"saved value); allowed: {', '.join(RESUME_OVERRIDES)}; start a new run for another config"
+        )
+    saved_rounds = int(resolved["server"]["rounds"])
+    for key in keys:
+        *parents, leaf = key.split(".")
+        node = resolved
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = OmegaConf.select(cfg, key)
+    validate(resolved)
+    rounds = resolved["server"]["rounds"]
+    if rounds != saved_rounds and resolved["server"]["lr_schedule"] == "cosine":
+        raise ConfigError(
+            f"server.rounds={rounds}: cannot change on resume with server.lr_schedule=cosine (the schedule spans "
+            f"all {saved_rounds} rounds, so the rounds already run would have had other learning rates)"
+        )
+    return resolved
+
+
+def resume_checkpoint(out: Path, rounds: int) -> int:
+    """Check, reading only, that ``out`` can continue: its checkpoint loads and its rounds.csv
+    holds every round up to it. Returns the checkpoint's round."""
+    from fedconv import checkpoint
+
+    ckpt = checkpoint.load(out / run_dir.CHECKPOINT)
+    done = run_dir.complete_rounds(out / run_dir.ROUNDS, ckpt.server_round)
+    if done < ckpt.server_round:
+        raise checkpoint.CheckpointError(
+            f"{out / run_dir.ROUNDS} holds {done} complete rounds but {run_dir.CHECKPOINT} is of round {ckpt.server_round}"
+        )
+    if rounds < ckpt.server_round:
+        raise ConfigError(f"server.rounds={rounds}: must be >= the {ckpt.server_round} rounds this run completed")
+    return ckpt.server_round
+
+
+def prepare(cfg: DictConfig, out: Path, choices: dict[str, Any], overrides: list[str]) -> tuple[dict[str, Any], str]:
     """The validated config of this job and what to do: "new", "resume" or "skip".
 
-    ``resume=<run dir>`` continues that run with its saved config. Otherwise a run dir that
-    already holds a run of the same config (a sweep re-run) is skipped when it completed
-    and continued from its checkpoint when it did not; one with a different config is refused.
+    ``resume=<run dir>`` continues that run with its saved config (and the overrides in
+    :data:`RESUME_OVERRIDES`; any other is refused). Otherwise a run dir that already holds a
+    run of the same config (a sweep re-run) is skipped when it completed and continued from
+    its checkpoint when it did not; one with a different config is refused.
     """
     if cfg.resume:
-        if not out.is_dir():
-            raise ConfigError(f"resume={out}: no such run directory")
-        resolved = _saved_config(out)
-        validate(resolved)
-        if run_dir.existing_run(out) == "completed":
-            return resolved, "skip"
+        resolved = _resume_config(cfg, out, overrides)
         if not (out / run_dir.CHECKPOINT).exists():
+            if run_dir.existing_run(out) == "completed":  # runs saved before checkpoints existed
+                return resolved, "skip"
             raise ConfigError(f"resume={out}: no {run_dir.CHECKPOINT} (the run never completed a round)")
+        last = resume_checkpoint(out, int(resolved["server"]["rounds"]))
+        if run_dir.existing_run(out) == "completed" and last == int(resolved["server"]["rounds"]):
+            return resolved, "skip"
         return resolved, "resume"
     problems = unknown_keys(OmegaConf.to_container(cfg, resolve=False), choices)  # type: ignore[arg-type]
     try:
@@ -128,6 +201,7 @@ def prepare(cfg: DictConfig, out: Path, choices: dict[str, Any]) -> tuple[dict[s
     if existing == "completed":
         return resolved, "skip"
     if (out / run_dir.CHECKPOINT).exists():
+        resume_checkpoint(out, int(resolved["server"]["rounds"]))
         return resolved, "resume"
     for name in (run_dir.ROUNDS, run_dir.CLIENTS, run_dir.SUMMARY):  # died before round 1 ended
         (out / name).unlink(missing_ok=True)
@@ -139,6 +213,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     global _TASK_STARTED
     _TASK_STARTED = True
     from fedconv import runtime, stopping
+    from fedconv.checkpoint import CheckpointError
     from fedconv.datasets import DatasetError
     from fedconv.models import ModelConfigError
     from fedconv.partitioning import PartitionError
@@ -151,10 +226,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.resume:  # Hydra made a fresh run dir for this command; the run lives elsewhere
         run_dir.discard_if_empty(Path(hc.runtime.output_dir))
     try:
-        resolved, action = prepare(cfg, out, dict(hc.runtime.choices))
+        resolved, action = prepare(cfg, out, dict(hc.runtime.choices), list(hc.overrides.task))
         if action != "skip":
-            check_inputs(resolved)
-    except (ConfigError, DatasetError, PartitionError, ModelConfigError) as exc:
+            check_inputs(resolved, out if action == "resume" else None)
+    except (ConfigError, DatasetError, PartitionError, ModelConfigError, CheckpointError) as exc:
         run_dir.discard_if_empty(out)
         prefix = "config error" if isinstance(exc, ConfigError) else "error"
         print(f"{prefix}: {exc}", file=sys.stderr)
@@ -168,8 +243,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return summary
     resuming = action == "resume"
     out.mkdir(parents=True, exist_ok=True)
-    if not resuming:
-        run_dir.write_config(out, resolved)
+    run_dir.write_config(out, resolved)  # on resume: where the run lives now, and its rounds
     if sweep_dir is not None:
         _update_sweep_index(sweep_dir, {**job, "status": "running"})
     print(f"fedconv run -> {out}" + (" (resuming from its checkpoint)" if resuming else ""), flush=True)
@@ -209,7 +283,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     **job,
                     "status": summary.get("status"),
                     "final_central_accuracy": summary.get("final_central_accuracy"),
-                    "wall_seconds": round(time.perf_counter() - started, 2),
+                    # this command's time for the job (Ray start-up and shutdown included; on
+                    # resume, this invocation only); summary.json's wall_seconds is the rounds'.
+                    "job_seconds": round(time.perf_counter() - started, 2),
                 },
             )
     if stopping.requested():  # end the sweep too; the entry point exits 128 + signal

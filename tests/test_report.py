@@ -37,8 +37,11 @@ def make_run(path: Path, *, strategy: str, seed: int, accs: list[float], mu: flo
         run_dir.append_row(path / run_dir.CLIENTS, run_dir.CLIENT_COLUMNS, {
             "round": len(accs), "phase": "evaluate", "partition_id": pid, "num_examples": 50, "loss": 0.5, "accuracy": acc})
     if summary:
-        run_dir.write_json(path / run_dir.SUMMARY, {"status": status, "wall_seconds": 10.0 * (seed + 1),
-                                                    "num_parameters": 38122, "versions": {"fedconv": "0.1.0", "flwr": "1.42.0"}})
+        run_dir.write_json(path / run_dir.SUMMARY, {
+            "status": status, "wall_seconds": 10.0 * (seed + 1), "rounds_completed": len(accs), "rounds_planned": len(accs),
+            "final_central_accuracy": accs[-1], "final_round": len(accs), "best_central_accuracy": max(accs),
+            "bytes_total": int(len(accs) * mb_per_round * 1e6),
+            "num_parameters": 38122, "versions": {"fedconv": "0.1.0", "flwr": "1.42.0"}})
     return path
 
 
@@ -110,12 +113,115 @@ def test_uncontrolled_differences_are_warned(tmp_path: Path) -> None:
     assert "client.lr" in (out / "report.md").read_text()
 
 
-def test_runs_in_progress_are_reported_up_to_their_last_round(tmp_path: Path) -> None:
+def test_a_run_without_summary_is_listed_as_in_progress_and_left_out(tmp_path: Path) -> None:
     make_run(tmp_path / "a", strategy="fedavg", seed=0, accs=[0.5, 0.6, 0.7])
     make_run(tmp_path / "b", strategy="fedavg", seed=1, accs=[0.4, 0.65], summary=False)
-    row = compare([tmp_path])["rows"][0]
-    assert row["n"] == 2 and row["in_progress"] == 1
-    assert row["final_accuracy_mean"] == pytest.approx((0.7 + 0.65) / 2)
+    result = compare([tmp_path])
+    row = result["rows"][0]
+    assert row["n"] == 1 and row["final_accuracy_mean"] == pytest.approx(0.7)
+    [excluded] = result["excluded"]
+    assert excluded["status"] == "in progress" and "no summary.json" in excluded["error"] and "2 rounds" in excluded["error"]
+
+
+def test_only_differences_that_can_change_results_are_warned(tmp_path: Path) -> None:
+    """FedAvg and FedProx default to different straggler policies; without stragglers the
+    policy cannot matter, with them it can."""
+    for name, strategy, stragglers in (("a", "fedavg", "drop"), ("b", "fedprox", "aggregate")):
+        run = make_run(tmp_path / name, strategy=strategy, mu=0.1 if strategy == "fedprox" else None, seed=0, accs=[0.5])
+        cfg = yaml.safe_load((run / run_dir.CONFIG).read_text())
+        cfg["strategy"]["stragglers"] = stragglers
+        cfg["faults"] = {"straggler_fraction": 0.0}
+        cfg["verbose"] = name == "a"
+        (run / run_dir.CONFIG).write_text(yaml.safe_dump(cfg))
+    assert compare([tmp_path])["differences"] == {}
+    for name in ("a", "b"):
+        cfg = yaml.safe_load((tmp_path / name / run_dir.CONFIG).read_text())
+        cfg["faults"]["straggler_fraction"] = 0.5
+        (tmp_path / name / run_dir.CONFIG).write_text(yaml.safe_dump(cfg))
+    assert compare([tmp_path])["differences"] == {"strategy.stragglers": ["aggregate", "drop"]}
+
+
+def _three_seeds(tmp_path: Path) -> list[Path]:
+    return [make_run(tmp_path / str(seed), strategy="fedavg", seed=seed, accs=[0.5, 0.6 + seed / 100, 0.7 + seed / 100])
+            for seed in range(3)]
+
+
+def _damage_of(run: Path) -> str | None:
+    from fedconv.run_reader import read_run
+
+    return read_run(run).problem
+
+
+def test_every_truncation_of_rounds_csv_is_damage(tmp_path: Path) -> None:
+    """Cut anywhere (mid-line or at a line end), rounds.csv never reads as a shorter run."""
+    run = make_run(tmp_path / "r", strategy="fedavg", seed=0, accs=[0.5, 0.6, 0.7])
+    data = (run / run_dir.ROUNDS).read_bytes()
+    header_end = data.index(b"\n") + 1
+    assert _damage_of(run) is None
+    for cut in range(header_end, len(data)):
+        (run / run_dir.ROUNDS).write_bytes(data[:cut])
+        assert _damage_of(run), f"cut at byte {cut} of {len(data)} went unnoticed"
+    (run / run_dir.ROUNDS).write_bytes(data[:data.index(b"\n", header_end) + 1])  # one whole row left
+    assert _damage_of(run) == "summary.json vs rounds.csv: 3 rounds completed but 1 rows"
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda p: _replace(p / run_dir.ROUNDS, "0.61", "0.61x"), "rounds.csv line 3: central_accuracy='0.61x' is not a number"),
+    (lambda p: _replace(p / run_dir.ROUNDS, "4000000", "400"),
+     "rounds.csv round 2: bytes_total_cum=400 below the previous round's 2000000"),
+    (lambda p: _replace(p / run_dir.ROUNDS, "\n3,", "\n4,"), "rounds.csv: row 3 is round 4"),
+    (lambda p: _replace(p / run_dir.SUMMARY, '"final_central_accuracy": 0.71', '"final_central_accuracy": 0.91'),
+     "final_central_accuracy is 0.91 in the summary, 0.71 in the rows"),
+    (lambda p: _replace(p / run_dir.SUMMARY, '"bytes_total": 6000000', '"bytes_total": 7000000'),
+     "bytes_total is 7000000 in the summary, 6000000 in the rows"),
+    (lambda p: (p / run_dir.SUMMARY).write_text('{"status": "compl'), "summary.json unreadable"),
+    (lambda p: (p / run_dir.CONFIG).write_text("a: [1,"), "config.yaml unreadable"),
+    (lambda p: _replace(p / run_dir.SUMMARY, '"rounds_planned": 3', '"rounds_planned": 5'),
+     "completed with 5 rounds planned but 3 rows"),
+], ids=["garbled-cell", "bytes-go-down", "round-gap", "summary-accuracy", "summary-bytes", "summary-cut",
+        "config-cut", "completed-short"])
+def test_damaged_runs_are_flagged_with_the_reason_and_left_out_of_the_means(tmp_path: Path, damage, reason: str) -> None:
+    good0, damaged, good2 = _three_seeds(tmp_path)
+    damage(damaged)
+    result = compare([tmp_path])
+    [excluded] = result["excluded"]
+    assert excluded["status"] == "damaged" and excluded["run"] == str(damaged) and reason in excluded["error"]
+    [row] = result["rows"]
+    assert row["n"] == 2 and row["final_accuracy_mean"] == pytest.approx((0.70 + 0.72) / 2)
+    out = tmp_path / "report"
+    assert main([str(tmp_path), "--out", str(out)]) == 0
+    assert reason in (out / "report.md").read_text()
+
+
+def _replace(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, (old, text[:300])
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_nothing_usable_left_exits_2_naming_each_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = make_run(tmp_path / "r", strategy="fedavg", seed=0, accs=[0.5, 0.6])
+    (run / run_dir.ROUNDS).write_bytes((run / run_dir.ROUNDS).read_bytes()[:-5])
+    assert main([str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert str(run) in err and "damaged" in err and "ends mid-line" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_moved_sweep_reports_its_own_runs(tmp_path: Path) -> None:
+    """sweep.json records absolute run dirs; a copied sweep must read the copy's runs."""
+    import shutil
+
+    original = tmp_path / "original"
+    for seed in range(2):
+        make_run(original / f"seed={seed}", strategy="fedavg", seed=seed, accs=[0.5, 0.6 + seed / 10])
+    run_dir.write_json(original / "sweep.json", {"sweep_dir": str(original), "jobs": [
+        {"job": s, "run_dir": str(original / f"seed={s}"), "status": "completed"} for s in range(2)]})
+    moved = tmp_path / "moved"
+    shutil.copytree(original, moved)
+    shutil.rmtree(original)
+    row = compare([moved])["rows"][0]
+    assert row["n"] == 2 and row["runs"] == [str(moved / "seed=0"), str(moved / "seed=1")]
 
 
 def test_no_runs_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -129,7 +235,7 @@ def test_report_files_are_written(sweep: Path) -> None:
     out = sweep / "out"
     assert main([str(sweep), "--out", str(out), "--target", "0.75"]) == 0
     md = (out / "report.md").read_text()
-    assert "| fedavg | 2 | 0.8500 ± 0.0707 |" in md and "Excluded runs" in md
+    assert "| fedavg | 2 | 0.8500 ± 0.0707 | 0.8500 (3) |" in md and "Excluded runs" in md
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4 and "<table>" in html and "http" not in html.split("<body>")[1]
     for name in ("accuracy_vs_round", "accuracy_vs_mb", "train_loss_vs_round", "client_accuracy"):
