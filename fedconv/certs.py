@@ -4,7 +4,9 @@ Writes a lab certificate authority, the SuperLink's TLS certificate signed by it
 ``--host`` in its subject alternative names: the address the boards dial must be there),
 and one EC P-384 key pair per SuperNode in OpenSSH format (what ``flower-supernode
 --auth-supernode-private-key`` and ``flwr supernode register`` read). Re-running keeps the
-existing CA and keys and only adds what is missing (``--force`` makes everything anew).
+existing CA and keys and only adds what is missing (``--force`` makes everything anew);
+a private key is never overwritten otherwise. Private keys are written 0600 into folders
+that only their owner can enter (0700); keep OUT outside any repository (see docs/edge.md).
 
     OUT/ca.crt                      copy to every board (--root-certificates)
     OUT/ca.key                      keep on the machine that makes certificates
@@ -47,11 +49,30 @@ class LabKeys:
         return self.supernode_keys[i].with_suffix(".pub")
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def _private_dir(path: Path) -> None:
+    """Make a folder for private keys that only its owner can enter; a folder that exists
+    already is the user's and keeps its mode, with a warning when others can enter it."""
+    if not path.exists():
+        path.mkdir(parents=True)
+        path.chmod(0o700)
+    elif path.stat().st_mode & 0o077:
+        print(f"warning: {path} is open to other users (mode {path.stat().st_mode & 0o777:o}); "
+              f"`chmod 700 {path}` keeps its private keys private", file=sys.stderr)
+
+
+def _write_private(path: Path, data: bytes, replace: bool = False) -> None:
+    """Write a private key readable by its owner only (0600 from the first byte). An
+    existing key is replaced only when asked (``--force``), never in passing."""
+    if path.exists() and not replace:
+        raise FileExistsError(f"{path}: a private key is there already; --force replaces it")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -73,7 +94,7 @@ def _san(hosts: list[str]) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName(names)
 
 
-def _make_ca(cert_path: Path, key_path: Path) -> None:
+def _make_ca(cert_path: Path, key_path: Path, replace: bool) -> None:
     key = ec.generate_private_key(ec.SECP384R1())
     now = dt.datetime.now(dt.timezone.utc)
     cert = (
@@ -90,14 +111,23 @@ def _make_ca(cert_path: Path, key_path: Path) -> None:
                                      encipher_only=False, decipher_only=False), critical=True)
         .sign(key, hashes.SHA384())
     )
-    _write_private(key_path, _pem_key(key))
+    _write_private(key_path, _pem_key(key), replace)
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def _make_server_cert(ca_cert_path: Path, ca_key_path: Path, cert_path: Path, key_path: Path, hosts: list[str]) -> None:
+def _make_server_cert(ca_cert_path: Path, ca_key_path: Path, cert_path: Path, key_path: Path, hosts: list[str],
+                      new_key: bool) -> None:
+    """Issue the SuperLink's certificate; for its existing key unless ``new_key`` (adding a
+    host to the certificate needs no new private key)."""
     ca_cert = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
     ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
-    key = ec.generate_private_key(ec.SECP384R1())
+    if new_key or not key_path.exists():
+        key = ec.generate_private_key(ec.SECP384R1())
+        _write_private(key_path, _pem_key(key), replace=new_key)
+    else:
+        loaded = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        assert isinstance(loaded, ec.EllipticCurvePrivateKey), f"{key_path}: not an EC key"
+        key = loaded
     now = dt.datetime.now(dt.timezone.utc)
     cert = (
         x509.CertificateBuilder()
@@ -112,15 +142,14 @@ def _make_server_cert(ca_cert_path: Path, ca_key_path: Path, cert_path: Path, ke
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA384())  # type: ignore[arg-type]
     )
-    _write_private(key_path, _pem_key(key))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def _make_supernode_key(path: Path) -> None:
+def _make_supernode_key(path: Path, replace: bool) -> None:
     key = ec.generate_private_key(ec.SECP384R1())
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    _write_private(path, private)
+    _write_private(path, private, replace)
     path.with_suffix(".pub").write_bytes(public + f" {path.name}\n".encode())
 
 
@@ -137,20 +166,25 @@ def make_lab_keys(out: Path, hosts: list[str], supernodes: int, force: bool = Fa
     """Create (or complete) a lab's CA, SuperLink certificate and SuperNode key pairs."""
     if not hosts:
         raise ValueError("--host: give at least one address or name the SuperNodes will dial")
-    out.mkdir(parents=True, exist_ok=True)
+    _private_dir(out)
     keys = LabKeys(
         ca_cert=out / "ca.crt", ca_key=out / "ca.key",
         server_cert=out / "superlink.crt", server_key=out / "superlink.key",
         supernode_keys=[out / "supernodes" / f"supernode-{i}" for i in range(supernodes)],
     )
-    new_ca = force or not (keys.ca_cert.exists() and keys.ca_key.exists())
+    if supernodes:
+        _private_dir(out / "supernodes")
+    if keys.ca_key.exists() != keys.ca_cert.exists() and not force:
+        have, lack = (keys.ca_key, keys.ca_cert) if keys.ca_key.exists() else (keys.ca_cert, keys.ca_key)
+        raise ValueError(f"{have} is there but {lack} is not; restore it, or --force makes a new CA")
+    new_ca = force or not keys.ca_key.exists()
     if new_ca:
-        _make_ca(keys.ca_cert, keys.ca_key)
+        _make_ca(keys.ca_cert, keys.ca_key, replace=force)
     if new_ca or not keys.server_cert.exists() or set(hosts) - set(server_hosts(keys.server_cert)):
-        _make_server_cert(keys.ca_cert, keys.ca_key, keys.server_cert, keys.server_key, hosts)
+        _make_server_cert(keys.ca_cert, keys.ca_key, keys.server_cert, keys.server_key, hosts, new_key=force)
     for path in keys.supernode_keys:
         if force or not path.exists():
-            _make_supernode_key(path)
+            _make_supernode_key(path, replace=force)
     return keys
 
 
@@ -170,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         hosts.insert(0, socket.gethostname())
     try:
         keys = make_lab_keys(args.out, hosts, args.supernodes, force=args.force)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"CA certificate      {keys.ca_cert}  (copy to every board)")

@@ -113,6 +113,34 @@ def resolve(cfg: DictConfig, out: Path) -> dict[str, Any]:
     return resolved
 
 
+def superlink_problem(address: str, root_certificates: str | None, timeout: float = 5.0) -> str | None:
+    """Why nothing usable answers at ``address`` (refused, timed out, TLS verification
+    failed), or None. ``flwr run`` retries for about 40 s and then names no cause."""
+    import socket
+    import ssl
+
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        sock = socket.create_connection((host, int(port)), timeout=timeout)
+    except TimeoutError:
+        return f"timed out after {timeout:.0f} s"
+    except OSError as exc:
+        return (exc.strerror or type(exc).__name__).lower()
+    with sock:
+        if root_certificates is None:
+            return None
+        context = ssl.create_default_context(cafile=root_certificates)
+        context.set_alpn_protocols(["h2"])  # what gRPC offers
+        try:
+            with context.wrap_socket(sock, server_hostname=host):
+                return None
+        except ssl.SSLCertVerificationError as exc:
+            return f"TLS verification failed: {exc.verify_message}"
+        except (ssl.SSLError, OSError) as exc:
+            return f"TLS handshake failed: {exc}"
+
+
 def write_connection(flwr_home: Path, fed: Mapping[str, Any]) -> None:
     """The Flower CLI's SuperLink connection for this federation (``$FLWR_HOME/config.toml``)."""
     conn: dict[str, Any] = {"address": str(fed["address"])}
@@ -196,6 +224,14 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
             print(f"error: {exc} (the ServerApp evaluates on its test set on the SuperLink's machine; "
                   "run this launcher there)", file=sys.stderr)
             sys.exit(EXIT_BAD_CONFIG)
+        if run_dir.existing_run(out) != "none":
+            print(f"config error: output_dir={out}: already holds a run; choose another", file=sys.stderr)
+            sys.exit(EXIT_BAD_CONFIG)
+    problem = superlink_problem(str(fed["address"]), None if fed["insecure"] else str(fed["root_certificates"]))
+    if problem:
+        run_dir.discard_if_empty(out)
+        print(f"error: no SuperLink at {fed['address']} ({problem})", file=sys.stderr)
+        sys.exit(EXIT_BAD_CONFIG)
     with tempfile.TemporaryDirectory(prefix="fedconv-deploy-") as tmp:
         flwr_home = Path(tmp) / "flwr-home"
         env = flwr_env(flwr_home)
@@ -206,9 +242,6 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
         if mode == "register":
             run_dir.discard_if_empty(out)
             return None
-        if run_dir.existing_run(out) != "none":
-            print(f"config error: output_dir={out}: already holds a run; choose another", file=sys.stderr)
-            sys.exit(EXIT_BAD_CONFIG)
         out.mkdir(parents=True, exist_ok=True)
         run_dir.write_config(out, {**resolved, "federation": fed})
         app_dir = Path(tmp) / "app"

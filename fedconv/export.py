@@ -65,6 +65,26 @@ def load_run_model(run: Path) -> tuple[dict[str, Any], Any, nn.Module]:
     return cfg, ds, model.eval()
 
 
+def _onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """torch's dynamo ONNX exporter, quietly: the user's output is the table, so its progress
+    lines, its note that torchvision's operators are skipped (fedconv uses none) and
+    torch.export's deprecation warnings are kept off the console."""
+    import logging
+
+    exporter_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(model, (example,), str(path), input_names=["image"], output_names=["logits"],
+                              dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, external_data=False,
+                              verbose=False)
+    finally:
+        exporter_log.setLevel(level)
+
+
 def _static_int8(model: nn.Module, norm: Normalize, calibration: torch.Tensor, backend: str) -> nn.Module:
     """Post-training static quantization (FX graph mode), calibrated on training images."""
     from torch.ao.quantization import get_default_qconfig_mapping
@@ -99,8 +119,7 @@ def write_artifacts(model: nn.Module, ds: Any, out: Path, backend: str, calibrat
         "int8-static": out / "model.int8-static.ts",
     }
     _trace(float_model, example, paths["torchscript"])
-    torch.onnx.export(float_model, (example,), str(paths["onnx"]), input_names=["image"], output_names=["logits"],
-                      dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, external_data=False)
+    _onnx(float_model, example, paths["onnx"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dynamic = torch.ao.quantization.quantize_dynamic(float_model, {nn.Linear}, dtype=torch.qint8)

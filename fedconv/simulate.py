@@ -120,8 +120,12 @@ def _override_key(override: str) -> str:
 def _resume_config(cfg: DictConfig, out: Path, overrides: list[str]) -> dict[str, Any]:
     """The saved config of the run in ``out``, rooted at ``out`` (a run dir that was moved or
     copied continues where it is now, never where it was made), with the allowed overrides."""
+    from fedconv.output_check import unwritable
+
     if not out.is_dir():
         raise ConfigError(f"resume={out}: no such run directory")
+    if reason := unwritable(out):
+        raise ConfigError(f"resume={out}: cannot write there ({reason}); copy the run dir somewhere writable")
     resolved = _saved_config(out)
     resolved.update(output_dir=str(out), resume="")
     keys = [k for k in map(_override_key, overrides) if k != "resume" and not k.startswith("hydra.")]

@@ -164,12 +164,30 @@ def test_federation_config_errors_exit_2(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    return free_port()
+
+
 def test_insecure_is_opt_in_and_warns(tmp_path: Path) -> None:
-    proc = deploy("federation=local", "mode=register", f"hydra.run.dir={tmp_path / 'run'}")
-    assert proc.returncode == 0, proc.stderr
+    proc = deploy("federation=local", f"federation.address=127.0.0.1:{closed_port()}", "mode=register",
+                  f"hydra.run.dir={tmp_path / 'run'}")
     assert "WARNING: federation.insecure=true: TLS is off" in proc.stderr
     secure = deploy("mode=register", "federation.root_certificates=", f"hydra.run.dir={tmp_path / 'run2'}")
     assert secure.returncode == 2 and "federation.root_certificates" in secure.stderr
+
+
+@pytest.mark.parametrize("mode", ["run", "register"])
+def test_an_unreachable_superlink_is_named_within_seconds(tmp_path: Path, mode: str) -> None:
+    address = f"127.0.0.1:{closed_port()}"
+    t0 = time.perf_counter()
+    proc = deploy("federation=local", f"federation.address={address}", "dataset=digits", f"mode={mode}",
+                  f"hydra.run.dir={tmp_path / 'run'}", timeout=120)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == f"error: no SuperLink at {address} (connection refused)"
+    assert len(proc.stderr.strip().splitlines()) == 2  # the insecure warning, then the cause
+    assert not (tmp_path / "run").exists()
+    assert time.perf_counter() - t0 < 20
 
 
 @pytest.mark.parametrize("left", ["rounds.csv", "checkpoint.safetensors"])

@@ -53,3 +53,18 @@ def test_missing_run_dir_is_a_clear_error(tmp_path: Path, capsys: pytest.Capture
 def test_too_few_latency_runs_are_refused(trained_run: Path, capsys: pytest.CaptureFixture) -> None:
     assert main([str(trained_run), "--runs", "50", "--out", str(trained_run / "x")]) == 2
     assert "--runs=50" in capsys.readouterr().err
+
+
+def test_the_console_shows_the_table_only(trained_run: Path) -> None:
+    """The exporter's progress lines and torch's warnings stay off the user's console."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "fedconv.export", str(trained_run), "--out", str(trained_run / "cli")],
+                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr == ""
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("twoconv on digits") and lines[1].startswith("artifact")
+    assert [line.split()[0] for line in lines[2:7]] == ["pytorch-float", "torchscript", "onnx", "int8-dynamic", "int8-static"]
+    assert lines[7:] == [f"-> {trained_run / 'cli' / 'export.json'}"]

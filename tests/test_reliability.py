@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from safetensors.numpy import load_file
 
 from conftest import ROOT, rows, simulate
@@ -220,12 +222,22 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> Non
         time.sleep(1.0)  # into round 3, whose slow client needs 2 s
     finally:
         _kill_tree(proc.pid)
-    summary = killed / "summary.json"
-    assert not summary.exists() or json.loads(summary.read_text())["status"] != "completed"
+    assert not (killed / "summary.json").exists() or json.loads((killed / "summary.json").read_text())["status"] != "completed"
     assert 2 <= len(rows(killed)) <= 3  # at most the round in flight is lost
+    # The run dir is copied elsewhere (another disk, an archive) and the original damaged:
+    # the copy resumes from its own files, in place, and the original is never read or written.
+    moved = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(killed, moved)
+    checkpoint = killed / "checkpoint.safetensors"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])
+    original = {p: p.read_bytes() for p in killed.rglob("*") if p.is_file()}
+    killed, summary = moved, moved / "summary.json"
     resumed = simulate(f"resume={killed}")
     ok(resumed)
-    assert "resuming after round" in resumed.stdout
+    assert "resuming after round" in resumed.stdout and str(moved / "checkpoint.safetensors") in resumed.stdout
+    assert {p: p.read_bytes() for p in original} == original
+    assert not any(p not in original for p in (tmp_path / "killed").rglob("*") if p.is_file())
+    assert yaml.safe_load((moved / "config.yaml").read_text())["output_dir"] == str(moved)
     cols = ["round", "central_accuracy", "central_loss", "fed_accuracy", "fed_loss", "train_loss",
             "clients_ok", "bytes_down", "bytes_up", "bytes_total_cum"]
     whole, again = rows(tmp_path / "whole"), rows(killed)

@@ -1,0 +1,58 @@
+"""A Hydra callback that refuses an output location nothing can be written to, before Hydra makes it.
+
+Hydra creates ``hydra.run.dir`` / ``hydra.sweep.dir`` itself, between composing the config
+and calling the task, and reports a failure as a traceback naming no key. This callback
+(``hydra.callbacks`` in ``conf/config.yaml``) runs just before that: it tries to create the
+folder and a file in it, and on failure prints one line naming the key and the path and
+exits 2, leaving nothing behind. fedconv's own ``output_dir`` is checked the same way.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from fedconv.config import EXIT_BAD_CONFIG
+
+
+
+def unwritable(path: Path) -> str | None:
+    """Why ``path`` cannot hold a run dir, or None when it can. Creates nothing that stays."""
+    missing = [p for p in [path, *path.parents] if not p.exists()]
+    first_new = missing[-1] if missing else None  # the top folder this check creates
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    finally:
+        if first_new is not None:
+            shutil.rmtree(first_new, ignore_errors=True)
+    return None
+
+
+def check(config: DictConfig, dir_key: str) -> None:
+    for key in (dir_key, "output_dir"):
+        value: Any = OmegaConf.select(config, key)
+        if not value or (key == "output_dir" and OmegaConf.select(config, "resume")):
+            continue
+        reason = unwritable(Path(str(value)).expanduser())
+        if reason:
+            print(f"config error: {key}={value}: cannot write a run there ({reason}); choose a writable folder",
+                  file=sys.stderr)
+            sys.exit(EXIT_BAD_CONFIG)
+
+
+class OutputDirCheck(Callback):
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check(config, "hydra.sweep.dir")

@@ -1,0 +1,110 @@
+"""Where a user's files meet the program: resume with overrides, a corrupt checkpoint, and
+output locations nothing can be written to (real ``python -m fedconv.simulate``, digits)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import rows, simulate
+
+TINY = ["dataset=digits", "simulation.num_clients=4", "server.fraction_train=1.0", "server.fraction_evaluate=0",
+        "partition.alpha=1.0", "server.lr_schedule=constant"]
+COLUMNS = ["round", "central_accuracy", "central_loss", "train_loss", "clients_ok", "bytes_down", "bytes_up",
+           "bytes_total_cum", "lr"]
+
+pytestmark = pytest.mark.slow
+
+
+def ok(proc) -> None:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def files(run: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def two_rounds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("two") / "run"
+    ok(simulate(*TINY, "server.rounds=2", f"hydra.run.dir={run}"))
+    return run
+
+
+def test_resume_extends_a_completed_run_to_the_longer_uninterrupted_run(tmp_path: Path, two_rounds: Path) -> None:
+    longer = tmp_path / "longer"
+    ok(simulate(*TINY, "server.rounds=4", f"hydra.run.dir={longer}"))
+    extended = tmp_path / "extended"
+    extended.mkdir()
+    for p in two_rounds.iterdir():
+        if p.is_file():
+            (extended / p.name).write_bytes(p.read_bytes())
+    proc = simulate(f"resume={extended}", "server.rounds=4")
+    ok(proc)
+    assert "resuming after round 2" in proc.stdout
+    assert [[r[c] for c in COLUMNS] for r in rows(extended)] == [[r[c] for c in COLUMNS] for r in rows(longer)]
+    summary = json.loads((extended / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["rounds_completed"] == 4 and summary["resumed_from_round"] == 2
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["strategy=fedprox"], "strategy cannot change when a run resumes"),
+    (["client.lr=0.5"], "client.lr cannot change when a run resumes"),
+    (["server.rounds=1"], "server.rounds=1: must be >= the 2 rounds this run completed"),
+    (["server.rounds=4", "server.lr_schedule=cosine"], "server.lr_schedule cannot change"),
+])
+def test_resume_refuses_overrides_it_cannot_honour(two_rounds: Path, overrides: list[str], message: str) -> None:
+    before = files(two_rounds)
+    proc = simulate(f"resume={two_rounds}", *overrides)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert files(two_rounds) == before
+
+
+def test_resume_refuses_to_change_rounds_under_a_cosine_schedule(tmp_path: Path) -> None:
+    run = tmp_path / "cosine"
+    ok(simulate(*TINY[:-1], "server.rounds=1", f"hydra.run.dir={run}"))
+    proc = simulate(f"resume={run}", "server.rounds=3")
+    assert proc.returncode == 2 and "server.rounds=3: cannot change on resume with server.lr_schedule=cosine" in proc.stderr
+
+
+def test_a_corrupt_checkpoint_exits_2_and_keeps_the_recorded_status(tmp_path: Path, two_rounds: Path) -> None:
+    run = tmp_path / "interrupted"
+    run.mkdir()
+    for p in two_rounds.iterdir():
+        if p.is_file():
+            (run / p.name).write_bytes(p.read_bytes())
+    summary = json.loads((run / "summary.json").read_text())
+    summary["status"] = "interrupted"  # as a run stopped after round 2 records itself
+    summary["rounds_planned"] = 4
+    (run / "summary.json").write_text(json.dumps(summary))
+    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("rounds: 2", "rounds: 4"))
+    checkpoint = run / "checkpoint.safetensors"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:-40])
+    before = files(run)
+    t0 = time.perf_counter()
+    proc = simulate(f"resume={run}")
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stderr.startswith(f"error: {checkpoint}: unreadable checkpoint")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert files(run) == before and json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+    assert time.perf_counter() - t0 < 30  # refused before Ray starts
+
+
+@pytest.mark.parametrize("key", ["hydra.run.dir", "output_dir", "hydra.sweep.dir"])
+def test_an_unwritable_output_location_is_one_line_and_exit_2(tmp_path: Path, key: str) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    target = a_file / "run"
+    args = [*TINY, "server.rounds=1", f"{key}={target}"]
+    if key == "hydra.sweep.dir":
+        args = ["-m", *args, "seed=0,1"]
+    elif key == "output_dir":
+        args.append(f"hydra.run.dir={tmp_path / 'hydra-run'}")
+    proc = simulate(*args)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip() == f"config error: {key}={target}: cannot write a run there (Not a directory); choose a writable folder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # no stub .hydra/ or log left
