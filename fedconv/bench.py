@@ -103,14 +103,14 @@ def _limit_train(job: tuple[dict[str, Any], int, int, float]) -> tuple[dict[str,
     return {k: v.detach().numpy().copy() for k, v in transmitted_state(model).items()}, res.num_examples
 
 
-def measure_limit(overrides: list[str], workers: int) -> dict[str, float]:
+def measure_limit(overrides: list[str], workers: int) -> dict[str, Any]:
     """Plain PyTorch, no Flower, no Ray: the same work on one process per core."""
     import numpy as np
     import torch
 
     from fedconv import task
     from fedconv.config import clients_per_round, compose
-    from fedconv.models import transmitted_state
+    from fedconv.models import channels_last, transmitted_state
     from fedconv.strategies import TRAIN_SALT, sample_cohort
     from fedconv.training import evaluate, folded_for_inference, lr_for_round
 
@@ -121,13 +121,14 @@ def measure_limit(overrides: list[str], workers: int) -> dict[str, float]:
     ds = task.dataset(cfg)
     task.partitions(cfg, n)
     model = task.initial_model(cfg, ds)
-    eval_model = task.initial_model(cfg, ds).to(memory_format=torch.channels_last)
+    eval_model = channels_last(task.initial_model(cfg, ds))
     norm = task.normalizer(cfg, ds, train=False)
     state = {key: v.detach().numpy().copy() for key, v in transmitted_state(model).items()}
     with mp.get_context("spawn").Pool(workers, initializer=_limit_init, initargs=(cfg,)) as pool:
         pool.map(time.sleep, [0.2] * workers, chunksize=1)  # every worker has loaded the data
         startup = time.perf_counter() - t0
         t_rounds = time.perf_counter()
+        accuracies = []
         for r in range(1, int(server["rounds"]) + 1):
             lr = lr_for_round(server, float(cfg["client"]["lr"]), r)
             jobs = [(state, pid, r, lr) for pid in sample_cohort(int(cfg["seed"]), r, TRAIN_SALT, n, k)]
@@ -137,15 +138,16 @@ def measure_limit(overrides: list[str], workers: int) -> dict[str, float]:
             torch.set_num_threads(workers)
             task.load_global(eval_model, {key: torch.from_numpy(v) for key, v in state.items()})
             folded = folded_for_inference(eval_model)  # the ServerApp's evaluation, done the same way
-            accuracy = evaluate(folded, ds.test_x, ds.test_y, norm, int(server["eval_batch_size"])).accuracy
+            accuracies.append(evaluate(folded, ds.test_x, ds.test_y, norm, int(server["eval_batch_size"])).accuracy)
         rounds_s = time.perf_counter() - t_rounds
-    return {"rounds_s": rounds_s, "startup_s": startup, "total_s": startup + rounds_s, "final_accuracy": accuracy}
+    return {"rounds_s": rounds_s, "startup_s": startup, "total_s": startup + rounds_s,
+            "final_accuracy": accuracies[-1], "accuracies": accuracies}
 
 
 # ----------------------------------------------------------------- fedconv simulate
 
 
-def measure_sim(overrides: list[str], interval: float = 1.0) -> dict[str, float]:
+def measure_sim(overrides: list[str], interval: float = 1.0) -> dict[str, Any]:
     """One ``python -m fedconv.simulate`` run; times from its rounds.csv and process wall."""
     import csv
 
@@ -170,6 +172,7 @@ def measure_sim(overrides: list[str], interval: float = 1.0) -> dict[str, float]
         "peak_pss_mib": proc["peak_pss_mib"],
         "peak_rss_mib": proc["peak_rss_mib"],
         "final_accuracy": summary["final_central_accuracy"],
+        "accuracies": [float(r["central_accuracy"]) for r in rows if r["central_accuracy"] != ""],
     }
 
 
@@ -204,10 +207,11 @@ EVAL_SNIPPET = """
 import json, statistics, time, torch
 from fedconv import task
 from fedconv.config import compose
+from fedconv.models import channels_last
 from fedconv.training import evaluate, folded_for_inference
 cfg = compose(["+experiment=bench"])
 ds = task.dataset(cfg)
-model = task.initial_model(cfg, ds).to(memory_format=torch.channels_last)  # as the ServerApp holds it
+model = channels_last(task.initial_model(cfg, ds))  # as the ServerApp holds it
 norm = task.normalizer(cfg, ds, train=False)
 batch = int(cfg["server"]["eval_batch_size"])
 evaluate(model, ds.test_x, ds.test_y, norm, batch_size=batch)  # warm-up
@@ -310,9 +314,11 @@ def table(res: dict[str, Any]) -> str:
             f"{row['round_s_median']:.3f} s, {row['startup_s']:.1f} s, {row['peak_pss_mib']:.0f} MiB |"
         )
     ev = res["central_eval"]
-    lines.append(f"| central evaluation of {int(ev['images']):,} test images ({int(ev['threads'])} threads) | {ev['seconds']:.3f} s |")
+    lines.append(f"| central evaluation of {int(ev['images']):,} test images ({int(ev['threads'])} threads) "
+                 f"| {ev['seconds']:.3f} s |")
     edge = res["edge"]
-    lines.append(f"| edge client: 600 samples, 1 epoch, 1 thread | {edge['seconds']:.2f} s, {edge['peak_rss_mib']:.0f} MiB peak RSS |")
+    lines.append(f"| edge client: 600 samples, 1 epoch, 1 thread "
+                 f"| {edge['seconds']:.2f} s, {edge['peak_rss_mib']:.0f} MiB peak RSS |")
     return "\n".join(lines)
 
 

@@ -96,7 +96,7 @@ def _san(hosts: list[str]) -> x509.SubjectAlternativeName:
 
 def _make_ca(cert_path: Path, key_path: Path, replace: bool) -> None:
     key = ec.generate_private_key(ec.SECP384R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(_name("fedconv lab CA"))
@@ -121,14 +121,17 @@ def _make_server_cert(ca_cert_path: Path, ca_key_path: Path, cert_path: Path, ke
     host to the certificate needs no new private key)."""
     ca_cert = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
     ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{ca_key_path}: not an EC private key (fedconv.certs makes P-384 keys)")
     if new_key or not key_path.exists():
         key = ec.generate_private_key(ec.SECP384R1())
         _write_private(key_path, _pem_key(key), replace=new_key)
     else:
         loaded = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-        assert isinstance(loaded, ec.EllipticCurvePrivateKey), f"{key_path}: not an EC key"
+        if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{key_path}: not an EC private key (fedconv.certs makes P-384 keys)")
         key = loaded
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(_name(hosts[0]))
@@ -140,7 +143,7 @@ def _make_server_cert(ca_cert_path: Path, ca_key_path: Path, cert_path: Path, ke
         .add_extension(_san(hosts), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA384())  # type: ignore[arg-type]
+        .sign(ca_key, hashes.SHA384())
     )
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 

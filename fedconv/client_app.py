@@ -18,7 +18,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedconv import faults, task
+from fedconv import faults, records, task
 from fedconv.config import from_run_config
 from fedconv.device_data import load_device_data
 from fedconv.models import transmitted_state
@@ -34,7 +34,7 @@ class PoolError(ValueError):
 def _assigned_partition(msg: Message) -> int | None:
     """The partition the server named in this message (node pool), if any."""
     config = msg.content.config_records.get("config")
-    return int(config["partition-id"]) if config is not None and "partition-id" in config else None
+    return records.integer(config, "partition-id") if config is not None and "partition-id" in config else None
 
 
 def _partition_id(context: Context, msg: Message) -> int:
@@ -105,7 +105,7 @@ def _prepare(msg: Message, context: Context) -> tuple[dict, int, NodeData, torch
     _set_threads(cfg)
     data = node_data(cfg, context, msg)
     model = task.reusable_model(cfg, data.ds)
-    task.load_global(model, msg.content["arrays"].to_torch_state_dict())
+    task.load_global(model, msg.content.array_records["arrays"].to_torch_state_dict())
     return cfg, _partition_id(context, msg), data, model
 
 
@@ -125,19 +125,21 @@ def train(msg: Message, context: Context) -> Message:
     ds, idx = data.ds, data.train_idx
     if len(idx) == 0:
         raise ValueError(f"partition {pid} has no training data (partition.allow_empty=true)")
-    config = msg.content["config"]
-    _inject_delay_or_crash(cfg, pid, int(config["server-round"]))
+    config = msg.content.config_records["config"]
+    server_round = records.integer(config, "server-round")
+    _inject_delay_or_crash(cfg, pid, server_round)
     if cfg["client"].get("noop"):  # framework-overhead benchmark: no local work at all
-        metrics = MetricRecord({"train_loss": float("nan"), "train_accuracy": float("nan"), "num-examples": len(idx), "steps": 0})
+        metrics = MetricRecord({"train_loss": float("nan"), "train_accuracy": float("nan"),
+                                "num-examples": len(idx), "steps": 0})
         return Message(RecordDict({"arrays": msg.content["arrays"], "metrics": metrics}), reply_to=msg)
     result = task.train_partition(
         cfg, ds, model, idx,
-        server_round=int(config["server-round"]),
+        server_round=server_round,
         pid=pid,
-        lr=float(config["lr"]),
-        proximal_mu=float(config.get("proximal-mu", 0.0)),
-        epochs=int(config["local-epochs"]) if "local-epochs" in config else None,
-        step_fraction=float(config.get("step-fraction", 1.0)),
+        lr=records.number(config, "lr"),
+        proximal_mu=records.number(config, "proximal-mu", 0.0),
+        epochs=records.integer(config, "local-epochs") if "local-epochs" in config else None,
+        step_fraction=records.number(config, "step-fraction", 1.0),
     )
     state = transmitted_state(model)
     num_examples = result.num_examples

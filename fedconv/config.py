@@ -69,19 +69,30 @@ class ConfigError(ValueError):
     """One or more config values are invalid; each line names the key and what is allowed."""
 
 
+def plain(cfg: Any, resolve: bool = True) -> dict[str, Any]:
+    """An OmegaConf config, or a YAML file of one, as plain nested dicts."""
+    from omegaconf import OmegaConf
+
+    if isinstance(cfg, Path):
+        cfg = OmegaConf.load(cfg)
+    out = OmegaConf.to_container(cfg, resolve=resolve)
+    if not isinstance(out, dict):
+        raise ConfigError(f"expected a mapping of config keys, got {type(out).__name__}")
+    return {str(k): v for k, v in out.items()}
+
+
 def compose(overrides: list[str] | None = None, config_name: str = "config") -> dict[str, Any]:
     """Compose ``conf/`` with command-line style overrides into a plain resolved dict."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
 
     register_resolvers()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
             cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []))
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+        return plain(cfg)
     except Exception as exc:  # Hydra/OmegaConf raise many types; all mean "bad config"
         raise ConfigError(str(exc).strip().splitlines()[0]) from exc
     finally:

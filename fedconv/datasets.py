@@ -6,6 +6,7 @@ that record, so adding a dataset means adding one ``_load_*`` function and one Y
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
@@ -381,7 +382,7 @@ def load_dataset(cfg: Mapping[str, Any]) -> ImageDataset:
             found = _find_cifar_dir(directory)
             if found is not None:
                 sources = [found / b for b in [*CIFAR_TRAIN_BATCHES, CIFAR_TEST_BATCH]]
-                return _cached(name, sources, cache_dir, lambda: _load_cifar_dir(found))
+                return _cached(name, sources, cache_dir, functools.partial(_load_cifar_dir, found))
         else:
             files = _find_idx_files(directory)
             if files is not None:
@@ -389,6 +390,6 @@ def load_dataset(cfg: Mapping[str, Any]) -> ImageDataset:
                     name,
                     list(files.values()),
                     cache_dir,
-                    lambda: _load_idx_dir(name, files, NUM_CLASSES[name]),
+                    functools.partial(_load_idx_dir, name, files, NUM_CLASSES[name]),
                 )
     raise _missing(name, looked)

@@ -30,13 +30,14 @@ from typing import Any
 import hydra
 import tomli_w
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from fedconv import run_dir, task
 from fedconv.config import (
     EXIT_BAD_CONFIG,
     ConfigError,
     config_errors_exit_2,
+    plain,
     register_resolvers,
     to_run_config,
     unknown_keys,
@@ -91,8 +92,8 @@ def _problems(fed: Mapping[str, Any]) -> list[str]:
 def resolve(cfg: DictConfig, out: Path) -> dict[str, Any]:
     """The validated plain config; ``simulation.num_clients`` becomes the SuperNode count."""
     hc = HydraConfig.get()
-    problems = unknown_keys(OmegaConf.to_container(cfg, resolve=False), dict(hc.runtime.choices), "deploy")  # type: ignore[arg-type]
-    resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    problems = unknown_keys(plain(cfg, resolve=False), dict(hc.runtime.choices), "deploy")
+    resolved = plain(cfg)
     if resolved.get("mode") not in MODES:
         problems.append(f"mode={resolved.get('mode')!r}: must be one of {', '.join(MODES)}")
     fed = resolved["federation"]

@@ -72,8 +72,7 @@ def _read_class_folders(directory: Path, shape: tuple[int, int, int]) -> tuple[n
                 continue
             try:
                 with Image.open(path) as img:
-                    img = img.convert("L" if c == 1 else "RGB").resize((w, h))
-                    arr = np.asarray(img, dtype=np.uint8)
+                    arr = np.asarray(img.convert("L" if c == 1 else "RGB").resize((w, h)), dtype=np.uint8)
             except OSError as exc:
                 raise DatasetError(f"{path}: not a readable image ({exc})") from exc
             xs.append(arr[None] if c == 1 else arr.transpose(2, 0, 1))

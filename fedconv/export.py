@@ -44,21 +44,23 @@ class Normalize(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
 
 def load_run_model(run: Path) -> tuple[dict[str, Any], Any, nn.Module]:
     """The run's config, dataset and model with its final weights (safetensors, no pickle)."""
-    from omegaconf import OmegaConf
-
     from fedconv import task
+    from fedconv.config import plain
 
     cfg_path, weights = run / run_dir.CONFIG, run / run_dir.WEIGHTS
     for path in (cfg_path, weights):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing; export needs a completed run directory")
-    cfg: dict[str, Any] = OmegaConf.to_container(OmegaConf.load(cfg_path), resolve=True)  # type: ignore[assignment]
+    cfg = plain(cfg_path)
     ds = task.dataset(cfg)
     model = task.initial_model(cfg, ds)
     task.load_global(model, run_dir.load_weights(weights))
@@ -153,7 +155,7 @@ def loader(name: str, path: Path) -> Predict:
 
 
 def measure(predict: Predict, images: np.ndarray, labels: np.ndarray, reference: np.ndarray | None,
-            runs: int, batch: int = 500) -> dict[str, float]:
+            runs: int, batch: int = 500) -> dict[str, Any]:
     """Accuracy, agreement with the reference predictions, and single-image latency (1 thread)."""
     preds = np.concatenate([
         predict(np.asarray(images[i:i + batch], dtype=np.float32) / 255.0).argmax(1) for i in range(0, len(labels), batch)

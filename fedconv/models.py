@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -134,7 +134,7 @@ class TwoConv(nn.Module):
         self.act2 = _activation(activation)
         self.se = SqueezeExcite(filters2, se_reduction) if variant == "se" else None
         if head == "gap":
-            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.head: nn.Module = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
             features = filters2
         else:
             self.head = nn.Flatten()
@@ -203,7 +203,7 @@ class NiidCNN(nn.Module):
 def init_weights(model: nn.Module, activation: str, seed: int) -> None:
     """He-normal weights for conv/linear layers, zero biases, from a seeded generator."""
     gen = torch.Generator().manual_seed(int(seed))
-    nonlinearity = "leaky_relu" if activation == "leaky_relu" else "relu"
+    nonlinearity: Literal["leaky_relu", "relu"] = "leaky_relu" if activation == "leaky_relu" else "relu"
     slope = LEAKY_SLOPE if activation == "leaky_relu" else 0.0
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
@@ -234,6 +234,13 @@ def build_model(
         raise ModelConfigError(f"model.name: unknown '{name}'; allowed: {', '.join(MODEL_NAMES)}")
     init_weights(model, str(cfg.get("activation", "relu")), seed)
     return model
+
+
+def channels_last(model: nn.Module, back: bool = False) -> nn.Module:
+    """The model in channels-last layout, in place (oneDNN's fast convolution path on CPU);
+    ``back=True`` returns it to the default (contiguous) layout."""
+    layout = torch.contiguous_format if back else torch.channels_last
+    return model.to(memory_format=layout)  # type: ignore[call-overload]  # torch's stubs omit memory_format
 
 
 def count_parameters(model: nn.Module) -> int:

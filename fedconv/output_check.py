@@ -21,7 +21,6 @@ from omegaconf import DictConfig, OmegaConf
 from fedconv.config import EXIT_BAD_CONFIG
 
 
-
 def unwritable(path: Path) -> str | None:
     """Why ``path`` cannot hold a run dir, or None when it can. Creates nothing that stays."""
     missing = [p for p in [path, *path.parents] if not p.exists()]

@@ -134,7 +134,7 @@ def save_partitions(path: Path, parts: Partitions) -> None:
 def load_partitions(path: Path) -> Partitions:
     with np.load(path, allow_pickle=False) as f:
         def split(values: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
-            return [values[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+            return [values[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
 
         return Partitions(train=split(f["train"], f["train_offsets"]), test=split(f["test"], f["test_offsets"]))
 
@@ -262,9 +262,8 @@ def _expand(overrides: list[str]) -> list[list[str]]:
 
     parsed = OverridesParser.create().parse_overrides(overrides)
     choices = [
-        [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
-        else [o.input_line]
-        for o in parsed
+        [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override() else [text]
+        for o, text in zip(parsed, overrides, strict=True)
     ]
     return [list(combo) for combo in itertools.product(*choices)] or [[]]
 

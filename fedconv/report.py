@@ -132,7 +132,7 @@ def rounds_to_target(run: Run, target: float) -> tuple[int | None, float | None]
     for r in run.rounds:
         acc = r.get("central_accuracy")
         if acc is not None and acc >= target:
-            return int(r["round"]), r.get("bytes_total_cum")  # type: ignore[arg-type, return-value]
+            return int(r["round"] or 0), r.get("bytes_total_cum")
     return None, None
 
 
@@ -157,7 +157,7 @@ def compare(
 ) -> dict[str, Any]:
     """The comparison as plain data: ``rows`` (one per facet x group), ``excluded`` runs,
     the ``target`` used, and config ``differences`` not controlled for."""
-    runs = list(inputs) if inputs and isinstance(inputs[0], Run) else find_runs(inputs)  # type: ignore[arg-type]
+    runs = [i for i in inputs if isinstance(i, Run)] or find_runs([i for i in inputs if not isinstance(i, Run)])
     usable = [r for r in runs if r.status == "completed"]
     excluded = [{"run": str(r.path), "status": r.status, "error": _why_excluded(r)} for r in runs if r not in usable]
     if not usable:
@@ -165,8 +165,8 @@ def compare(
                           + "; ".join(f"{e['run']} ({e['status']}{': ' + e['error'] if e['error'] else ''})" for e in excluded))
     groups = _group(usable, by, facet)
     if target is None:
-        finals = [_mean_std([a for a in map(_final_accuracy, rs) if a is not None])[0] for rs in groups.values()]
-        best = max((f for f in finals if f is not None), default=None)
+        group_finals = [_mean_std([a for a in map(_final_accuracy, rs) if a is not None])[0] for rs in groups.values()]
+        best = max((f for f in group_finals if f is not None), default=None)
         target = 0.95 * best if best is not None else 1.0
     rows = []
     for (facet_value, label), members in groups.items():
@@ -174,7 +174,8 @@ def compare(
         bests = [max(s, key=lambda x: x[1]) for s in (m.series("central_accuracy") for m in members) if s]
         reached = [rounds_to_target(m, target) for m in members]
         hits = [(r, b) for r, b in reached if r is not None]
-        totals = [m.rounds[-1]["bytes_total_cum"] for m in members if m.rounds and m.rounds[-1].get("bytes_total_cum") is not None]
+        every_seed = len(hits) == len(members)  # rounds/MB to target only when every seed got there
+        totals = [t for m in members if m.rounds and (t := m.rounds[-1].get("bytes_total_cum")) is not None]
         walls = [float(m.summary["wall_seconds"]) for m in members if m.summary and m.summary.get("wall_seconds") is not None]
         clients = [m.final_client_accuracies() for m in members]
         clients = [c for c in clients if c]
@@ -192,8 +193,8 @@ def compare(
                 "best_round_mean": _mean_std([float(b[0]) for b in bests])[0],
                 "target": target,
                 "reached": f"{len(hits)}/{len(members)}",
-                "rounds_to_target_mean": _mean_std([float(r) for r, _ in hits])[0] if len(hits) == len(members) else None,
-                "mb_to_target_mean": _mean_std([b / 1e6 for _, b in hits if b is not None])[0] if len(hits) == len(members) else None,
+                "rounds_to_target_mean": _mean_std([float(r) for r, _ in hits])[0] if every_seed else None,
+                "mb_to_target_mean": _mean_std([b / 1e6 for _, b in hits if b is not None])[0] if every_seed else None,
                 "total_mb_mean": _mean_std([t / 1e6 for t in totals])[0],
                 "wall_seconds_mean": _mean_std(walls)[0],
                 "client_accuracy_mean": _mean_std([statistics.fmean(c) for c in clients])[0],
@@ -234,7 +235,7 @@ def _plot(result: dict[str, Any], out: Path) -> list[Path]:
     def figure(name: str, draw_panel, ylabel: str, xlabel: str, legend: bool = True) -> None:
         """One panel per facet value; ``draw_panel(ax, facet_value)`` fills a panel."""
         fig, axes = plt.subplots(1, len(facets), figsize=(5.2 * len(facets), 4), squeeze=False, sharey=True)
-        for ax, facet_value in zip(axes[0], facets):
+        for ax, facet_value in zip(axes[0], facets, strict=True):
             draw_panel(ax, facet_value)
             ax.set_xlabel(xlabel)
             if xlabel == "round":  # a few rounds must not get ticks at 1.5, 2.5, ...
@@ -257,16 +258,17 @@ def _plot(result: dict[str, Any], out: Path) -> list[Path]:
 
         def draw(ax, facet_value: str) -> None:
             for label in labels:
-                series = [m.series(column) for m in groups.get((facet_value, label), [])]
-                series = [s for s in series if s]
-                if not series:
+                # members with no value of the column are left out, their x values with them
+                pairs = [(m, s) for m in groups.get((facet_value, label), []) if (s := m.series(column))]
+                if not pairs:
                     continue
-                members = groups[(facet_value, label)]
+                series = [s for _, s in pairs]
                 length = min(len(s) for s in series)
                 ys = np.array([[v for _, v in s[:length]] for s in series])
                 if x_column:
-                    xs_all = [{int(r["round"]): r[x_column] for r in m.rounds} for m in members]
-                    xs = np.array([[xa.get(rnd, np.nan) for rnd, _ in s[:length]] for xa, s in zip(xs_all, series)]).mean(0) / 1e6
+                    x_by_round = [{int(r["round"] or 0): r[x_column] for r in m.rounds} for m, _ in pairs]
+                    xs = np.array([[xr.get(rnd, np.nan) for rnd, _ in s[:length]]
+                                   for xr, s in zip(x_by_round, series, strict=True)]).mean(0) / 1e6
                 else:
                     xs = np.array([rnd for rnd, _ in series[0][:length]])
                 mean, std = ys.mean(0), ys.std(0)
@@ -347,7 +349,8 @@ def header_lines(result: dict[str, Any]) -> list[tuple[str, str]]:
     return [
         ("dataset", values("dataset.name")),
         ("model", f"{values('model.name')} ({', '.join(params) or '?'} parameters)"),
-        ("partition", f"{values('partition.name')}" + (f", alpha {values('partition.alpha')}" if any(r.get('partition.alpha') is not None for r in runs) else "")),
+        ("partition", values("partition.name")
+         + (f", alpha {values('partition.alpha')}" if any(r.get("partition.alpha") is not None for r in runs) else "")),
         ("clients", f"{values('simulation.num_clients')} total, fraction_train {values('server.fraction_train')}"),
         ("rounds", values("server.rounds")),
         ("local epochs", values("client.epochs")),
@@ -371,7 +374,8 @@ def render_markdown(result: dict[str, Any], images: list[Path]) -> str:
             lines += [f"## {result['facet']} = {facet_value}", ""]
         lines += ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
         lines += ["| " + " | ".join(table_cells(r)) + " |" for r in result["rows"] if r["facet"] == facet_value]
-    lines += ["", f"Target accuracy {result['target']:.4f}; rounds/MB to target are means over seeds and shown only when every seed reached it."]
+    lines += ["", f"Target accuracy {result['target']:.4f}; rounds/MB to target are means over seeds "
+                  "and shown only when every seed reached it."]
     if result["excluded"]:
         lines += ["", "## Excluded runs (not in the means)", ""]
         lines += [f"- `{e['run']}`: {e['status']}" + (f" — {e['error']}" if e["error"] else "") for e in result["excluded"]]
@@ -405,13 +409,15 @@ def render_html(result: dict[str, Any], images: list[Path]) -> str:
         parts.append("</table>")
     if result["excluded"]:
         parts.append("<h2>Excluded runs (not in the means)</h2><ul>")
-        parts += [f"<li><code>{esc(e['run'])}</code>: {esc(e['status'])} {esc(e['error'] or '')}</li>" for e in result["excluded"]]
+        parts += [f"<li><code>{esc(e['run'])}</code>: {esc(e['status'])} {esc(e['error'] or '')}</li>"
+                  for e in result["excluded"]]
         parts.append("</ul>")
     parts.append("<h2>Plots</h2>")
     for p in images:
         if p.suffix == ".png":
             data = base64.b64encode(p.read_bytes()).decode()
-            parts.append(f"<figure><img alt='{esc(p.stem)}' src='data:image/png;base64,{data}'><figcaption>{esc(p.stem)}</figcaption></figure>")
+            parts.append(f"<figure><img alt='{esc(p.stem)}' src='data:image/png;base64,{data}'>"
+                         f"<figcaption>{esc(p.stem)}</figcaption></figure>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -437,9 +443,11 @@ def _default_out(inputs: Sequence[str]) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fedconv.report", description=__doc__.splitlines()[0])
     parser.add_argument("inputs", nargs="+", help="sweep dirs, run dirs or globs")
-    parser.add_argument("--by", nargs="+", default=list(DEFAULT_BY), help="config keys to group on (default: strategy.name strategy.mu)")
+    parser.add_argument("--by", nargs="+", default=list(DEFAULT_BY),
+                        help="config keys to group on (default: strategy.name strategy.mu)")
     parser.add_argument("--facet", default=None, help="config key: one panel/table per value (e.g. partition.alpha)")
-    parser.add_argument("--target", type=float, default=None, help="target accuracy (default: 95%% of the best group's final accuracy)")
+    parser.add_argument("--target", type=float, default=None,
+                        help="target accuracy (default: 95%% of the best group's final accuracy)")
     parser.add_argument("--out", type=Path, default=None, help="output dir (default: <sweep dir>/report)")
     args = parser.parse_args(argv)
     if args.target is not None and not 0 < args.target <= 1:

@@ -131,7 +131,7 @@ def _read_table(file: Path, required: list[str], text_columns: tuple[str, ...]) 
         if len(cells) != len(header):
             raise DamagedRun(f"{file.name} line {number}: {len(cells)} of {len(header)} cells (cut short?)")
         row: dict[str, Any] = {}
-        for column, cell in zip(header, cells):
+        for column, cell in zip(header, cells, strict=True):
             if column in text_columns:
                 row[column] = cell
                 continue

@@ -20,9 +20,9 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedconv import __version__, checkpoint, run_dir, stopping, task
+from fedconv import __version__, checkpoint, records, run_dir, stopping, task
 from fedconv.config import cohort_sizes, from_run_config, virtual_nodes
-from fedconv.models import count_parameters, state_bytes, transmitted_state
+from fedconv.models import channels_last, count_parameters, state_bytes, transmitted_state
 from fedconv.partitioning import histogram_record, partition_record
 from fedconv.strategies import LedgerMixin, RoundPolicy, make_strategy, short_reason
 from fedconv.training import classification_report, evaluate, folded_for_inference, lr_for_round
@@ -79,10 +79,11 @@ def discover_partitions(grid: Grid, expected: int, timeout: float, pool: bool = 
         if reply.has_error():
             errors.append(short_reason(reply.error.reason))
             continue
-        r = reply.content["partition"]
+        r = reply.content.config_records["partition"]
         node = reply.metadata.src_node_id
-        reports[node] = NodeReport(node, int(r["partition-id"]), str(r["source"]), int(r["num-train"]),
-                                   int(r["num-held-out"]), [int(v) for v in r["label-histogram"]])
+        reports[node] = NodeReport(node, records.integer(r, "partition-id"), str(r["source"]),
+                                   records.integer(r, "num-train"), records.integer(r, "num-held-out"),
+                                   records.integers(r, "label-histogram"))
     pids = sorted(rep.partition_id for rep in reports.values())
     if pids != list(range(expected)):
         detail = f"; node errors: {errors[:3]}" if errors else ""
@@ -95,7 +96,7 @@ def reported_partitions(reports: Mapping[int, NodeReport], num_classes: int) -> 
     by_pid = sorted(reports.values(), key=lambda r: r.partition_id)
     hist = np.array([r.label_histogram for r in by_pid], dtype=np.int64)
     record = histogram_record(hist, [r.num_train for r in by_pid], [r.num_held_out for r in by_pid])
-    for client, rep in zip(record["clients"], by_pid):
+    for client, rep in zip(record["clients"], by_pid, strict=True):
         client["source"] = rep.source
     return record
 
@@ -349,7 +350,7 @@ def serve(grid: Grid, context: Context) -> None:
         partition_sizes=sizes,
     )
     model = task.initial_model(cfg, ds)
-    eval_model = task.initial_model(cfg, ds).to(memory_format=torch.channels_last)
+    eval_model = channels_last(task.initial_model(cfg, ds))
     recorder = RunRecorder(out, cfg, strategy, eval_model)
     arrays = ArrayRecord(transmitted_state(model))
     first_round = 1

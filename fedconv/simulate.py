@@ -18,7 +18,17 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from fedconv import run_dir
-from fedconv.config import EXIT_BAD_CONFIG, ConfigError, config_errors_exit_2, register_resolvers, to_run_config, unknown_keys, validate, virtual_nodes
+from fedconv.config import (
+    EXIT_BAD_CONFIG,
+    ConfigError,
+    config_errors_exit_2,
+    plain,
+    register_resolvers,
+    to_run_config,
+    unknown_keys,
+    validate,
+    virtual_nodes,
+)
 
 register_resolvers()
 
@@ -55,7 +65,7 @@ def _write_failure(out: Path, cfg: dict[str, Any], status: str, error: str) -> N
 
 def resolve(cfg: DictConfig, out: Path) -> dict[str, Any]:
     """The plain, validated config this run will use (output dir and threads filled in)."""
-    resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    resolved = plain(cfg)
     validate(resolved)
     resolved["output_dir"] = str(out)
     client = resolved["client"]
@@ -90,8 +100,7 @@ def _saved_config(out: Path) -> dict[str, Any]:
     path = out / run_dir.CONFIG
     if not path.is_file():
         raise ConfigError(f"resume={out}: no {run_dir.CONFIG} there; resume takes the run dir of an earlier run")
-    saved: dict[str, Any] = OmegaConf.to_container(OmegaConf.load(path), resolve=True)  # type: ignore[assignment]
-    return saved
+    return plain(path)
 
 
 def _results_config(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -186,7 +195,7 @@ def prepare(cfg: DictConfig, out: Path, choices: dict[str, Any], overrides: list
         if run_dir.existing_run(out) == "completed" and last == int(resolved["server"]["rounds"]):
             return resolved, "skip"
         return resolved, "resume"
-    problems = unknown_keys(OmegaConf.to_container(cfg, resolve=False), choices)  # type: ignore[arg-type]
+    problems = unknown_keys(plain(cfg, resolve=False), choices)
     try:
         resolved = resolve(cfg, out)
     except ConfigError as exc:

@@ -32,8 +32,9 @@ def message_array_bytes(message: Message) -> int:
     return sum(len(a.data) for rec in message.content.array_records.values() for a in rec.values())
 
 
-def short_reason(reason: str) -> str:
+def short_reason(reason: str | None) -> str:
     """The client's own exception message out of Flower's wrapped Ray traceback."""
+    reason = reason or "(no reason given)"
     marker = "occurred. Message: "
     if marker in reason:
         return "ClientApp raised: " + reason.rsplit(marker, 1)[1].strip().splitlines()[0].rstrip("'>")
@@ -126,12 +127,12 @@ class LedgerMixin:
         """Either ``node_to_pid`` (each node owns one partition: devices, ``per_client``) or a
         ``pool`` of node ids and ``num_partitions`` (any node trains the partition its message
         names; the cohort's partitions are dealt to the pool in order every phase)."""
-        if (node_to_pid is None) == (pool is None):
-            raise ValueError("setup_ledger: pass exactly one of node_to_pid and pool")
+        if (node_to_pid is None) == (pool is None) or (pool is None) != (num_partitions is None):
+            raise ValueError("setup_ledger: pass either node_to_pid, or pool and num_partitions")
         self.pool = list(pool) if pool is not None else None
         self.node_to_pid = dict(node_to_pid or {})
         self.pid_to_node = {pid: node for node, pid in self.node_to_pid.items()}
-        self.num_partitions = int(num_partitions) if pool is not None else len(self.node_to_pid)
+        self.num_partitions = len(self.node_to_pid) if num_partitions is None else int(num_partitions)
         if self.pool is not None and max(train_per_round, eval_per_round) > len(self.pool):
             raise ValueError(f"a node pool of {len(self.pool)} cannot serve cohorts of {max(train_per_round, eval_per_round)}")
         self.seed = seed
@@ -148,7 +149,7 @@ class LedgerMixin:
         """This phase's nodes; in a pool, also which partition each of them serves."""
         pids = sample_cohort(self.seed, server_round, salt, self.num_partitions, k)
         if self.pool is not None:
-            self.node_to_pid = dict(zip(self.pool, pids))
+            self.node_to_pid = dict(zip(self.pool, pids, strict=False))  # the pool may exceed this phase's cohort
             self.pid_to_node = {pid: node for node, pid in self.node_to_pid.items()}
         return [self.pid_to_node[p] for p in pids]
 
@@ -166,7 +167,7 @@ class LedgerMixin:
         prefix = "train" if phase == "train" else "eval"
         assert self.current is not None
         for m in replies:
-            metrics = next(iter(m.content.metric_records.values()), {})
+            metrics: Mapping[str, Any] = next(iter(m.content.metric_records.values()), {})
             self.current.client_rows.append(
                 {
                     "round": server_round,
@@ -181,9 +182,9 @@ class LedgerMixin:
 
     def _with_config(self, message: Message, **values: Any) -> Message:
         """A copy of a message whose ConfigRecord also carries ``values`` (arrays are shared)."""
-        key = self.configrecord_key  # type: ignore[attr-defined]
+        key = self.configrecord_key  # type: ignore[attr-defined]  # set by the Flower strategy mixed in
         content = RecordDict(dict(message.content.items()))
-        config = ConfigRecord(dict(message.content[key]))
+        config = ConfigRecord(dict(message.content.config_records[key]))
         for name, value in values.items():
             config[name.replace("_", "-")] = value
         content[key] = config
@@ -203,7 +204,7 @@ class LedgerMixin:
         nodes = self._cohort(server_round, TRAIN_SALT, self.train_per_round)
         self._train_cohort = [self.node_to_pid[n] for n in nodes]
         self._sent_spec = array_spec(arrays)
-        messages = self._name_partitions(list(super().configure_train(server_round, arrays, config, CohortGrid(grid, nodes))))  # type: ignore[misc]
+        messages = self._name_partitions(list(super().configure_train(server_round, arrays, config, CohortGrid(grid, nodes))))  # type: ignore[misc]  # a mixin: super() is the Flower strategy
         p = self.policy
         record.stragglers = straggler_plan(self.seed, server_round, self._train_cohort, p.straggler_fraction, p.local_epochs)
         for i, m in enumerate(messages):
@@ -245,7 +246,7 @@ class LedgerMixin:
         if len(accepted) < self.policy.min_train_replies:
             record.skipped = True
             return None, None
-        arrays, metrics = super().aggregate_train(server_round, accepted)  # type: ignore[misc]
+        arrays, metrics = super().aggregate_train(server_round, accepted)  # type: ignore[misc]  # a mixin: super() is the Flower strategy
         if metrics is not None:
             record.train_loss = float(metrics["train_loss"])
             record.train_accuracy = float(metrics["train_accuracy"])
@@ -257,7 +258,7 @@ class LedgerMixin:
         if self.eval_per_round == 0:
             return []
         cohort = CohortGrid(grid, self._cohort(server_round, EVAL_SALT, self.eval_per_round))
-        messages = self._name_partitions(list(super().configure_evaluate(server_round, arrays, config, cohort)))  # type: ignore[misc]
+        messages = self._name_partitions(list(super().configure_evaluate(server_round, arrays, config, cohort)))  # type: ignore[misc]  # a mixin: super() is the Flower strategy
         if self.current is not None:
             self.current.eval_clients_sampled = len(messages)
             self.current.bytes_eval_down = sum(message_array_bytes(m) for m in messages)
@@ -272,7 +273,7 @@ class LedgerMixin:
         self._record_clients(server_round, "evaluate", ok)
         if not ok:
             return None
-        metrics = super().aggregate_evaluate(server_round, ok)  # type: ignore[misc]
+        metrics = super().aggregate_evaluate(server_round, ok)  # type: ignore[misc]  # a mixin: super() is the Flower strategy
         if metrics is not None:
             record.fed_loss = float(metrics["eval_loss"])
             record.fed_accuracy = float(metrics["eval_accuracy"])
@@ -287,12 +288,12 @@ class LoggedFedProx(LedgerMixin, FedProx):
     """Flower's FedProx with fedconv's cohorts and ledger (clients add the proximal term)."""
 
 
-def make_strategy(strategy_cfg: Mapping[str, Any]) -> FedAvg:
+def make_strategy(strategy_cfg: Mapping[str, Any]) -> LoggedFedAvg | LoggedFedProx:
     """Build the configured Flower strategy. Cohort sizes are the ledger's (an evaluation
     cohort of 0 turns federated evaluation off), so Flower is told to take every node of
     the cohort view it is handed."""
-    common = dict(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=1, min_evaluate_nodes=1,
-                  min_available_nodes=1)
+    common: dict[str, Any] = dict(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=1,
+                                  min_evaluate_nodes=1, min_available_nodes=1)
     name = strategy_cfg["name"]
     if name == "fedavg":
         return LoggedFedAvg(**common)

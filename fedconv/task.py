@@ -22,7 +22,10 @@ from fedconv.datasets import ImageDataset, cache_root, load_dataset
 from fedconv.models import build_model, transmitted_state
 from fedconv.partitioning import Partitions, load_partitions, make_partitions, save_partitions
 
-__all__ = ["ImageDataset", "Partitions", "dataset", "partitions", "reusable_model", "initial_model", "normalizer", "load_global", "train_partition"]
+__all__ = [
+    "ImageDataset", "Partitions", "dataset", "partitions", "reusable_model", "initial_model", "normalizer",
+    "load_global", "train_partition",
+]
 from fedconv.training import Normalizer, TrainResult, train_local
 
 

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedconv.models import channels_last
+
 
 @dataclass(frozen=True)
 class Normalizer:
@@ -25,9 +27,11 @@ class Normalizer:
     augment: bool = False
 
     @classmethod
-    def from_stats(cls, mean: Sequence[float], std: Sequence[float], augment: bool = False) -> "Normalizer":
-        as_t = lambda v: torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1)  # noqa: E731
-        return cls(as_t(mean), as_t(std), augment)
+    def from_stats(cls, mean: Sequence[float], std: Sequence[float], augment: bool = False) -> Normalizer:
+        def per_channel(values: Sequence[float]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1)
+
+        return cls(per_channel(mean), per_channel(std), augment)
 
     def __call__(self, x_uint8: np.ndarray, generator: torch.Generator | None = None) -> torch.Tensor:
         x = torch.from_numpy(np.array(x_uint8, dtype=np.float32)).div_(255.0)
@@ -104,12 +108,12 @@ def train_local(
     The model trains in channels-last layout, oneDNN's fast path for convolutions on CPU
     (the canonical 2conv's step is about a quarter faster), and is handed back in the
     default layout, so callers and the transmitted weights never see the difference."""
-    model.to(memory_format=torch.channels_last)
+    channels_last(model)
     try:
         return _train_steps(model, images, labels, normalizer, cfg, lr=lr, epochs=epochs,
                             proximal_mu=proximal_mu, seed=seed, max_steps=max_steps)
     finally:
-        model.to(memory_format=torch.contiguous_format)
+        channels_last(model, back=True)
 
 
 def _train_steps(
@@ -221,7 +225,8 @@ def classification_report(labels: np.ndarray, preds: np.ndarray, num_classes: in
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
     return {
         "per_class": [
-            {"label": c, "precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]), "support": int(cm[c].sum())}
+            {"label": c, "precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]),
+             "support": int(cm[c].sum())}
             for c in range(num_classes)
         ],
         "macro_f1": float(f1.mean()),

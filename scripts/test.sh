@@ -3,4 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
-exec "${FEDCONV_VENV:-.venv}/bin/python" -m pytest "$@"
+PY="${FEDCONV_VENV:-.venv}/bin/python"
+echo "[lint] ruff check . && mypy (fedconv/)"
+"$PY" -m ruff check .
+"$PY" -m mypy
+exec "$PY" -m pytest "$@"

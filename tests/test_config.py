@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from fedconv.config import ConfigError, compose, from_run_config, to_run_config, validate
@@ -91,5 +95,75 @@ def test_sweep_job_folders_are_stable_and_short() -> None:
     assert job_dirname("seed=1,strategy=fedprox") == "seed=1,strategy=fedprox"
     assert job_dirname("") == "defaults"
     long = ",".join(f"key{i}=value{i}" for i in range(20))
-    assert job_dirname(long) == job_dirname(long) and job_dirname(long).startswith("job-") and len(job_dirname(long)) < 20
+    assert job_dirname(long).startswith("job-") and len(job_dirname(long)) < 20
+    # the same command must find the same folders in a later process (no per-process hash seed)
+    other = subprocess.run([sys.executable, "-c", f"from fedconv.config import job_dirname; print(job_dirname({long!r}))"],
+                           capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONHASHSEED": "random"})
+    assert other.stdout.strip() == job_dirname(long)
     assert job_dirname(long) != job_dirname(long + ",x=1")
+
+
+# Every bad value a user can type and what its one-line message must name, checked in
+# process through the entry point's own path (simulate.prepare, then check_inputs); a few
+# cases also run as real processes in test_simulation.py (exit 2, no run dir, no traceback).
+BAD_VALUES = [
+    ("server.fraction_train=1.5", "server.fraction_train=1.5: must be in (0, 1]"),
+    ("server.fraction_train=0", "server.fraction_train=0: must be in (0, 1]"),
+    ("server.fraction_evaluate=-0.1", "server.fraction_evaluate=-0.1: must be in [0, 1]"),
+    ("partition.alpha=0", "partition.alpha=0: must be in (0, inf)"),
+    ("strategy=fedprox strategy.mu=-1", "strategy.mu=-1: must be in [0, inf)"),
+    ("client.epochs=0", "client.epochs=0: must be in [1, inf)"),
+    ("client.epochs=abc", "client.epochs='abc': must be a number"),
+    ("client.lr=0", "client.lr=0: must be in (0, inf)"),
+    ("simulation.nodes=shared", "simulation.nodes='shared': must be one of pool, per_client"),
+    ("server.rounds=0", "server.rounds=0: must be in [1, inf)"),
+    ("server.rounds=2.5", "server.rounds=2.5: must be an integer"),
+    ("server.min_train_clients=9", "server.min_train_clients=9: 9 clients per round but simulation.num_clients=4"),
+    ("server.min_train_replies=9", "server.min_train_replies=9: must be <= the 4 clients sampled per round"),
+    ("dataset.augment=maybe", "dataset.augment='maybe': must be true or false"),
+    ("faults.dropout=1.5", "faults.dropout=1.5: must be in [0, 1]"),
+    ("faults.corrupt_partitions=7", "faults.corrupt_partitions=7: partition ids must be in [0, simulation.num_clients=4)"),
+    ("faults.corrupt_mode=evil", "faults.corrupt_mode='evil': must be one of nan, inf, shape, dtype, names, num_examples"),
+    ("strategy.stragglers=wait", "strategy.stragglers='wait': must be one of drop, aggregate"),
+    ("+client.momentum_typo=0.9", "client.momentum_typo=0.9: unknown key; known keys in client:"),
+    ("model=niid_cnn", "model.name=niid_cnn needs inputs of at least 16x16, got 8x8"),
+    ("dataset=mnist dataset.data_dir=/nonexistent", "dataset 'mnist' not found; looked in: /nonexistent"),
+    ("resume=/nonexistent/run", "resume=/nonexistent/run: no such run directory"),
+]
+SMALL_RUN = ["dataset=digits", "simulation.num_clients=4", "server.fraction_train=1.0", "server.rounds=3",
+             "partition.alpha=1.0"]
+
+
+def entry_point_error(overrides: list[str], out) -> str:
+    """What ``python -m fedconv.simulate`` refuses these overrides with (before Ray starts)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    from fedconv import simulate
+    from fedconv.config import CONF_DIR
+    from fedconv.datasets import DatasetError
+    from fedconv.models import ModelConfigError
+    from fedconv.partitioning import PartitionError
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    choices = dict(cfg.hydra.runtime.choices)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    with pytest.raises((ConfigError, DatasetError, PartitionError, ModelConfigError)) as exc:
+        resolved, _ = simulate.prepare(cfg, out if not cfg.resume else out.__class__(cfg.resume), choices, overrides)
+        simulate.check_inputs(resolved)
+    return str(exc.value)
+
+
+@pytest.mark.parametrize("override, message", BAD_VALUES, ids=[o for o, _ in BAD_VALUES])
+def test_bad_values_are_refused_in_one_line_naming_the_key(tmp_path, override: str, message: str) -> None:
+    keys = {o.split("=")[0] for o in override.split()}
+    base = [o for o in SMALL_RUN if o.split("=")[0] not in keys]
+    text = entry_point_error([*base, *override.split()], tmp_path / "run")
+    assert message in text and len(text.splitlines()) == 1, text
+    assert not (tmp_path / "run").exists()

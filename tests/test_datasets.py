@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import FASHION_DIR, require_fashion_mnist, write_cifar_dataset, write_idx, write_idx_dataset
-from fedconv.datasets import DatasetError, load_dataset
+from fedconv.datasets import DatasetError, _fingerprint, load_dataset
 
 
 def idx_cfg(directory: Path, cache: str, name: str = "mnist") -> dict:
@@ -138,12 +138,17 @@ def test_digits_is_real_and_split_80_20() -> None:
     np.testing.assert_array_equal(ds.test_y, again.test_y)
 
 
-def test_real_fashion_mnist(cache_dir: str) -> None:
+def test_real_fashion_mnist(cache_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
     require_fashion_mnist()
+    monkeypatch.delenv("FEDCONV_DATA", raising=False)  # only the Debian location is left to search
     ds = load_dataset({"name": "fashion_mnist", "data_dir": "", "cache_dir": cache_dir})
     assert ds.train_x.shape == (60000, 1, 28, 28) and ds.test_x.shape == (10000, 1, 28, 28)
     assert ds.train_x.dtype == np.uint8 and ds.train_y.dtype == np.int64
     assert np.bincount(ds.train_y).tolist() == [6000] * 10
     assert np.bincount(ds.test_y).tolist() == [1000] * 10
     assert 0.27 < ds.mean[0] < 0.30 and 0.34 < ds.std[0] < 0.37
-    assert str(FASHION_DIR)  # found through the Debian location
+    # found through the Debian location: the cache entry is keyed by the files it was parsed from
+    debian_files = sorted(FASHION_DIR.glob("*-ubyte.gz"))
+    assert len(debian_files) == 4
+    [entry] = [p.name for p in Path(cache_dir).iterdir()]
+    assert entry == f"fashion_mnist-{_fingerprint(debian_files)}"

@@ -55,6 +55,7 @@ def test_too_few_latency_runs_are_refused(trained_run: Path, capsys: pytest.Capt
     assert "--runs=50" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_console_shows_the_table_only(trained_run: Path) -> None:
     """The exporter's progress lines and torch's warnings stay off the user's console."""
     import subprocess

@@ -133,7 +133,8 @@ def test_all_models_accept_all_input_sizes(name: str, shape: tuple) -> None:
 def test_strided_pool_halves_resolution_without_pool_layer() -> None:
     model = build_model(cfg("twoconv", pool="strided", head="flatten"), (1, 28, 28), 10)
     assert not any(isinstance(m, (torch.nn.MaxPool2d, torch.nn.AvgPool2d)) for m in model.modules())
-    assert model.output(model.dense(model.head(model.act2(model.bn2(model.conv2(model.block1(torch.zeros(1, 1, 28, 28)))))))).shape == (1, 10)
+    features = model.act2(model.bn2(model.conv2(model.block1(torch.zeros(1, 1, 28, 28)))))
+    assert model.output(model.dense(model.head(features))).shape == (1, 10)
     assert model.dense[0].in_features == 64 * 14 * 14
 
 
@@ -150,7 +151,8 @@ def test_he_normal_init_and_zero_biases() -> None:
     fc = model.classifier[0]
     std = float(fc.weight.detach().std())
     assert abs(std - (2.0 / fc.in_features) ** 0.5) / (2.0 / fc.in_features) ** 0.5 < 0.05
-    assert all(float(m.bias.detach().abs().sum()) == 0.0 for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert layers and all(float(m.bias.detach().abs().sum()) == 0.0 for m in layers)
 
 
 def test_cli_prints_every_variant(capsys: pytest.CaptureFixture[str]) -> None:

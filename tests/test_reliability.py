@@ -45,7 +45,7 @@ def test_dropout_still_converges_and_counts_the_crashes(tmp_path: Path) -> None:
     table = rows(tmp_path)
     expected = [sum(crashes(0, r, pid, 0.3) for pid in range(6)) for r in range(1, 6)]
     assert ints(table, "clients_failed") == expected and sum(expected) > 0
-    assert [s - f for s, f in zip(ints(table, "clients_sampled"), expected)] == ints(table, "clients_ok")
+    assert [s - f for s, f in zip(ints(table, "clients_sampled"), expected, strict=True)] == ints(table, "clients_ok")
     trained = {(int(r["round"]), int(r["partition_id"])) for r in rows(tmp_path, "client_metrics.csv")}
     assert not any(crashes(0, r, pid, 0.3) and (r, pid) in trained for r in range(1, 6) for pid in range(6))
     acc = [float(r["central_accuracy"]) for r in table]
@@ -244,4 +244,5 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> Non
     assert [[r[c] for c in cols] for r in again] == [[r[c] for c in cols] for r in whole]
     final = json.loads(summary.read_text())
     assert final["status"] == "completed" and final["rounds_completed"] == 4 and final["resumed_from_round"] in (2, 3)
-    assert final["final_central_accuracy"] == json.loads((tmp_path / "whole" / "summary.json").read_text())["final_central_accuracy"]
+    whole_summary = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    assert final["final_central_accuracy"] == whole_summary["final_central_accuracy"]

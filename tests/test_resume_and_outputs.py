@@ -106,5 +106,6 @@ def test_an_unwritable_output_location_is_one_line_and_exit_2(tmp_path: Path, ke
         args.append(f"hydra.run.dir={tmp_path / 'hydra-run'}")
     proc = simulate(*args)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert proc.stderr.strip() == f"config error: {key}={target}: cannot write a run there (Not a directory); choose a writable folder"
+    expected = f"config error: {key}={target}: cannot write a run there (Not a directory); choose a writable folder"
+    assert proc.stderr.strip() == expected
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # no stub .hydra/ or log left

@@ -166,33 +166,15 @@ def test_two_job_sweep_writes_two_runs_and_an_index(tmp_path: Path) -> None:
     assert after[2]["job"] == 0 and "seed=1" in after[2]["overrides"] and after[2]["status"] == "completed"
 
 
-# Every bad input a user can type, what the message must name, and where it is caught:
+# Bad input as a user types it, in a real process: exit 2, no run dir, no traceback, before
+# Ray starts. One case per place it is caught; every value's message is checked in process
+# by tests/test_config.py::test_bad_values_are_refused_in_one_line_naming_the_key.
 # "hydra" = Hydra rejects the override itself (its message spans several lines).
 BAD_CONFIGS = [
     ("server.fraction_train=1.5", "server.fraction_train", "fedconv"),
-    ("server.fraction_train=0", "server.fraction_train", "fedconv"),
-    ("server.fraction_evaluate=-0.1", "server.fraction_evaluate", "fedconv"),
-    ("partition.alpha=0", "partition.alpha", "fedconv"),
-    ("strategy=fedprox strategy.mu=-1", "strategy.mu", "fedconv"),
-    ("client.epochs=0", "client.epochs", "fedconv"),
-    ("client.epochs=abc", "client.epochs", "fedconv"),
-    ("client.lr=0", "client.lr", "fedconv"),
-    ("simulation.nodes=shared", "simulation.nodes", "fedconv"),
-    ("server.rounds=0", "server.rounds", "fedconv"),
-    ("server.rounds=2.5", "server.rounds", "fedconv"),
-    ("server.min_train_clients=9", "server.min_train_clients", "fedconv"),
-    ("server.min_train_replies=9", "server.min_train_replies", "fedconv"),
-    ("dataset.augment=maybe", "dataset.augment", "fedconv"),
-    ("faults.dropout=1.5", "faults.dropout", "fedconv"),
-    ("faults.corrupt_partitions=7", "faults.corrupt_partitions", "fedconv"),
-    ("faults.corrupt_mode=evil", "faults.corrupt_mode", "fedconv"),
-    ("strategy.stragglers=wait", "strategy.stragglers", "fedconv"),
     ("+client.momentum_typo=0.9", "client.momentum_typo", "fedconv"),
     ("client.momentun=0.9", "client.momentun", "hydra"),
     ("model=resnet50", "model/resnet50", "hydra"),
-    ("strategy=fedsgd", "strategy/fedsgd", "hydra"),
-    ("partition=nosuch", "partition/nosuch", "hydra"),
-    ("model=niid_cnn", "niid_cnn needs inputs of at least 16x16", "fedconv"),
     ("dataset=mnist dataset.data_dir=/nonexistent", "dataset 'mnist' not found", "fedconv"),
     ("resume=/nonexistent/run", "resume=/nonexistent/run", "fedconv"),
 ]
@@ -244,12 +226,14 @@ def test_attaches_to_an_existing_ray_cluster(tmp_path: Path) -> None:
         assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
         # The cluster's own session started the ClientApp actors ...
         logs = list((temp_dir / "session_latest" / "logs").glob("*"))
-        assert any("ClientAppActor" in p.read_text(errors="ignore") for p in logs if p.is_file() and p.suffix in (".out", ".err", ".log")), (
+        texts = [p.read_text(errors="ignore") for p in logs if p.is_file() and p.suffix in (".out", ".err", ".log")]
+        assert any("ClientAppActor" in text for text in texts), (
             "no ClientAppActor ran in the existing cluster"
         )
         # ... and the cluster is still up after the run.
         check = subprocess.run(
-            [sys.executable, "-c", f"import ray; ray.init(address='{address}', logging_level='ERROR'); print(ray.cluster_resources()['CPU'])"],
+            [sys.executable, "-c",
+             f"import ray; ray.init(address='{address}', logging_level='ERROR'); print(ray.cluster_resources()['CPU'])"],
             capture_output=True, text=True, timeout=120, env=env,
         )
         assert check.returncode == 0 and float(check.stdout.strip().splitlines()[-1]) == 2.0, check.stderr[-2000:]

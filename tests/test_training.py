@@ -12,11 +12,11 @@ from fedconv.config import compose
 from fedconv.datasets import load_dataset
 from fedconv.models import build_model
 from fedconv.training import (
-    folded_for_inference,
     Normalizer,
     augment_batch,
     classification_report,
     evaluate,
+    folded_for_inference,
     lr_for_round,
     proximal_term,
     train_local,
@@ -32,10 +32,11 @@ def test_proximal_term_value_and_gradient() -> None:
     global_params = [p.detach().clone() + 0.1 * torch.randn_like(p) for p in model.parameters()]
     mu = 0.7
     term = proximal_term(model, global_params, mu)
-    expected = 0.5 * mu * sum(float(((p.detach() - g) ** 2).sum()) for p, g in zip(model.parameters(), global_params))
+    pairs = zip(model.parameters(), global_params, strict=True)
+    expected = 0.5 * mu * sum(float(((p.detach() - g) ** 2).sum()) for p, g in pairs)
     assert float(term.detach()) == pytest.approx(expected, rel=1e-5)
     term.backward()
-    for p, g in zip(model.parameters(), global_params):
+    for p, g in zip(model.parameters(), global_params, strict=True):
         torch.testing.assert_close(p.grad, mu * (p.detach() - g))
         assert g.grad is None  # w_global is a constant
 
@@ -47,7 +48,7 @@ def _drift(mu: float) -> float:
     model = small_model()
     start = [p.detach().clone() for p in model.parameters()]
     train_local(model, ds.train_x[:600], ds.train_y[:600], norm, cfg["client"], lr=0.05, epochs=3, proximal_mu=mu, seed=0)
-    return math.sqrt(sum(float(((p.detach() - s) ** 2).sum()) for p, s in zip(model.parameters(), start)))
+    return math.sqrt(sum(float(((p.detach() - s) ** 2).sum()) for p, s in zip(model.parameters(), start, strict=True)))
 
 
 def test_fedprox_keeps_clients_closer_to_the_global_model() -> None:

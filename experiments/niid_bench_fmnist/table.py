@@ -117,7 +117,8 @@ def _mean_std(values: list[float]) -> str:
 def published_table(runs: list[Run]) -> str:
     """Table 1: niid_cnn's completed runs vs the published means, cell by cell."""
     lines = [
-        "| partition | strategy | ours: best acc % | seeds | published (mean ± std) | gap (points) | tolerance | within | wall s/run (this machine) |",
+        "| partition | strategy | ours: best acc % | seeds | published (mean ± std) | gap (points) | tolerance | within "
+        "| wall s/run (this machine) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     done = [r for r in runs if r.model == REFERENCE_MODEL and r.completed and r.cell in CELL_NAMES]
@@ -131,7 +132,8 @@ def published_table(runs: list[Run]) -> str:
             mean = statistics.mean(accs)
             gap, tol = abs(mean - pub), tolerance(cell, pub_std)
             wall = statistics.mean(sum(r.seconds) for r in got)
-            per_seed = ", ".join(f"{r.seed}: {a:.2f}" for r, a in zip(got, accs)) if len(got) > 1 else str(got[0].seed)
+            per_seed = (", ".join(f"{r.seed}: {a:.2f}" for r, a in zip(got, accs, strict=True))
+                        if len(got) > 1 else str(got[0].seed))
             lines.append(
                 f"| {CELL_NAMES[cell]} | {label} | {_mean_std(accs)} | {per_seed} | {pub:.2f} ± {pub_std:.2f} | "
                 f"{gap:.2f} | {tol:.2f} | {'yes' if gap <= tol else '**no**'} | {wall:.0f} |"
@@ -142,7 +144,8 @@ def published_table(runs: list[Run]) -> str:
 def models_table(runs: list[Run]) -> str:
     """Table 2: every other model on the federated cells, next to niid_cnn (same cell, strategy, seed)."""
     lines = [
-        "| partition | strategy | model | seed | rounds run | best acc % (round) | niid_cnn best, same rounds | niid_cnn best, 50 rounds | s/round (this machine) |",
+        "| partition | strategy | model | seed | rounds run | best acc % (round) | niid_cnn best, same rounds "
+        "| niid_cnn best, 50 rounds | s/round (this machine) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     reference = {(r.cell, r.label, r.seed): r for r in runs if r.model == REFERENCE_MODEL}
@@ -208,7 +211,7 @@ def plot_models(runs: list[Run], out: Path) -> list[Path]:
             continue
         labels = sorted({r.label for r in others})
         fig, axes = plt.subplots(1, len(labels), figsize=(5.5 * len(labels), 3.8), squeeze=False)
-        for ax, label in zip(axes[0], labels):
+        for ax, label in zip(axes[0], labels, strict=True):
             for r in sorted((r for r in runs if r.cell == cell and r.label == label), key=lambda r: (r.model, r.seed)):
                 rounds = range(1, len(r.accuracies) + 1)
                 ax.plot(rounds, r.accuracies, label=f"{r.model} (seed {r.seed})", marker="." if len(rounds) < 15 else None)
