@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedconv import atomic
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ["+experiment=bench"]
 
@@ -360,10 +362,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     res = run_benchmark(repeats, args.quick)
     res["bench_wall_s"] = time.perf_counter() - t0
-    (out / "bench.json").write_text(json.dumps(res, indent=2))
+    atomic.write_text(out / "bench.json", json.dumps(res, indent=2))
     plot(res, out / "bench.png")
     text = table(res)
-    (out / "bench.md").write_text(text + "\n")
+    atomic.write_text(out / "bench.md", text + "\n")
     print(text)
     print(f"\nbenchmark took {res['bench_wall_s']:.0f} s; results in {out}")
     return 0

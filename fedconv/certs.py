@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import ipaddress
-import os
 import socket
 import sys
 from dataclasses import dataclass
@@ -30,6 +29,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from fedconv import atomic
 
 VALID_DAYS = 825  # the longest validity common TLS clients accept for a server certificate
 BACKDATE = dt.timedelta(days=1)  # tolerate boards whose clock runs a little behind
@@ -65,14 +66,7 @@ def _write_private(path: Path, data: bytes, replace: bool = False) -> None:
     existing key is replaced only when asked (``--force``), never in passing."""
     if path.exists() and not replace:
         raise FileExistsError(f"{path}: a private key is there already; --force replaces it")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic.write_bytes(path, data, mode=0o600)
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -112,7 +106,7 @@ def _make_ca(cert_path: Path, key_path: Path, replace: bool) -> None:
         .sign(key, hashes.SHA384())
     )
     _write_private(key_path, _pem_key(key), replace)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    atomic.write_bytes(cert_path, cert.public_bytes(serialization.Encoding.PEM))
 
 
 def _make_server_cert(ca_cert_path: Path, ca_key_path: Path, cert_path: Path, key_path: Path, hosts: list[str],
@@ -145,7 +139,7 @@ def _make_server_cert(ca_cert_path: Path, ca_key_path: Path, cert_path: Path, ke
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA384())
     )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    atomic.write_bytes(cert_path, cert.public_bytes(serialization.Encoding.PEM))
 
 
 def _make_supernode_key(path: Path, replace: bool) -> None:
@@ -153,7 +147,7 @@ def _make_supernode_key(path: Path, replace: bool) -> None:
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     _write_private(path, private, replace)
-    path.with_suffix(".pub").write_bytes(public + f" {path.name}\n".encode())
+    atomic.write_bytes(path.with_suffix(".pub"), public + f" {path.name}\n".encode())
 
 
 def server_hosts(cert_path: Path) -> list[str]:

@@ -10,13 +10,14 @@ number is what a resumed run needs to replay the rest exactly.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from fedconv import atomic
 
 FORMAT = "fedconv-checkpoint-1"
 _WEIGHT, _RNG = "global/", "rng/torch"
@@ -35,17 +36,14 @@ class Checkpoint:
 
 
 def save(path: Path, server_round: int, weights: Mapping[str, torch.Tensor], state: Mapping[str, Any]) -> None:
-    """Write the checkpoint of a completed round (temp file, fsync, rename)."""
+    """Write the checkpoint of a completed round (atomically: temp file, fsync, rename)."""
     from safetensors.torch import save_file
 
     tensors = {f"{_WEIGHT}{k}": v.detach().cpu().contiguous() for k, v in weights.items()}
     tensors[_RNG] = torch.get_rng_state()
     meta = {"format": FORMAT, "round": str(server_round), "state": json.dumps(dict(state))}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic.replacing(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
 
 
 def load(path: Path) -> Checkpoint:

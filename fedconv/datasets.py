@@ -13,9 +13,7 @@ import io
 import json
 import os
 import pickle
-import shutil
 import tarfile
-import tempfile
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from fedconv import atomic
 
 DEBIAN_DIRS = {"fashion_mnist": Path("/usr/share/datasets/fashion-mnist")}
 
@@ -275,20 +275,13 @@ def _channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]
 
 
 def _write_cache(target: Path, arrays: dict[str, np.ndarray]) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-    try:
+    """Publish the parsed arrays as one folder (another process may publish the same one
+    first: its copy is identical)."""
+    with atomic.publishing_dir(target) as tmp:
         for key, arr in arrays.items():
             np.save(tmp / f"{key}.npy", np.ascontiguousarray(arr))
         mean, std = _channel_stats(arrays["train_x"])
         (tmp / "stats.json").write_text(json.dumps({"mean": mean, "std": std}))
-        try:
-            tmp.rename(target)
-        except OSError:  # another process won the race; its copy is identical
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _read_cache(name: str, target: Path) -> ImageDataset:
@@ -329,16 +322,14 @@ def download(name: str, dest: Path) -> Path:
         target = dest / filename
         if target.is_file() and _md5(target) == md5:
             continue
-        tmp = target.with_suffix(target.suffix + ".part")
-        try:
-            with urllib.request.urlopen(spec["base_url"] + filename, timeout=60) as r:
-                tmp.write_bytes(r.read())
-        except OSError as exc:
-            raise DatasetError(f"download of {filename} for {name} failed: {exc}") from exc
-        if _md5(tmp) != md5:
-            tmp.unlink(missing_ok=True)
-            raise DatasetError(f"download of {filename} for {name} failed its MD5 check")
-        tmp.rename(target)
+        with atomic.replacing(target) as tmp:  # a failed or corrupt download leaves nothing
+            try:
+                with urllib.request.urlopen(spec["base_url"] + filename, timeout=60) as r:
+                    tmp.write_bytes(r.read())
+            except OSError as exc:
+                raise DatasetError(f"download of {filename} for {name} failed: {exc}") from exc
+            if _md5(tmp) != md5:
+                raise DatasetError(f"download of {filename} for {name} failed its MD5 check")
     if name == "cifar10":
         with tarfile.open(dest / "cifar-10-python.tar.gz") as tar:
             tar.extractall(dest, filter="data")

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from fedconv import atomic
 from fedconv.datasets import DatasetError, ImageDataset, _channel_stats, parse_idx
 from fedconv.partitioning import split_held_out
 
@@ -119,7 +120,7 @@ def load_device_data(
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
     header = struct.pack(">I", 0x0800 | array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
-    path.write_bytes(gzip.compress(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes(), mtime=0))
+    atomic.write_bytes(path, gzip.compress(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes(), mtime=0))
 
 
 def export_partitions(cfg: dict[str, Any], out: Path) -> list[Path]:
@@ -146,7 +147,7 @@ def export_partitions(cfg: dict[str, Any], out: Path) -> list[Path]:
             "mean": list(ds.mean), "std": list(ds.std),
             "node_config": f"partition-id={pid} num-partitions={n} data-dir=\"<this folder on the board>\"",
         }
-        (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        atomic.write_text(folder / "meta.json", json.dumps(meta, indent=2) + "\n")
         folders.append(folder)
     return folders
 

@@ -8,7 +8,6 @@ mapping. ``python -m fedconv.partitioning`` prints and saves partition statistic
 from __future__ import annotations
 
 import json
-import os
 import sys
 import warnings
 from collections.abc import Mapping
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from fedconv import atomic
 
 
 class PartitionError(ValueError):
@@ -125,10 +126,8 @@ def save_partitions(path: Path, parts: Partitions) -> None:
 
     train, train_off = flat(parts.train)
     test, test_off = flat(parts.test)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, train=train, train_offsets=train_off, test=test, test_offsets=test_off)
-    os.replace(tmp, path)
+    with atomic.replacing(path) as tmp:
+        np.savez(tmp, train=train, train_offsets=train_off, test=test, test_offsets=test_off)
 
 
 def load_partitions(path: Path) -> Partitions:
@@ -294,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             tag = "_".join(o.replace("/", "-") for o in overrides) or "default"
             out = out_root / tag
             out.mkdir(parents=True, exist_ok=True)
-            (out / "partition.json").write_text(json.dumps({"config": cfg["partition"], **record}))
+            atomic.write_text(out / "partition.json", json.dumps({"config": cfg["partition"], **record}))
             save_heatmap(record, out / "heatmap.png", f"{cfg['dataset']['name']}: {tag}")
             rows.append((tag, n, record["summary"], seconds, out))
     except (ConfigError, DatasetError, PartitionError) as exc:

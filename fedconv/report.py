@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from fedconv import run_dir
+from fedconv import atomic, run_dir
 from fedconv.config import inert_keys
 from fedconv.run_reader import IN_PROGRESS, Run, read_run
 
@@ -425,8 +425,8 @@ def render_html(result: dict[str, Any], images: list[Path]) -> str:
 def write_report(result: dict[str, Any], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     images = _plot(result, out)
-    run_dir.write_atomic(out / "report.md", render_markdown(result, images))
-    run_dir.write_atomic(out / "report.html", render_html(result, images))
+    atomic.write_text(out / "report.md", render_markdown(result, images))
+    atomic.write_text(out / "report.html", render_html(result, images))
     table = [{k: v for k, v in r.items()} for r in result["rows"]]
     run_dir.write_json(out / "report.json", {"target": result["target"], "rows": table, "excluded": result["excluded"],
                                             "differences": result["differences"]})

@@ -11,13 +11,13 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from fedconv import atomic
 
 ROUND_COLUMNS = [
     "round",
@@ -101,20 +101,6 @@ def read_sweep_index(sweep_dir: Path) -> dict[str, Any]:
     return index
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temp file and rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -128,13 +114,13 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    write_atomic(path, json.dumps(_jsonable(obj), indent=2) + "\n")
+    atomic.write_text(path, json.dumps(_jsonable(obj), indent=2) + "\n")
 
 
 def write_config(run_dir: Path, cfg: Mapping[str, Any]) -> None:
     from omegaconf import OmegaConf
 
-    write_atomic(run_dir / CONFIG, OmegaConf.to_yaml(OmegaConf.create(dict(cfg))))
+    atomic.write_text(run_dir / CONFIG, OmegaConf.to_yaml(OmegaConf.create(dict(cfg))))
 
 
 def _cell(value: Any) -> str:
@@ -201,7 +187,7 @@ def truncate_rows(path: Path, columns: list[str], last_round: int) -> list[dict[
     writer = csv.writer(buf)  # the same dialect as append_row
     writer.writerow(columns)
     writer.writerows([[r.get(c, "") for c in columns] for r in kept])
-    write_atomic(path, buf.getvalue())
+    atomic.write_text(path, buf.getvalue())
     return [{k: _typed(v) for k, v in r.items()} for r in kept]
 
 
@@ -211,9 +197,8 @@ def save_weights(path: Path, state: Mapping[str, Any]) -> None:
     from safetensors.torch import save_file
 
     tensors = {k: torch.as_tensor(v).contiguous() for k, v in state.items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
+    with atomic.replacing(path) as tmp:
+        save_file(tensors, str(tmp))
 
 
 def load_weights(path: Path) -> dict[str, Any]:
