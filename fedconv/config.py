@@ -7,23 +7,14 @@ into nested dicts by :func:`from_run_config`.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-CONF_DIR = Path(os.environ.get("FEDCONV_CONF", Path(__file__).resolve().parent.parent / "conf"))
+from fedconv.checks import Checks
 
-DATASETS = ("fashion_mnist", "mnist", "cifar10", "digits")
-PARTITIONS = ("iid", "dirichlet", "pathological", "shards", "quantity")
-STRATEGIES = ("fedavg", "fedprox")
-OPTIMIZERS = ("sgd", "adam")
-LR_SCHEDULES = ("constant", "step", "cosine")
-CLASS_ASSIGNMENTS = ("random", "deterministic", "first-deterministic")
-SIZE_DISTRIBUTIONS = ("power_law", "dirichlet")
-STRAGGLER_POLICIES = ("drop", "aggregate")
-CORRUPT_MODES = ("nan", "inf", "shape", "dtype", "names", "num_examples")
+CONF_DIR = Path(os.environ.get("FEDCONV_CONF", Path(__file__).resolve().parent.parent / "conf"))
 
 Scalar = bool | int | float | str
 EXIT_BAD_CONFIG = 2  # every config error, ours or Hydra's
@@ -99,31 +90,52 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
         GlobalHydra.instance().clear()
 
 
-def to_run_config(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Scalar]:
-    """Flatten a nested config into Flower's run config (scalars only; ``None`` -> "")."""
-    flat: dict[str, Scalar] = {}
+def lookup(cfg: Mapping[str, Any], key: str) -> Any:
+    """The value at a dotted key (``server.rounds``), or None where any part is missing."""
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def assign(cfg: dict[str, Any], key: str, value: Any) -> None:
+    """Set the value at a dotted key, making the groups on the way."""
+    *parents, leaf = key.split(".")
+    node = cfg
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested groups -> one ``dotted.key -> value`` mapping (Hydra's own ``hydra`` group left out)."""
+    flat: dict[str, Any] = {}
     for key, value in cfg.items():
-        if key == "hydra":
+        if key == "hydra" and not prefix:
             continue
-        full = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            flat.update(to_run_config(value, f"{full}."))
-        elif isinstance(value, (list, tuple)):
-            raise ConfigError(f"{full}: lists cannot travel in a Flower run config; use scalars")
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
-            flat[full] = "" if value is None else value
+            flat[f"{prefix}{key}"] = value
     return flat
+
+
+def to_run_config(cfg: Mapping[str, Any]) -> dict[str, Scalar]:
+    """Flatten a nested config into Flower's run config (scalars only; ``None`` -> "")."""
+    flat = flatten(cfg)
+    lists = [key for key, value in flat.items() if isinstance(value, (list, tuple))]
+    if lists:
+        raise ConfigError(f"{lists[0]}: lists cannot travel in a Flower run config; use scalars")
+    return {key: "" if value is None else value for key, value in flat.items()}
 
 
 def from_run_config(flat: Mapping[str, Any]) -> dict[str, Any]:
     """Inverse of :func:`to_run_config`."""
     nested: dict[str, Any] = {}
     for key, value in flat.items():
-        node = nested
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+        assign(nested, key, value)
     return nested
 
 
@@ -196,11 +208,8 @@ def inert_keys(cfg: Mapping[str, Any]) -> set[str]:
     """Dotted keys whose value cannot change this run's numbers: the execution keys, and the
     options of a mechanism the config leaves off (straggler handling without stragglers, a
     step schedule's gamma under a cosine one, ...). A report warns only about the others."""
-    def get(path: str) -> Any:
-        node: Any = cfg
-        for part in path.split("."):
-            node = node.get(part) if isinstance(node, Mapping) else None
-        return node
+    def get(key: str) -> Any:
+        return lookup(cfg, key)
 
     inert = set(EXECUTION_KEYS)
     if not get("faults.straggler_fraction"):
@@ -220,179 +229,65 @@ def inert_keys(cfg: Mapping[str, Any]) -> set[str]:
     return inert
 
 
-def _problems(cfg: Mapping[str, Any]) -> list[str]:
-    from fedconv.models import ACTIVATIONS, HEADS, MODEL_NAMES, POOLS, TWOCONV_VARIANTS
+def config_problems(c: Checks) -> None:
+    """What config.py owns: the run's identity, the federation (``server``, ``simulation``)
+    and the checks across groups; the other groups are checked by their own modules."""
+    c.in_range("seed", 0, 2**32 - 1, integer=True)
+    c.boolean("verbose")
+    c.in_range("server.rounds", 1, integer=True)
+    c.in_range("server.fraction_train", 0, 1, lo_open=True)
+    c.in_range("server.fraction_evaluate", 0, 1)
+    c.in_range("server.min_train_clients", 1, integer=True)
+    c.in_range("server.min_evaluate_clients", 0, integer=True)
+    c.in_range("server.eval_every", 1, integer=True)
+    c.in_range("server.eval_batch_size", 1, integer=True)
+    c.in_range("server.round_timeout", 0, lo_open=True)
+    if c.has("server.connect_timeout"):
+        c.in_range("server.connect_timeout", 0, lo_open=True)
+    if c.has("server.min_train_replies"):
+        c.in_range("server.min_train_replies", 1, integer=True)
+    c.in_range("simulation.num_clients", 1, integer=True)
+    if c.has("simulation.nodes"):
+        c.one_of("simulation.nodes", NODE_MODES)
+    c.in_range("simulation.client_resources.num_cpus", 0, lo_open=True)
+    c.in_range("simulation.client_resources.num_gpus", 0)
+    c.boolean("simulation.ray.include_dashboard")
 
-    out: list[str] = []
 
-    def get(path: str) -> Any:
-        node: Any = cfg
-        for part in path.split("."):
-            if not isinstance(node, Mapping) or part not in node:
-                return None
-            node = node[part]
-        return node
+def _cohort_problems(c: Checks) -> None:
+    """Cohorts against the federation's size (only once every value is valid on its own)."""
+    n, fraction_eval = c.get("simulation.num_clients"), c.get("server.fraction_evaluate")
+    train_k = clients_per_round(n, c.get("server.fraction_train"), c.get("server.min_train_clients"))
+    if train_k > n:
+        c.fail("server.min_train_clients", f"{train_k} clients per round but simulation.num_clients={n}; must be <= {n}")
+    replies = c.get("server.min_train_replies")
+    if isinstance(replies, int) and replies > min(train_k, n):
+        c.fail("server.min_train_replies", f"must be <= the {min(train_k, n)} clients sampled per round")
+    eval_k = clients_per_round(n, fraction_eval, c.get("server.min_evaluate_clients"))
+    if fraction_eval > 0 and eval_k > n:
+        c.fail("server.min_evaluate_clients", f"{eval_k} clients per round but simulation.num_clients={n}; must be <= {n}")
+    if fraction_eval > 0 and c.get("partition.test_fraction") == 0:
+        c.problems.append(
+            "partition.test_fraction=0: must be in (0, 1) while server.fraction_evaluate > 0 "
+            "(clients evaluate on their held-out split); or set server.fraction_evaluate=0"
+        )
 
-    def need(path: str, ok: bool, allowed: str) -> None:
-        if not ok:
-            out.append(f"{path}={get(path)!r}: must be {allowed}")
 
-    def number(path: str) -> float | None:
-        v = get(path)
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            out.append(f"{path}={v!r}: must be a number")
-            return None
-        return float(v)
+def problems(cfg: Mapping[str, Any]) -> list[str]:
+    """Every invalid value, one line each: each group checked by the module that owns it."""
+    from fedconv import datasets, faults, models, partitioning, strategies, training
 
-    def in_range(path: str, lo: float, hi: float, lo_open: bool, hi_open: bool, integer: bool = False) -> None:
-        v = number(path)
-        if v is None:
-            return
-        if integer and not float(v).is_integer():
-            out.append(f"{path}={get(path)!r}: must be an integer")
-            return
-        ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
-        lb = "(" if lo_open else "["
-        rb = ")" if hi_open else "]"
-        hi_s = "inf" if math.isinf(hi) else f"{hi:g}"
-        need(path, ok, f"in {lb}{lo:g}, {hi_s}{rb}")
-
-    def one_of(path: str, allowed: tuple[str, ...]) -> None:
-        need(path, get(path) in allowed, f"one of {', '.join(allowed)}")
-
-    def boolean(path: str) -> None:
-        if get(path) is not None:
-            need(path, isinstance(get(path), bool), "true or false")
-
-    def id_list(path: str) -> None:
-        from fedconv.faults import partition_ids
-
-        try:
-            ids = partition_ids(get(path))
-        except ValueError:
-            out.append(f"{path}={get(path)!r}: must be comma-separated partition ids, e.g. \"0,3\"")
-            return
-        n = get("simulation.num_clients")
-        bad = sorted(i for i in ids if i < 0 or (isinstance(n, int) and i >= n))
-        if bad:
-            out.append(f"{path}={get(path)!r}: partition ids must be in [0, simulation.num_clients={n}), got {bad}")
-
-    inf = math.inf
-    one_of("dataset.name", DATASETS)
-    one_of("model.name", MODEL_NAMES)
-    one_of("partition.name", PARTITIONS)
-    one_of("strategy.name", STRATEGIES)
-    in_range("seed", 0, 2**32 - 1, False, False, integer=True)
-
-    if get("model.name") in TWOCONV_VARIANTS:
-        one_of("model.activation", ACTIVATIONS)
-        one_of("model.pool", POOLS)
-        one_of("model.head", HEADS)
-        for key in ("filters1", "filters2", "dense_units", "dense_layers", "se_reduction"):
-            in_range(f"model.{key}", 1, inf, False, True, integer=True)
-        in_range("model.kernel_size", 1, 15, False, False, integer=True)
-        if isinstance(get("model.kernel_size"), int) and get("model.kernel_size") % 2 == 0:
-            out.append(f"model.kernel_size={get('model.kernel_size')}: must be odd ('same' padding)")
-        in_range("model.dropout", 0, 1, False, True)
-
-    part = get("partition.name")
-    in_range("partition.test_fraction", 0, 1, False, True)
-    if part == "dirichlet":
-        in_range("partition.alpha", 0, inf, True, True)
-        in_range("partition.min_partition_size", 0, inf, False, True, integer=True)
-    elif part == "pathological":
-        in_range("partition.k", 1, inf, False, True, integer=True)
-        one_of("partition.class_assignment", CLASS_ASSIGNMENTS)
-    elif part == "shards":
-        in_range("partition.shards_per_client", 1, inf, False, True, integer=True)
-    elif part == "quantity":
-        one_of("partition.distribution", SIZE_DISTRIBUTIONS)
-        in_range("partition.exponent", 0, inf, True, True)
-        in_range("partition.beta", 0, inf, True, True)
-        in_range("partition.min_partition_size", 1, inf, False, True, integer=True)
-
-    if get("strategy.name") == "fedprox":
-        in_range("strategy.mu", 0, inf, False, True)
-    if get("strategy.stragglers") is not None:
-        one_of("strategy.stragglers", STRAGGLER_POLICIES)
-    for key in ("verbose", "dataset.augment", "dataset.download", "model.batch_norm", "client.noop",
-                "partition.allow_empty", "partition.self_balancing", "simulation.ray.include_dashboard"):
-        boolean(key)
-    if get("faults") is not None:
-        in_range("faults.dropout", 0, 1, False, False)
-        in_range("faults.straggler_fraction", 0, 1, False, False)
-        one_of("faults.corrupt_mode", CORRUPT_MODES)
-        in_range("faults.slow_seconds", 0, inf, False, True)
-        id_list("faults.corrupt_partitions")
-        id_list("faults.slow_partitions")
-
-    in_range("client.epochs", 1, inf, False, True, integer=True)
-    in_range("client.batch_size", 1, inf, False, True, integer=True)
-    one_of("client.optimizer", OPTIMIZERS)
-    in_range("client.lr", 0, inf, True, True)
-    in_range("client.momentum", 0, 1, False, True)
-    in_range("client.weight_decay", 0, inf, False, True)
-    in_range("client.threads", 0, 1024, False, False, integer=True)
-    if get("client.max_steps") is not None:
-        in_range("client.max_steps", 0, inf, False, True, integer=True)
-
-    in_range("server.rounds", 1, inf, False, True, integer=True)
-    in_range("server.fraction_train", 0, 1, True, False)
-    in_range("server.fraction_evaluate", 0, 1, False, False)
-    in_range("server.min_train_clients", 1, inf, False, True, integer=True)
-    in_range("server.min_evaluate_clients", 0, inf, False, True, integer=True)
-    in_range("server.eval_every", 1, inf, False, True, integer=True)
-    in_range("server.eval_batch_size", 1, inf, False, True, integer=True)
-    one_of("server.lr_schedule", LR_SCHEDULES)
-    in_range("server.lr_step_size", 1, inf, False, True, integer=True)
-    in_range("server.lr_gamma", 0, 1, True, False)
-    in_range("server.lr_min", 0, inf, False, True)
-    in_range("server.round_timeout", 0, inf, True, True)
-    if get("server.connect_timeout") is not None:
-        in_range("server.connect_timeout", 0, inf, True, True)
-    if get("server.min_train_replies") is not None:
-        in_range("server.min_train_replies", 1, inf, False, True, integer=True)
-
-    in_range("simulation.num_clients", 1, inf, False, True, integer=True)
-    if get("simulation.nodes") is not None:
-        one_of("simulation.nodes", NODE_MODES)
-    in_range("simulation.client_resources.num_cpus", 0, inf, True, True)
-    in_range("simulation.client_resources.num_gpus", 0, inf, False, True)
-
-    n = get("simulation.num_clients")
-    if isinstance(n, int) and not out:
-        train_k = clients_per_round(n, get("server.fraction_train"), get("server.min_train_clients"))
-        if train_k > n:
-            out.append(
-                f"server.min_train_clients={get('server.min_train_clients')}: "
-                f"{train_k} clients per round but simulation.num_clients={n}; must be <= {n}"
-            )
-        replies = get("server.min_train_replies")
-        if isinstance(replies, int) and replies > min(train_k, n):
-            out.append(
-                f"server.min_train_replies={replies}: must be <= the {min(train_k, n)} clients sampled per round"
-            )
-        eval_k = clients_per_round(n, get("server.fraction_evaluate"), get("server.min_evaluate_clients"))
-        if get("server.fraction_evaluate") > 0 and eval_k > n:
-            out.append(
-                f"server.min_evaluate_clients={get('server.min_evaluate_clients')}: "
-                f"{eval_k} clients per round but simulation.num_clients={n}; must be <= {n}"
-            )
-        if get("server.fraction_evaluate") > 0 and get("partition.test_fraction") == 0:
-            out.append(
-                "partition.test_fraction=0: must be in (0, 1) while server.fraction_evaluate > 0 "
-                "(clients evaluate on their held-out split); or set server.fraction_evaluate=0"
-            )
-        if part == "pathological" and get("partition.k") > get("dataset.num_classes"):
-            out.append(
-                f"partition.k={get('partition.k')}: must be <= dataset.num_classes="
-                f"{get('dataset.num_classes')}"
-            )
-    return out
+    c = Checks(cfg)
+    for check in (datasets.config_problems, models.config_problems, partitioning.config_problems,
+                  strategies.config_problems, training.config_problems, faults.config_problems, config_problems):
+        check(c)
+    if not c.problems:
+        _cohort_problems(c)
+    return c.problems
 
 
 def validate(cfg: Mapping[str, Any]) -> None:
     """Raise :class:`ConfigError` listing every invalid value, one per line."""
-    problems = _problems(cfg)
-    if problems:
-        raise ConfigError("\n".join(problems))
+    found = problems(cfg)
+    if found:
+        raise ConfigError("\n".join(found))

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from fedconv import atomic
+from fedconv.checks import Checks
 
 DEBIAN_DIRS = {"fashion_mnist": Path("/usr/share/datasets/fashion-mnist")}
 
@@ -60,6 +61,7 @@ DOWNLOADS: dict[str, dict[str, Any]] = {
 }
 
 NUM_CLASSES = {"fashion_mnist": 10, "mnist": 10, "cifar10": 10, "digits": 10}
+DATASETS = tuple(NUM_CLASSES)
 CIFAR_DIR = "cifar-10-batches-py"
 CIFAR_TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 CIFAR_TEST_BATCH = "test_batch"
@@ -384,3 +386,10 @@ def load_dataset(cfg: Mapping[str, Any]) -> ImageDataset:
                     functools.partial(_load_idx_dir, name, files, NUM_CLASSES[name]),
                 )
     raise _missing(name, looked)
+
+
+def config_problems(c: Checks) -> None:
+    """The ``dataset`` group (:func:`fedconv.config.validate` runs every group's check)."""
+    c.one_of("dataset.name", DATASETS)
+    for key in ("dataset.augment", "dataset.download"):
+        c.boolean(key)

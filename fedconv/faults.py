@@ -13,7 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedconv.config import CORRUPT_MODES
+from fedconv.checks import Checks
+
+CORRUPT_MODES = ("nan", "inf", "shape", "dtype", "names", "num_examples")
 
 CRASH_SALT, STRAGGLER_SALT = 11, 12
 
@@ -87,3 +89,23 @@ def corrupt_state(state: Mapping[str, torch.Tensor], mode: str) -> dict[str, tor
 def corrupt_num_examples(num_examples: int, mode: str) -> int:
     """``num_examples`` mode reports an absurd count (a weight that would swamp everyone else)."""
     return 10**12 if mode == "num_examples" else num_examples
+
+
+def config_problems(c: Checks) -> None:
+    """The ``faults`` group."""
+    if not c.has("faults"):
+        return
+    c.in_range("faults.dropout", 0, 1)
+    c.in_range("faults.straggler_fraction", 0, 1)
+    c.one_of("faults.corrupt_mode", CORRUPT_MODES)
+    c.in_range("faults.slow_seconds", 0)
+    n = c.get("simulation.num_clients")
+    for key in ("faults.corrupt_partitions", "faults.slow_partitions"):
+        try:
+            ids = partition_ids(c.get(key))
+        except ValueError:
+            c.fail(key, 'must be comma-separated partition ids, e.g. "0,3"')
+            continue
+        bad = sorted(i for i in ids if i < 0 or (isinstance(n, int) and i >= n))
+        if bad:
+            c.fail(key, f"partition ids must be in [0, simulation.num_clients={n}), got {bad}")

@@ -13,6 +13,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from fedconv.checks import Checks
+
 TWOCONV_VARIANTS = {
     "twoconv": "canonical",
     "twoconv_dw": "dw",
@@ -309,6 +311,24 @@ def main(argv: list[str] | None = None) -> int:
         for name, n, mb in summary:
             print(f"{name:<14}{n:>14,}{mb:>10.3f}")
     return 0
+
+
+def config_problems(c: Checks) -> None:
+    """The ``model`` group."""
+    c.one_of("model.name", MODEL_NAMES)
+    c.boolean("model.batch_norm")
+    if c.get("model.name") not in TWOCONV_VARIANTS:
+        return
+    c.one_of("model.activation", ACTIVATIONS)
+    c.one_of("model.pool", POOLS)
+    c.one_of("model.head", HEADS)
+    for key in ("filters1", "filters2", "dense_units", "dense_layers", "se_reduction"):
+        c.in_range(f"model.{key}", 1, integer=True)
+    c.in_range("model.kernel_size", 1, 15, integer=True)
+    kernel = c.get("model.kernel_size")
+    if isinstance(kernel, int) and kernel % 2 == 0:
+        c.fail("model.kernel_size", "must be odd ('same' padding)")
+    c.in_range("model.dropout", 0, 1, hi_open=True)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,11 @@ from typing import Any
 import numpy as np
 
 from fedconv import atomic
+from fedconv.checks import Checks
+
+PARTITIONS = ("iid", "dirichlet", "pathological", "shards", "quantity")
+CLASS_ASSIGNMENTS = ("random", "deterministic", "first-deterministic")
+SIZE_DISTRIBUTIONS = ("power_law", "dirichlet")
 
 
 class PartitionError(ValueError):
@@ -308,6 +313,31 @@ def main(argv: list[str] | None = None) -> int:
     for tag, *_, out in rows:
         print(f"{tag}: {out / 'partition.json'}  {out / 'heatmap.png'}")
     return 0
+
+
+def config_problems(c: Checks) -> None:
+    """The ``partition`` group."""
+    name = c.get("partition.name")
+    c.one_of("partition.name", PARTITIONS)
+    c.in_range("partition.test_fraction", 0, 1, hi_open=True)
+    for key in ("partition.allow_empty", "partition.self_balancing"):
+        c.boolean(key)
+    if name == "dirichlet":
+        c.in_range("partition.alpha", 0, lo_open=True)
+        c.in_range("partition.min_partition_size", 0, integer=True)
+    elif name == "pathological":
+        c.in_range("partition.k", 1, integer=True)
+        c.one_of("partition.class_assignment", CLASS_ASSIGNMENTS)
+        k, classes = c.get("partition.k"), c.get("dataset.num_classes")
+        if isinstance(k, int) and isinstance(classes, int) and k > classes:
+            c.fail("partition.k", f"must be <= dataset.num_classes={classes}")
+    elif name == "shards":
+        c.in_range("partition.shards_per_client", 1, integer=True)
+    elif name == "quantity":
+        c.one_of("partition.distribution", SIZE_DISTRIBUTIONS)
+        c.in_range("partition.exponent", 0, lo_open=True)
+        c.in_range("partition.beta", 0, lo_open=True)
+        c.in_range("partition.min_partition_size", 1, integer=True)
 
 
 if __name__ == "__main__":

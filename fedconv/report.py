@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from fedconv import atomic, run_dir
-from fedconv.config import inert_keys
+from fedconv.config import flatten, inert_keys
 from fedconv.run_reader import IN_PROGRESS, Run, read_run
 
 DEFAULT_BY = ("strategy.name", "strategy.mu")
@@ -83,26 +83,16 @@ def _why_excluded(run: Run) -> str:
     return str((run.summary or {}).get("error", ""))
 
 
-def _flatten(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in cfg.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def uncontrolled_differences(runs: Sequence[Run], keys: Iterable[str]) -> dict[str, list[Any]]:
     """Config keys that differ between runs, are neither grouped nor faceted on, and can
     change the numbers in at least one of them (:func:`fedconv.config.inert_keys`)."""
     grouped = {*keys, AVERAGED_OVER}
-    flats = [_flatten(r.config) for r in runs]
+    flats = [flatten(r.config) for r in runs]
     inert = set.intersection(*(inert_keys(r.config) for r in runs)) if runs else set()
     all_keys = set().union(*flats)
     diffs = {}
     for key in sorted(all_keys):
-        if key in grouped or key in inert or key.startswith("hydra."):
+        if key in grouped or key in inert:
             continue
         values = {json.dumps(f.get(key), sort_keys=True) for f in flats}
         if len(values) > 1:

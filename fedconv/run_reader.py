@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from fedconv import run_dir
+from fedconv.config import lookup
 
 REQUIRED_ROUND_COLUMNS = run_dir.ROUND_COLUMNS[:14]  # the contract's columns; extras may follow
 IN_PROGRESS = "in progress"
@@ -47,12 +48,7 @@ class Run:
         return str(self.summary.get("status")) if self.summary else IN_PROGRESS
 
     def get(self, key: str) -> Any:
-        node: Any = self.config
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
-                return None
-            node = node[part]
-        return node
+        return lookup(self.config, key)
 
     def series(self, column: str) -> list[tuple[int, float]]:
         return [(int(r["round"] or 0), v) for r in self.rounds if (v := r.get(column)) is not None]

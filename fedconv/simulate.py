@@ -21,6 +21,7 @@ from fedconv import run_dir
 from fedconv.config import (
     EXIT_BAD_CONFIG,
     ConfigError,
+    assign,
     config_errors_exit_2,
     plain,
     register_resolvers,
@@ -146,11 +147,7 @@ def _resume_config(cfg: DictConfig, out: Path, overrides: list[str]) -> dict[str
         )
     saved_rounds = int(resolved["server"]["rounds"])
     for key in keys:
-        *parents, leaf = key.split(".")
-        node = resolved
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = OmegaConf.select(cfg, key)
+        assign(resolved, key, OmegaConf.select(cfg, key))
     validate(resolved)
     rounds = resolved["server"]["rounds"]
     if rounds != saved_rounds and resolved["server"]["lr_schedule"] == "cosine":

@@ -19,10 +19,15 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx
 
+from fedconv.checks import Checks
 from fedconv.faults import straggler_plan
 from fedconv.reply_checks import array_spec, reply_problem
 
 TRAIN_SALT, EVAL_SALT = 0, 1
+
+
+STRATEGIES = ("fedavg", "fedprox")
+STRAGGLER_POLICIES = ("drop", "aggregate")
 
 
 def message_array_bytes(message: Message) -> int:
@@ -299,4 +304,13 @@ def make_strategy(strategy_cfg: Mapping[str, Any]) -> LoggedFedAvg | LoggedFedPr
         return LoggedFedAvg(**common)
     if name == "fedprox":
         return LoggedFedProx(proximal_mu=float(strategy_cfg["mu"]), **common)
-    raise ValueError(f"strategy.name: unknown '{name}'; allowed: fedavg, fedprox")
+    raise ValueError(f"strategy.name: unknown '{name}'; allowed: {', '.join(STRATEGIES)}")
+
+
+def config_problems(c: Checks) -> None:
+    """The ``strategy`` group."""
+    c.one_of("strategy.name", STRATEGIES)
+    if c.get("strategy.name") == "fedprox":
+        c.in_range("strategy.mu", 0)
+    if c.has("strategy.stragglers"):
+        c.one_of("strategy.stragglers", STRAGGLER_POLICIES)

@@ -15,7 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedconv.checks import Checks
 from fedconv.models import channels_last
+
+OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("constant", "step", "cosine")
 
 
 @dataclass(frozen=True)
@@ -244,3 +248,21 @@ def lr_for_round(server_cfg: Mapping[str, Any], base_lr: float, server_round: in
         lr_min = float(server_cfg["lr_min"])
         return lr_min + 0.5 * (base_lr - lr_min) * (1 + math.cos(math.pi * (server_round - 1) / total))
     return base_lr
+
+
+def config_problems(c: Checks) -> None:
+    """The ``client`` group (local training) and the server's learning-rate schedule."""
+    c.in_range("client.epochs", 1, integer=True)
+    c.in_range("client.batch_size", 1, integer=True)
+    c.one_of("client.optimizer", OPTIMIZERS)
+    c.in_range("client.lr", 0, lo_open=True)
+    c.in_range("client.momentum", 0, 1, hi_open=True)
+    c.in_range("client.weight_decay", 0)
+    c.in_range("client.threads", 0, 1024, integer=True)
+    if c.has("client.max_steps"):
+        c.in_range("client.max_steps", 0, integer=True)
+    c.boolean("client.noop")
+    c.one_of("server.lr_schedule", LR_SCHEDULES)
+    c.in_range("server.lr_step_size", 1, integer=True)
+    c.in_range("server.lr_gamma", 0, 1, lo_open=True)
+    c.in_range("server.lr_min", 0)

@@ -167,3 +167,24 @@ def test_bad_values_are_refused_in_one_line_naming_the_key(tmp_path, override: s
     text = entry_point_error([*base, *override.split()], tmp_path / "run")
     assert message in text and len(text.splitlines()) == 1, text
     assert not (tmp_path / "run").exists()
+
+
+def test_each_group_is_checked_by_its_owner_and_nothing_imports_in_a_cycle() -> None:
+    """The vocabularies live with the modules that use them; config validation asks them."""
+    from fedconv import config, faults, partitioning, strategies, training
+    from fedconv.datasets import DATASETS
+    from fedconv.models import MODEL_NAMES
+
+    assert not any(hasattr(config, name) for name in ("DATASETS", "PARTITIONS", "STRATEGIES", "CORRUPT_MODES"))
+    cfg = compose([])
+    for key, owner_values in (("dataset.name", DATASETS), ("model.name", MODEL_NAMES),
+                              ("partition.name", partitioning.PARTITIONS), ("strategy.name", strategies.STRATEGIES),
+                              ("client.optimizer", training.OPTIMIZERS), ("faults.corrupt_mode", faults.CORRUPT_MODES)):
+        group, leaf = key.split(".")
+        bad = {**cfg, group: {**cfg[group], leaf: "nosuch"}}
+        with pytest.raises(ConfigError) as exc:
+            validate(bad)
+        assert f"{key}='nosuch': must be one of {', '.join(owner_values)}" in str(exc.value)
+    for module in ("faults", "models", "config"):  # each importable first, in a fresh process
+        proc = subprocess.run([sys.executable, "-c", f"import fedconv.{module}"], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
