@@ -20,6 +20,7 @@ from flwr.clientapp import ClientApp
 
 from fedconv import faults, records, task
 from fedconv.config import from_run_config
+from fedconv.datasets import declared_shape
 from fedconv.device_data import load_device_data
 from fedconv.models import transmitted_state
 from fedconv.training import evaluate as evaluate_model
@@ -72,10 +73,9 @@ def node_data(cfg: dict, context: Context, msg: Message) -> NodeData:
         )
     if data_dir:
         d = cfg["dataset"]
-        shape = (int(d["channels"]), int(d["height"]), int(d["width"]))
-        ds = load_device_data(str(data_dir), shape, int(d["num_classes"]),
-                              float(cfg["partition"]["test_fraction"]), int(cfg["seed"]), pid)
-        return NodeData(ds, np.arange(len(ds.train_y)), ds.test_x, ds.test_y, "dir")
+        own = load_device_data(str(data_dir), declared_shape(d), int(d["num_classes"]),
+                               float(cfg["partition"]["test_fraction"]), int(cfg["seed"]), pid)
+        return NodeData(own.ds, np.arange(len(own.ds.train_y)), own.held_x, own.held_y, "dir")
     ds = task.dataset(cfg)
     pooled = _assigned_partition(msg) is not None
     num_partitions = int(cfg["simulation"]["num_clients"]) if pooled else int(context.node_config["num-partitions"])
@@ -93,7 +93,7 @@ def query(msg: Message, context: Context) -> Message:
     labels = np.concatenate([np.asarray(data.ds.train_y)[data.train_idx], np.asarray(data.held_y)])
     hist = np.bincount(labels.astype(np.int64), minlength=data.ds.num_classes)
     record = ConfigRecord({
-        "partition-id": _partition_id(context, msg), "pid": os.getpid(), "source": data.source,
+        "partition-id": _partition_id(context, msg), "source": data.source,
         "num-train": len(data.train_idx), "num-held-out": len(data.held_y), "label-histogram": hist.tolist(),
     })
     return Message(RecordDict({"partition": record}), reply_to=msg)

@@ -62,6 +62,11 @@ DOWNLOADS: dict[str, dict[str, Any]] = {
 
 NUM_CLASSES = {"fashion_mnist": 10, "mnist": 10, "cifar10": 10, "digits": 10}
 DATASETS = tuple(NUM_CLASSES)
+
+
+def declared_shape(dataset_cfg: Mapping[str, Any]) -> tuple[int, int, int]:
+    """(channels, height, width) as the ``dataset`` group declares them."""
+    return int(dataset_cfg["channels"]), int(dataset_cfg["height"]), int(dataset_cfg["width"])
 CIFAR_DIR = "cifar-10-batches-py"
 CIFAR_TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 CIFAR_TEST_BATCH = "test_batch"
@@ -127,13 +132,30 @@ def parse_idx(path: Path, expected_ndim: int) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
 
+def idx_name(split: str, what: str, ndim: int) -> str:
+    """The IDX file stem for a split ("train", "t10k") of images or labels."""
+    return f"{split}-{what}-idx{ndim}-ubyte"
+
+
+def find_idx(directory: Path, stem: str) -> Path | None:
+    """``stem`` or ``stem.gz`` in ``directory`` (both forms are in use)."""
+    return next((p for p in (directory / stem, directory / f"{stem}.gz") if p.is_file()), None)
+
+
+def encode_idx(array: np.ndarray) -> bytes:
+    """An IDX file of unsigned bytes: magic 0x0000080N, the N big-endian dimensions, the data."""
+    dims = b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return (0x0800 | array.ndim).to_bytes(4, "big") + dims + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` as an IDX file, gzipped when ``path`` ends in .gz (reproducibly: no mtime)."""
+    data = encode_idx(array)
+    atomic.write_bytes(path, gzip.compress(data, mtime=0) if path.suffix == ".gz" else data)
+
+
 def _find_idx_files(directory: Path) -> dict[str, Path] | None:
-    found: dict[str, Path] = {}
-    for key, stem in IDX_FILES.items():
-        for candidate in (directory / stem, directory / f"{stem}.gz"):
-            if candidate.is_file():
-                found[key] = candidate
-                break
+    found = {key: path for key, stem in IDX_FILES.items() if (path := find_idx(directory, stem)) is not None}
     return found if len(found) == len(IDX_FILES) else None
 
 

@@ -14,10 +14,9 @@ statistics are used.
 
 from __future__ import annotations
 
-import gzip
 import json
-import struct
 import sys
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -25,31 +24,20 @@ from typing import Any
 import numpy as np
 
 from fedconv import atomic
-from fedconv.datasets import DatasetError, ImageDataset, _channel_stats, parse_idx
+from fedconv.datasets import DatasetError, ImageDataset, _channel_stats, find_idx, idx_name, parse_idx, write_idx
 from fedconv.partitioning import split_held_out
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm")
 
 
-def _idx_name(split: str, what: str, ndim: int) -> str:
-    return f"{split}-{what}-idx{ndim}-ubyte"
-
-
-def _find(directory: Path, stem: str) -> Path | None:
-    for name in (stem, stem + ".gz"):
-        if (directory / name).is_file():
-            return directory / name
-    return None
-
-
 def _read_idx_split(directory: Path, split: str, channels: int) -> tuple[np.ndarray, np.ndarray] | None:
     ndim = 3 if channels == 1 else 4
-    images = _find(directory, _idx_name(split, "images", ndim))
-    labels = _find(directory, _idx_name(split, "labels", 1))
+    images = find_idx(directory, idx_name(split, "images", ndim))
+    labels = find_idx(directory, idx_name(split, "labels", 1))
     if images is None and labels is None:
         return None
     if images is None or labels is None:
-        missing = _idx_name(split, "images" if images is None else "labels", ndim if images is None else 1)
+        missing = idx_name(split, "images" if images is None else "labels", ndim if images is None else 1)
         raise DatasetError(f"{directory}: {missing}[.gz] is missing (IDX images and labels come in pairs)")
     x, y = parse_idx(images, ndim), parse_idx(labels, 1)
     if len(x) != len(y):
@@ -83,19 +71,29 @@ def _read_class_folders(directory: Path, shape: tuple[int, int, int]) -> tuple[n
     return np.stack(xs), np.asarray(ys, dtype=np.int64)
 
 
+@dataclass(frozen=True)
+class DeviceData:
+    """A device's own data: what it trains on (an :class:`ImageDataset` whose test set is
+    empty: the central test set lives with the server) and its held-out split (the ``t10k``
+    files, or ``test_fraction`` of the training data)."""
+
+    ds: ImageDataset
+    held_x: np.ndarray
+    held_y: np.ndarray
+
+
 @lru_cache(maxsize=2)
 def load_device_data(
     data_dir: str, shape: tuple[int, int, int], num_classes: int, test_fraction: float, seed: int, pid: int
-) -> ImageDataset:
-    """The device's data as an :class:`ImageDataset` (train = local training data, test = its
-    held-out split: the ``t10k`` files, or ``test_fraction`` of the training data)."""
+) -> DeviceData:
+    """Read and check a device's data folder."""
     directory = Path(data_dir).expanduser()
     if not directory.is_dir():
         raise DatasetError(f"data-dir {directory}: no such folder on this device")
     train = _read_idx_split(directory, "train", shape[0]) or _read_class_folders(directory, shape)
     if train is None:
         raise DatasetError(
-            f"data-dir {directory}: found neither IDX files ({_idx_name('train', 'images', 3 if shape[0] == 1 else 4)}"
+            f"data-dir {directory}: found neither IDX files ({idx_name('train', 'images', 3 if shape[0] == 1 else 4)}"
             "[.gz], ...) nor one folder per class of images"
         )
     x, y = train
@@ -114,13 +112,9 @@ def load_device_data(
         mean, std = tuple(meta["mean"]), tuple(meta["std"])
     else:
         mean, std = _channel_stats(x)
-    return ImageDataset(name=f"device:{directory}", train_x=x, train_y=y, test_x=test[0], test_y=test[1],
-                        num_classes=num_classes, mean=mean, std=std)
-
-
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    header = struct.pack(">I", 0x0800 | array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
-    atomic.write_bytes(path, gzip.compress(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes(), mtime=0))
+    ds = ImageDataset(name=f"device:{directory}", train_x=x, train_y=y, test_x=x[:0], test_y=y[:0],
+                      num_classes=num_classes, mean=mean, std=std)
+    return DeviceData(ds, held_x=test[0], held_y=test[1])
 
 
 def export_partitions(cfg: dict[str, Any], out: Path) -> list[Path]:
@@ -137,8 +131,8 @@ def export_partitions(cfg: dict[str, Any], out: Path) -> list[Path]:
         folder.mkdir(parents=True, exist_ok=True)
         for split, idx in (("train", parts.train[pid]), ("t10k", parts.test[pid])):
             images = ds.train_x[idx]
-            _write_idx(folder / f"{_idx_name(split, 'images', ndim)}.gz", images[:, 0] if ndim == 3 else images)
-            _write_idx(folder / f"{_idx_name(split, 'labels', 1)}.gz", np.asarray(ds.train_y[idx], dtype=np.uint8))
+            write_idx(folder / f"{idx_name(split, 'images', ndim)}.gz", images[:, 0] if ndim == 3 else images)
+            write_idx(folder / f"{idx_name(split, 'labels', 1)}.gz", np.asarray(ds.train_y[idx], dtype=np.uint8))
         meta = {
             "partition_id": pid, "num_partitions": n, "dataset": cfg["dataset"]["name"],
             "partition": cfg["partition"], "seed": int(cfg["seed"]),

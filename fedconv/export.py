@@ -32,23 +32,9 @@ import torch
 from torch import nn
 
 from fedconv import run_dir
+from fedconv.training import Normalize
 
 Predict = Callable[[np.ndarray], np.ndarray]  # float32 [0, 1] images -> logits
-
-
-class Normalize(nn.Module):
-    """(x - mean) / std with the training set's per-channel statistics."""
-
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-
-    mean: torch.Tensor
-    std: torch.Tensor
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
 
 
 def load_run_model(run: Path) -> tuple[dict[str, Any], Any, nn.Module]:

@@ -291,6 +291,7 @@ def format_summary(name: str, model: nn.Module, input_shape: tuple[int, int, int
 def main(argv: list[str] | None = None) -> int:
     """Print layer tables. With no ``model=`` override, every variant is printed."""
     from fedconv.config import ConfigError, compose
+    from fedconv.datasets import declared_shape
 
     overrides = list(sys.argv[1:] if argv is None else argv)
     names = [None] if any(o.startswith("model=") for o in overrides) else list(MODEL_NAMES)
@@ -299,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             cfg = compose(overrides + ([f"model={name}"] if name else []))
             ds = cfg["dataset"]
-            shape = (int(ds["channels"]), int(ds["height"]), int(ds["width"]))
+            shape = declared_shape(ds)
             model = build_model(cfg["model"], shape, int(ds["num_classes"]), int(cfg["seed"]))
             print(format_summary(cfg["model"]["name"], model, shape), end="\n\n")
             summary.append((cfg["model"]["name"], count_parameters(model), state_bytes(model) / 1e6))

@@ -72,7 +72,7 @@ def discover_partitions(grid: Grid, expected: int, timeout: float, pool: bool = 
                 message_type=MessageType.QUERY)
         for i, n in enumerate(node_ids)
     ]
-    replies = stopping.exchange(grid, messages, timeout)
+    replies = stopping.send_and_receive(grid, messages, timeout)
     reports: dict[int, NodeReport] = {}
     errors = []
     for reply in replies:
@@ -109,12 +109,12 @@ def run_rounds(
     from any round: ``start`` always begins at round 1, a resumed run does not."""
     for server_round in range(first_round, last_round + 1):
         messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
-        new_arrays, _ = strategy.aggregate_train(server_round, stopping.exchange(grid, messages, timeout))
+        new_arrays, _ = strategy.aggregate_train(server_round, stopping.send_and_receive(grid, messages, timeout))
         if new_arrays is not None:  # None: no valid replies, the round is skipped
             arrays = new_arrays
         messages = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
         if messages:
-            strategy.aggregate_evaluate(server_round, stopping.exchange(grid, messages, timeout))
+            strategy.aggregate_evaluate(server_round, stopping.send_and_receive(grid, messages, timeout))
         end_round(server_round, arrays)
     return arrays
 

@@ -81,9 +81,10 @@ def check_inputs(resolved: dict[str, Any], resume_from: Path | None = None) -> N
     that does not fit the model). The ServerApp runs in this process, so this also warms
     its caches."""
     from fedconv import checkpoint, task
+    from fedconv.datasets import declared_shape
 
     ds = task.dataset(resolved)
-    declared = tuple(int(resolved["dataset"][k]) for k in ("channels", "height", "width"))
+    declared = declared_shape(resolved["dataset"])
     if ds.input_shape != declared:
         raise ConfigError(f"dataset: files hold {ds.input_shape} images but the config declares {declared}")
     task.partitions(resolved, int(resolved["simulation"]["num_clients"]))

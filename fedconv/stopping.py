@@ -11,7 +11,7 @@ clients' in-flight updates finish first) and shuts Ray down, and the entry point
 128 + the signal number. A second signal quits at once.
 
 A deployed ServerApp (its own process under a SuperLink) never has a run started here, so
-its exchange is Flower's plain ``send_and_receive``; ``flwr stop`` ends it.
+its :func:`send_and_receive` is Flower's plain one; ``flwr stop`` ends it.
 """
 
 from __future__ import annotations
@@ -95,8 +95,9 @@ def check() -> None:
         raise RunStopped(reason())
 
 
-def exchange(grid: Grid, messages: Iterable[Message], timeout: float | None) -> list[Message]:
-    """``grid.send_and_receive`` that gives up as soon as a stop is requested."""
+def send_and_receive(grid: Grid, messages: Iterable[Message], timeout: float | None) -> list[Message]:
+    """Every message exchange of a run (the query, each round's training and evaluation):
+    ``grid.send_and_receive``, except that it gives up as soon as a stop is requested."""
     if not _running.is_set():
         return list(grid.send_and_receive(messages, timeout=timeout))
     check()

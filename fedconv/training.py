@@ -22,26 +22,38 @@ OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "step", "cosine")
 
 
-@dataclass(frozen=True)
-class Normalizer:
-    """Per-channel normalisation with train-set statistics, plus optional augmentation."""
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel, for images in [0, 1]: the one normalisation, used in
+    training and evaluation and built into exported models."""
 
     mean: torch.Tensor
     std: torch.Tensor
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """uint8 batches -> normalised float tensors (train-set statistics), with optional augmentation."""
+
+    layer: Normalize
     augment: bool = False
 
     @classmethod
     def from_stats(cls, mean: Sequence[float], std: Sequence[float], augment: bool = False) -> Normalizer:
-        def per_channel(values: Sequence[float]) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1)
-
-        return cls(per_channel(mean), per_channel(std), augment)
+        return cls(Normalize(mean, std), augment)
 
     def __call__(self, x_uint8: np.ndarray, generator: torch.Generator | None = None) -> torch.Tensor:
         x = torch.from_numpy(np.array(x_uint8, dtype=np.float32)).div_(255.0)
         if self.augment and generator is not None:
             x = augment_batch(x, generator)
-        return (x - self.mean) / self.std
+        return self.layer(x)
 
 
 def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

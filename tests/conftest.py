@@ -4,10 +4,8 @@ running ``python -m fedconv.simulate`` as a user would."""
 from __future__ import annotations
 
 import csv
-import gzip
 import os
 import pickle
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -15,18 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedconv import datasets
+
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> Path:
-    """Write a uint8 IDX file (magic 0x0000080N, big-endian dims, raw bytes)."""
-    header = struct.pack(">I", 0x0800 | array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
-    data = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    """Write a uint8 IDX file with fedconv's own writer (its bytes are pinned against a
+    hand-written file in test_datasets.py::test_idx_writer_bytes)."""
     if gz:
         path = path.with_name(path.name + ".gz")
-        path.write_bytes(gzip.compress(data))
-    else:
-        path.write_bytes(data)
+    datasets.write_idx(path, array)
     return path
 
 

@@ -152,3 +152,14 @@ def test_real_fashion_mnist(cache_dir: str, monkeypatch: pytest.MonkeyPatch) -> 
     assert len(debian_files) == 4
     [entry] = [p.name for p in Path(cache_dir).iterdir()]
     assert entry == f"fashion_mnist-{_fingerprint(debian_files)}"
+
+
+def test_idx_writer_bytes(tmp_path: Path) -> None:
+    """The IDX writer every test and device folder uses, against a file spelled out by hand:
+    magic 0x00000802 (unsigned bytes, 2 dims), dims 2 and 3 big-endian, then the bytes."""
+    from fedconv.datasets import encode_idx
+
+    array = np.array([[1, 2, 3], [4, 5, 255]], dtype=np.uint8)
+    assert encode_idx(array) == bytes([0, 0, 8, 2, 0, 0, 0, 2, 0, 0, 0, 3, 1, 2, 3, 4, 5, 255])
+    path = write_idx(tmp_path / "x-idx2-ubyte", array)
+    assert gzip.decompress(path.read_bytes()) == encode_idx(array)

@@ -23,10 +23,11 @@ def test_exported_folders_hold_exactly_each_partition(tmp_path: Path) -> None:
     assert [f.name for f in folders] == ["device-0", "device-1", "device-2"]
     for pid, folder in enumerate(folders):
         local = load_device_data(str(folder), (1, 8, 8), 10, 0.1, 0, pid)
-        np.testing.assert_array_equal(local.train_x, ds.train_x[parts.train[pid]])
-        np.testing.assert_array_equal(local.train_y, ds.train_y[parts.train[pid]])
-        np.testing.assert_array_equal(local.test_y, ds.train_y[parts.test[pid]])
-        assert local.mean == pytest.approx(ds.mean) and local.std == pytest.approx(ds.std)  # from meta.json
+        np.testing.assert_array_equal(local.ds.train_x, ds.train_x[parts.train[pid]])
+        np.testing.assert_array_equal(local.ds.train_y, ds.train_y[parts.train[pid]])
+        np.testing.assert_array_equal(local.held_y, ds.train_y[parts.test[pid]])
+        assert len(local.ds.test_y) == 0  # the central test set is the server's
+        assert local.ds.mean == pytest.approx(ds.mean) and local.ds.std == pytest.approx(ds.std)  # from meta.json
         meta = json.loads((folder / "meta.json").read_text())
         assert meta["num_train"] == len(parts.train[pid]) and f"partition-id={pid}" in meta["node_config"]
 
@@ -41,9 +42,9 @@ def test_class_folders_of_images_are_read_and_resized(tmp_path: Path) -> None:
             Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / str(label) / f"{i}.png")
     (tmp_path / "3" / "notes.txt").write_text("not an image")
     local = load_device_data(str(tmp_path), (1, 8, 8), 10, 0.2, 0, 0)
-    assert local.train_x.shape[1:] == (1, 8, 8) and local.train_x.dtype == np.uint8
-    assert len(local.train_y) + len(local.test_y) == 10
-    assert set(np.concatenate([local.train_y, local.test_y]).tolist()) == {0, 3}
+    assert local.ds.train_x.shape[1:] == (1, 8, 8) and local.ds.train_x.dtype == np.uint8
+    assert len(local.ds.train_y) + len(local.held_y) == 10
+    assert set(np.concatenate([local.ds.train_y, local.held_y]).tolist()) == {0, 3}
 
 
 @pytest.mark.parametrize(
