@@ -266,5 +266,10 @@ def main(cfg: DictConfig) -> None:
     run(cfg)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Entry point: Hydra's own config errors exit 2 like fedconv's."""
     config_errors_exit_2(main, lambda: _TASK_STARTED)
+
+
+if __name__ == "__main__":
+    cli()
