@@ -39,7 +39,9 @@ def test_artifacts_predict_like_the_pytorch_model(trained_run: Path) -> None:
         assert abs(rows[name]["accuracy"] - float_acc) <= 0.01, (name, rows[name]["accuracy"], float_acc)
     for name in ("torchscript", "onnx", "int8-dynamic", "int8-static"):
         r = rows[name]
-        assert (trained_run / "export" / r["file"]).is_file() and r["size_mb"] > 0 and r["latency_ms_median"] > 0
+        file = trained_run / "export" / r["file"]
+        assert r["size_mb"] == pytest.approx(file.stat().st_size / 1e6)
+        assert 0 < r["latency_ms_median"] <= r["latency_ms_p90"]
     assert rows["int8-static"]["size_mb"] < rows["torchscript"]["size_mb"]
     saved = json.loads((trained_run / "export" / "export.json").read_text())
     assert saved["latency_runs"] == 200 and saved["threads"] == 1

@@ -55,6 +55,8 @@ def test_run_writes_the_run_directory_contract(runs: dict[str, Path]) -> None:
     for r in table:
         assert int(r["clients_sampled"]) == 4 and int(r["clients_ok"]) == 4 and int(r["clients_failed"]) == 0
         assert float(r["round_seconds"]) > 0 and r["fed_accuracy"] != "" and r["train_loss"] != ""
+    elapsed = [float(r["elapsed_seconds"]) for r in table]  # rounds do not overlap
+    assert elapsed == sorted(elapsed) and sum(float(r["round_seconds"]) for r in table) <= elapsed[-1]
     assert float(table[-1]["central_accuracy"]) > float(table[0]["central_accuracy"])
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["rounds_completed"] == 3
