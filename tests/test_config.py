@@ -188,3 +188,15 @@ def test_each_group_is_checked_by_its_owner_and_nothing_imports_in_a_cycle() -> 
     for module in ("faults", "models", "config"):  # each importable first, in a fresh process
         proc = subprocess.run([sys.executable, "-c", f"import fedconv.{module}"], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_resume_refuses_to_change_rounds_under_a_cosine_schedule(tmp_path) -> None:
+    """Checked from the saved config before any checkpoint is read (the end-to-end resume
+    cases are in test_resume_and_outputs.py)."""
+    from fedconv import run_dir
+
+    run = tmp_path / "cosine-run"
+    run_dir.write_config(run, {**compose([*SMALL_RUN, "server.rounds=1"]), "output_dir": str(run)})
+    text = entry_point_error([f"resume={run}", "server.rounds=3"], run)
+    assert text == ("server.rounds=3: cannot change on resume with server.lr_schedule=cosine (the schedule spans "
+                    "all 1 rounds, so the rounds already run would have had other learning rates)")

@@ -119,16 +119,16 @@ def test_nan_client_is_rejected_and_the_model_stays_finite(tmp_path: Path) -> No
 def test_a_client_past_the_round_timeout_counts_as_failed(tmp_path: Path) -> None:
     # A sleeping client holds its Ray actor past the round; 6 actors (sleep costs no CPU)
     # keep the other clients from queueing behind it, as separate devices would.
-    proc = simulate(*BASE, "simulation.num_clients=3", "server.rounds=3", "client.epochs=1",
+    proc = simulate(*BASE, "simulation.num_clients=3", "server.rounds=2", "client.epochs=1",
                     "faults.slow_partitions=0", "faults.slow_seconds=12", "server.round_timeout=6",
                     "simulation.ray.num_cpus=6", f"hydra.run.dir={tmp_path}")
     ok(proc)
     table = rows(tmp_path)
     trained = {(int(r["round"]), int(r["partition_id"])) for r in rows(tmp_path, "client_metrics.csv")}
-    assert not any((r, 0) in trained for r in (1, 2, 3))  # partition 0 never made it in time
+    assert not any((r, 0) in trained for r in (1, 2))  # partition 0 never made it in time
     assert all(f >= 1 for f in ints(table, "clients_failed"))
     assert 2 in ints(table, "clients_ok")  # the others did make it
-    assert proc.stdout.count("partition 0: no reply within the round timeout") == 3
+    assert proc.stdout.count("partition 0: no reply within the round timeout") == 2
     assert all(6 <= float(r["round_seconds"]) < 6 + 3 for r in table)  # the round waited for the timeout, no longer
 
 
@@ -166,7 +166,7 @@ def test_a_signalled_run_stops_as_interrupted_keeps_its_rounds_and_resumes(tmp_p
     """A batch scheduler's SIGTERM to the process, or Ctrl-C to its whole process group, in
     the middle of round 3 of the first job of a sweep, while Ray runs: the process ends
     within seconds with 128 + signum, the completed rounds and an ``interrupted`` summary
-    stay, the sweep starts no further job, no Ray process is left, and ``resume=`` finishes."""
+    stay, the sweep starts no further job, no Ray process is left, and (after SIGTERM) ``resume=`` finishes."""
     import psutil
 
     overrides = [*BASE, "simulation.num_clients=4", "server.rounds=4", "faults.slow_partitions=1", "faults.slow_seconds=2"]
@@ -198,6 +198,8 @@ def test_a_signalled_run_stops_as_interrupted_keeps_its_rounds_and_resumes(tmp_p
     assert not (sweep / "job1").exists()
     _, alive = psutil.wait_procs(children, timeout=20)
     assert not alive, [p.name() for p in alive]
+    if sig == signal.SIGINT:  # how a stopped run resumes does not depend on the signal: once is enough
+        return
     resumed = simulate(f"resume={out}")
     ok(resumed)
     final = json.loads((out / "summary.json").read_text())

@@ -64,13 +64,6 @@ def test_resume_refuses_overrides_it_cannot_honour(two_rounds: Path, overrides: 
     assert files(two_rounds) == before
 
 
-def test_resume_refuses_to_change_rounds_under_a_cosine_schedule(tmp_path: Path) -> None:
-    run = tmp_path / "cosine"
-    ok(simulate(*TINY[:-1], "server.rounds=1", f"hydra.run.dir={run}"))
-    proc = simulate(f"resume={run}", "server.rounds=3")
-    assert proc.returncode == 2 and "server.rounds=3: cannot change on resume with server.lr_schedule=cosine" in proc.stderr
-
-
 def test_a_corrupt_checkpoint_exits_2_and_keeps_the_recorded_status(tmp_path: Path, two_rounds: Path) -> None:
     run = tmp_path / "interrupted"
     run.mkdir()

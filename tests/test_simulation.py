@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ import pytest
 import yaml
 from safetensors.numpy import load_file
 
-from conftest import rows, simulate
+from conftest import ROOT, rows, simulate
 
 SMALL = [
     "dataset=digits",
@@ -166,6 +167,19 @@ def test_two_job_sweep_writes_two_runs_and_an_index(tmp_path: Path) -> None:
     after = json.loads((tmp_path / "sweep.json").read_text())["jobs"]
     assert after[:2] == index["jobs"] and len(after) == 3
     assert after[2]["job"] == 0 and "seed=1" in after[2]["overrides"] and after[2]["status"] == "completed"
+    # The report over the sweep folder: FedAvg over its two seeds, FedProx over its one.
+    report = subprocess.run([sys.executable, "-m", "fedconv.report", str(tmp_path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-2000:]
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    groups = {r["group"]: r for r in data["rows"]}
+    assert {g: r["n"] for g, r in groups.items()} == {"fedavg": 2, "fedprox mu=0.01": 1} and data["excluded"] == []
+    for row in groups.values():
+        finals = [json.loads((Path(p) / "summary.json").read_text())["final_central_accuracy"] for p in row["runs"]]
+        assert row["final_accuracy_mean"] == pytest.approx(statistics.fmean(finals))
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "<table>" in html and html.count("data:image/png;base64,") == 4
+    assert (tmp_path / "report" / "accuracy_vs_round.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # Bad input as a user types it, in a real process: exit 2, no run dir, no traceback, before
