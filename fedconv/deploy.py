@@ -255,8 +255,9 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
         status = summary.get("status") if summary else "no summary.json"
         print(f"deploy failed: flwr run exited {code}, run {run_id}, status {status}", file=sys.stderr)
         if summary is None:
+            done = run_dir.complete_rounds(out / run_dir.ROUNDS, int(resolved["server"]["rounds"]))
             run_dir.write_json(out / run_dir.SUMMARY, {"status": "failed", "error": f"flwr run exited {code}",
-                                                       "run_id": run_id, "rounds_completed": 0})
+                                                       "run_id": run_id, "rounds_completed": done})
         sys.exit(1)
     return summary
 
