@@ -144,11 +144,6 @@ def append_row(path: Path, columns: list[str], row: Mapping[str, Any]) -> None:
         f.flush()
 
 
-def read_rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def _typed(value: str) -> Any:
     if value == "":
         return None
