@@ -111,9 +111,9 @@ def measure_limit(overrides: list[str], workers: int) -> dict[str, Any]:
     import torch
 
     from fedconv import task
+    from fedconv.cohorts import TRAIN_SALT, sample_cohort
     from fedconv.config import clients_per_round, compose
     from fedconv.models import channels_last, transmitted_state
-    from fedconv.strategies import TRAIN_SALT, sample_cohort
     from fedconv.training import evaluate, folded_for_inference, lr_for_round
 
     t0 = time.perf_counter()

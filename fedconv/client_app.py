@@ -18,11 +18,11 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedconv import faults, records, task
+from fedconv import algorithms, faults, records, task
 from fedconv.config import from_run_config
 from fedconv.datasets import declared_shape
 from fedconv.device_data import load_device_data
-from fedconv.models import transmitted_state
+from fedconv.models import parameter_names, transmitted_state
 from fedconv.training import evaluate as evaluate_model
 
 app = ClientApp()
@@ -128,31 +128,38 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content.config_records["config"]
     server_round = records.integer(config, "server-round")
     _inject_delay_or_crash(cfg, pid, server_round)
+    flt = cfg.get("faults", {})
+    corrupt = faults.partition_ids(flt.get("corrupt_partitions", ""))
     if cfg["client"].get("noop"):  # framework-overhead benchmark: no local work at all
         metrics = MetricRecord({"train_loss": float("nan"), "train_accuracy": float("nan"),
                                 "num-examples": len(idx), "steps": 0})
         return Message(RecordDict({"arrays": msg.content["arrays"], "metrics": metrics}), reply_to=msg)
+    algorithm = algorithms.get(str(cfg["strategy"]["name"]))
+    hook = algorithm.client_hook(cfg["strategy"], config)
+    received = transmitted_state(model, copy=True) if pid in corrupt else {}
     result = task.train_partition(
         cfg, ds, model, idx,
         server_round=server_round,
         pid=pid,
         lr=records.number(config, "lr"),
-        proximal_mu=records.number(config, "proximal-mu", 0.0),
+        hook=hook,
         epochs=records.integer(config, "local-epochs") if "local-epochs" in config else None,
         step_fraction=records.number(config, "step-fraction", 1.0),
     )
     state = transmitted_state(model)
     num_examples = result.num_examples
-    flt = cfg.get("faults", {})
-    if pid in faults.partition_ids(flt.get("corrupt_partitions", "")):
-        state = faults.corrupt_state(state, str(flt["corrupt_mode"]))
-        num_examples = faults.corrupt_num_examples(num_examples, str(flt["corrupt_mode"]))
+    if pid in corrupt:
+        mode = str(flt["corrupt_mode"])
+        state = faults.corrupt_state(state, mode, received=received, parameters=parameter_names(model),
+                                     factor=float(flt.get("scale_factor", 1.0)))
+        num_examples = faults.corrupt_num_examples(num_examples, mode)
     metrics = MetricRecord(
         {
             "train_loss": result.loss,
             "train_accuracy": result.accuracy,
             "num-examples": num_examples,
             "steps": result.steps,
+            **hook.reply_metrics(),
         }
     )
     return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), reply_to=msg)

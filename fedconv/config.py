@@ -215,7 +215,9 @@ def inert_keys(cfg: Mapping[str, Any]) -> set[str]:
     if not get("faults.straggler_fraction"):
         inert.add("strategy.stragglers")
     if not str(get("faults.corrupt_partitions") or "").strip():
-        inert.add("faults.corrupt_mode")
+        inert |= {"faults.corrupt_mode", "faults.scale_factor"}
+    elif get("faults.corrupt_mode") != "scale":
+        inert.add("faults.scale_factor")
     if not str(get("faults.slow_partitions") or "").strip():
         inert.add("faults.slow_seconds")
     if get("server.lr_schedule") != "step":
@@ -275,11 +277,11 @@ def _cohort_problems(c: Checks) -> None:
 
 def problems(cfg: Mapping[str, Any]) -> list[str]:
     """Every invalid value, one line each: each group checked by the module that owns it."""
-    from fedconv import datasets, faults, models, partitioning, strategies, training
+    from fedconv import algorithms, datasets, faults, models, partitioning, training
 
     c = Checks(cfg)
     for check in (datasets.config_problems, models.config_problems, partitioning.config_problems,
-                  strategies.config_problems, training.config_problems, faults.config_problems, config_problems):
+                  algorithms.config_problems, training.config_problems, faults.config_problems, config_problems):
         check(c)
     if not c.problems:
         _cohort_problems(c)

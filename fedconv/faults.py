@@ -15,7 +15,8 @@ import torch
 
 from fedconv.checks import Checks
 
-CORRUPT_MODES = ("nan", "inf", "shape", "dtype", "names", "num_examples")
+CORRUPT_MODES = ("nan", "inf", "shape", "dtype", "names", "num_examples", "signflip", "scale")
+POISON_MODES = ("signflip", "scale")  # finite, well-formed: they pass the reply checks
 
 CRASH_SALT, STRAGGLER_SALT = 11, 12
 
@@ -67,9 +68,24 @@ def straggler_plan(
     return plan
 
 
-def corrupt_state(state: Mapping[str, torch.Tensor], mode: str) -> dict[str, torch.Tensor]:
-    """A broken copy of a client's weights, as a buggy or malicious client would send."""
+def corrupt_state(
+    state: Mapping[str, torch.Tensor], mode: str, *, received: Mapping[str, torch.Tensor] | None = None,
+    parameters: Iterable[str] = (), factor: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """A broken copy of a client's weights, as a buggy or malicious client would send.
+
+    The poisoning modes change the client's *update* u = w - w_received of its trainable
+    ``parameters`` and stay finite and well-formed, so only the aggregation rule can resist
+    them: ``signflip`` sends w_received - u, ``scale`` sends w_received + factor * u.
+    BatchNorm's running statistics are sent honestly (a negated variance would be caught)."""
     out = {k: v.clone() for k, v in state.items()}
+    if mode in POISON_MODES:
+        if received is None:
+            raise ValueError(f"faults.corrupt_mode={mode}: the received weights are needed")
+        k = -1.0 if mode == "signflip" else factor
+        for name in parameters:
+            out[name] = received[name] + k * (out[name] - received[name])
+        return out
     first = next(k for k, v in out.items() if v.is_floating_point())
     if mode == "nan":
         out[first].view(-1)[0] = math.nan
@@ -99,6 +115,8 @@ def config_problems(c: Checks) -> None:
     c.in_range("faults.straggler_fraction", 0, 1)
     c.one_of("faults.corrupt_mode", CORRUPT_MODES)
     c.in_range("faults.slow_seconds", 0)
+    if c.has("faults.scale_factor"):
+        c.number("faults.scale_factor")
     n = c.get("simulation.num_clients")
     for key in ("faults.corrupt_partitions", "faults.slow_partitions"):
         try:

@@ -254,9 +254,21 @@ def state_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in transmitted_state(model).values())
 
 
-def transmitted_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state exchanged in federated rounds (BatchNorm's batch counter stays local)."""
-    return {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+def transmitted_state(model: nn.Module, copy: bool = False) -> dict[str, torch.Tensor]:
+    """The state exchanged in federated rounds (BatchNorm's batch counter stays local);
+    ``copy`` detaches it from the model (the model may train on)."""
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    return {k: v.detach().clone() for k, v in state.items()} if copy else state
+
+
+def parameter_names(model: nn.Module) -> frozenset[str]:
+    """Names of the trainable parameters in :func:`transmitted_state`."""
+    return frozenset(name for name, _ in model.named_parameters())
+
+
+def buffer_names(model: nn.Module) -> frozenset[str]:
+    """Names of the transmitted arrays that are not parameters: BatchNorm's running statistics."""
+    return frozenset(transmitted_state(model)) - parameter_names(model)
 
 
 def layer_table(model: nn.Module, input_shape: tuple[int, int, int]) -> list[tuple[str, str, str, int]]:

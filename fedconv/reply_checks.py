@@ -2,7 +2,9 @@
 
 Flower's strategies check that replies agree with each other; they do not check that a
 reply agrees with the model that was sent, nor that its numbers are finite. One NaN or one
-client claiming 10^12 examples would otherwise poison the weighted mean for everyone.
+client claiming 10^12 examples would otherwise poison the aggregate for everyone. What a
+valid reply holds comes from the algorithm's :class:`~fedconv.algorithms.base.Wire`: the
+ArrayRecords it names (each like the sent model), and the metrics it requires.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from collections.abc import Mapping
 import numpy as np
 from flwr.app import ArrayRecord, Message
 
-NUM_EXAMPLES = "num-examples"
+from fedconv.algorithms.base import MODEL, NUM_EXAMPLES, Wire
+
+ArraySpec = Mapping[str, tuple[tuple[int, ...], str]]
 
 
 def array_spec(arrays: ArrayRecord) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -21,20 +25,11 @@ def array_spec(arrays: ArrayRecord) -> dict[str, tuple[tuple[int, ...], str]]:
     return {name: (tuple(a.shape), str(a.dtype)) for name, a in arrays.items()}
 
 
-def reply_problem(
-    reply: Message, spec: Mapping[str, tuple[tuple[int, ...], str]], max_examples: int | None
-) -> str | None:
-    """Why this train reply must be rejected, or None when it is sound."""
-    content = reply.content
-    if len(content.array_records) != 1:
-        return f"expected one ArrayRecord, got {len(content.array_records)}"
-    if len(content.metric_records) != 1:
-        return f"expected one MetricRecord, got {len(content.metric_records)}"
-    arrays = next(iter(content.array_records.values()))
+def _arrays_problem(record_name: str, arrays: ArrayRecord, spec: ArraySpec) -> str | None:
     names = set(arrays.keys())
     if names != set(spec):
         missing, extra = sorted(set(spec) - names), sorted(names - set(spec))
-        return f"array names differ from the global model (missing {missing[:3]}, unexpected {extra[:3]})"
+        return f"'{record_name}' array names differ from the global model (missing {missing[:3]}, unexpected {extra[:3]})"
     for name, array in arrays.items():
         shape, dtype = spec[name]
         if tuple(array.shape) != shape or str(array.dtype) != dtype:
@@ -43,11 +38,32 @@ def reply_problem(
         if values.dtype.kind == "f" and not np.isfinite(values).all():
             bad = int((~np.isfinite(values)).sum())
             return f"array '{name}' holds {bad} non-finite value(s) (NaN/Inf)"
+    return None
+
+
+def reply_problem(reply: Message, wire: Wire, model_spec: ArraySpec, max_examples: int | None) -> str | None:
+    """Why this train reply must be rejected, or None when it is sound."""
+    content = reply.content
+    got = set(content.array_records)
+    if got != set(wire.arrays):
+        return f"expected ArrayRecord(s) {sorted(wire.arrays)}, got {sorted(got)}"
+    for record_name, kind in wire.arrays.items():
+        assert kind == MODEL, f"unknown array kind {kind!r}"
+        problem = _arrays_problem(record_name, content.array_records[record_name], model_spec)
+        if problem is not None:
+            return problem
+    if len(content.metric_records) != 1:
+        return f"expected one MetricRecord, got {len(content.metric_records)}"
     metrics = next(iter(content.metric_records.values()))
-    if NUM_EXAMPLES not in metrics:
-        return f"metrics lack '{NUM_EXAMPLES}'"
+    missing = [k for k in wire.metrics if k not in metrics]
+    if missing:
+        return f"metrics lack {missing}"
+    for key in wire.finite:
+        value = metrics[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return f"metric '{key}'={value!r} is not a finite number"
     n = metrics[NUM_EXAMPLES]
-    if isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(n) or n <= 0 or n != int(n):
+    if isinstance(n, bool) or not isinstance(n, int | float) or not math.isfinite(n) or n <= 0 or n != int(n):
         return f"'{NUM_EXAMPLES}'={n!r} is not a positive integer"
     if max_examples is not None and n > max_examples:
         return f"'{NUM_EXAMPLES}'={int(n)} exceeds the {max_examples} examples this client holds"

@@ -6,6 +6,7 @@ entry point (Flower's processes do not share the caller's working directory).
 
 from __future__ import annotations
 
+import gc
 import math
 import platform
 import sys
@@ -20,11 +21,13 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedconv import __version__, checkpoint, records, run_dir, stopping, task
+from fedconv import __version__, algorithms, checkpoint, records, run_dir, stopping, task
+from fedconv.cohorts import Cohorts
 from fedconv.config import cohort_sizes, from_run_config, virtual_nodes
-from fedconv.models import channels_last, count_parameters, state_bytes, transmitted_state
+from fedconv.ledger import short_reason
+from fedconv.models import buffer_names, channels_last, count_parameters, state_bytes, transmitted_state
 from fedconv.partitioning import histogram_record, partition_record
-from fedconv.strategies import LedgerMixin, RoundPolicy, make_strategy, short_reason
+from fedconv.rounds import FederatedRounds, RoundPolicy
 from fedconv.training import classification_report, evaluate, folded_for_inference, lr_for_round
 
 app = ServerApp()
@@ -102,7 +105,7 @@ def reported_partitions(reports: Mapping[int, NodeReport], num_classes: int) -> 
 
 
 def run_rounds(
-    strategy: LedgerMixin, grid: Grid, arrays: ArrayRecord, first_round: int, last_round: int,
+    strategy: FederatedRounds, grid: Grid, arrays: ArrayRecord, first_round: int, last_round: int,
     timeout: float, end_round: Callable[[int, ArrayRecord], None],
 ) -> ArrayRecord:
     """Flower's ``Strategy.start`` loop (train, federated evaluation, then our hook),
@@ -138,7 +141,7 @@ def _console(line: str) -> None:
 class RunRecorder:
     """Turns each finished round into a rounds.csv row and tracks the summary."""
 
-    def __init__(self, out: Path, cfg: dict[str, Any], strategy: LedgerMixin, model: torch.nn.Module) -> None:
+    def __init__(self, out: Path, cfg: dict[str, Any], strategy: FederatedRounds, model: torch.nn.Module) -> None:
         self.out = out
         self.cfg = cfg
         self.strategy = strategy
@@ -174,7 +177,9 @@ class RunRecorder:
                 report.update(round=server_round, accuracy=res.accuracy, loss=res.loss, top5=res.top5)
                 run_dir.write_json(self.out / run_dir.CLASS_REPORT, report)
         self.write_round(server_round, record, central)
-        checkpoint.save(self.out / run_dir.CHECKPOINT, server_round, state, self.checkpoint_state())
+        tensors, layout = self.strategy.state()
+        checkpoint.save(self.out / run_dir.CHECKPOINT, server_round, state, {**self.checkpoint_state(), "algorithm": layout},
+                        algorithm_state=tensors)
         if server_round == self.rounds:
             self.final_state = state
 
@@ -201,6 +206,7 @@ class RunRecorder:
         st = ckpt.state
         self.bytes_total, self.bytes_down, self.bytes_up = int(st["bytes_total"]), int(st["bytes_down"]), int(st["bytes_up"])
         self.started = time.perf_counter() - float(st["elapsed_seconds"])
+        self.strategy.restore(ckpt.algorithm_state, st.get("algorithm", {}))
         self.resumed_from = k
 
     def write_round(self, server_round: int, record: Any, central: dict[str, float]) -> None:
@@ -313,6 +319,7 @@ def serve(grid: Grid, context: Context) -> None:
     timeout = float(server["round_timeout"])
     connect_timeout = float(server.get("connect_timeout", 600))
     train_k, eval_k = cohort_sizes(cfg)
+    seed = int(cfg["seed"])
 
     if cfg["simulation"].get("nodes", "per_client") == "pool":
         # Virtual nodes of a simulation can load any partition: only the pool is queried (to
@@ -325,14 +332,15 @@ def serve(grid: Grid, context: Context) -> None:
         for client in record["clients"]:
             client["source"] = "partition"
         run_dir.write_json(out / run_dir.PARTITION, record)
-        nodes: dict[str, Any] = {"pool": pool, "num_partitions": num_clients}
+        cohorts = Cohorts.pooled(pool, num_clients, seed=seed, train_per_round=train_k, eval_per_round=eval_k)
         sizes = {pid: len(t) for pid, t in enumerate(parts.train)}
     else:
         reports = discover_partitions(grid, num_clients, connect_timeout)
         run_dir.write_json(out / run_dir.PARTITION, reported_partitions(reports, ds.num_classes))
-        nodes = {"node_to_pid": {node: rep.partition_id for node, rep in reports.items()}}
+        owners = {node: rep.partition_id for node, rep in reports.items()}
+        cohorts = Cohorts.owned(owners, seed=seed, train_per_round=train_k, eval_per_round=eval_k)
         sizes = {rep.partition_id: rep.num_train for rep in reports.values()}
-    strategy = make_strategy(cfg["strategy"])
+    model = task.initial_model(cfg, ds)
     flt = cfg.get("faults", {})
     policy = RoundPolicy(
         straggler_fraction=float(flt.get("straggler_fraction", 0.0)),
@@ -340,16 +348,11 @@ def serve(grid: Grid, context: Context) -> None:
         stragglers=str(cfg["strategy"].get("stragglers", "drop")),
         min_train_replies=int(server.get("min_train_replies", 1)),
     )
-    strategy.setup_ledger(
-        **nodes,
-        seed=int(cfg["seed"]),
-        train_per_round=train_k,
-        eval_per_round=eval_k,
+    strategy = FederatedRounds(
+        algorithms.get(str(cfg["strategy"]["name"])), cfg["strategy"], cohorts,
         lr_for_round=lambda r: lr_for_round(server, float(cfg["client"]["lr"]), r),
-        policy=policy,
-        partition_sizes=sizes,
+        policy=policy, partition_sizes=sizes, buffer_names=buffer_names(model),
     )
-    model = task.initial_model(cfg, ds)
     eval_model = channels_last(task.initial_model(cfg, ds))
     recorder = RunRecorder(out, cfg, strategy, eval_model)
     arrays = ArrayRecord(transmitted_state(model))
@@ -363,6 +366,10 @@ def serve(grid: Grid, context: Context) -> None:
         first_round = ckpt.server_round + 1
         _console(f"resuming after round {ckpt.server_round} from {out / run_dir.CHECKPOINT}")
     status = "failed"
+    # Flower's q-FedAvg, Bulyan and FedTrimmedAvg call gc.collect() for every reply; with the
+    # start-up heap (torch, Flower, the dataset) frozen out of the collector's reach, each
+    # collection scans only what the rounds allocate.
+    gc.freeze()
     try:
         run_rounds(strategy, grid, arrays, first_round, int(server["rounds"]), timeout, recorder.end_round)
         status = "completed" if len(recorder.rows) == recorder.rounds else "failed"

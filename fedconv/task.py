@@ -26,6 +26,7 @@ __all__ = [
     "ImageDataset", "Partitions", "dataset", "partitions", "reusable_model", "initial_model", "normalizer",
     "load_global", "train_partition",
 ]
+from fedconv.algorithms.base import TrainHook
 from fedconv.training import Normalizer, TrainResult, train_local
 
 
@@ -100,7 +101,7 @@ def load_global(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
 
 def train_partition(
     cfg: Mapping[str, Any], ds: ImageDataset, model: nn.Module, idx: np.ndarray,
-    *, server_round: int, pid: int, lr: float, proximal_mu: float = 0.0,
+    *, server_round: int, pid: int, lr: float, hook: TrainHook | None = None,
     epochs: int | None = None, step_fraction: float = 1.0,
 ) -> TrainResult:
     """One client's local round, seeded from (seed, round, partition id) so any process
@@ -118,5 +119,5 @@ def train_partition(
         max_steps = min(budget, max_steps) if max_steps else budget
     return train_local(
         model, ds.train_x[idx], ds.train_y[idx], normalizer(cfg, ds, train=True), cfg["client"],
-        lr=lr, epochs=epochs, proximal_mu=proximal_mu, seed=seed, max_steps=max_steps,
+        lr=lr, epochs=epochs, hook=hook, seed=seed, max_steps=max_steps,
     )

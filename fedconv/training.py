@@ -1,4 +1,7 @@
-"""Local training (with FedProx's proximal term) and evaluation loops, shared by clients and server.
+"""Local training and evaluation loops, shared by clients and server.
+
+An algorithm's client side (FedProx's proximal term, q-FedAvg's loss report, ...) enters
+through its :class:`~fedconv.algorithms.base.TrainHook`, never through arguments here.
 
 Images stay uint8 until a batch is drawn; normalisation and optional augmentation happen
 per batch, so a client never holds a float copy of its whole partition.
@@ -15,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedconv.algorithms.base import LocalTraining, TrainHook
 from fedconv.checks import Checks
 from fedconv.models import channels_last
 
@@ -88,14 +92,6 @@ def make_optimizer(model: nn.Module, cfg: Mapping[str, Any], lr: float) -> torch
     )
 
 
-def proximal_term(model: nn.Module, global_params: Sequence[torch.Tensor], mu: float) -> torch.Tensor:
-    """FedProx's (mu/2) * ||w - w_global||^2 with w_global detached (a constant)."""
-    total = torch.zeros(())
-    for w, w0 in zip(model.parameters(), global_params, strict=True):
-        total = total + (w - w0.detach()).pow(2).sum()
-    return 0.5 * mu * total
-
-
 @dataclass(frozen=True)
 class TrainResult:
     loss: float
@@ -113,12 +109,13 @@ def train_local(
     *,
     lr: float,
     epochs: int,
-    proximal_mu: float = 0.0,
+    hook: TrainHook | None = None,
     seed: int = 0,
     max_steps: int | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on one client's data; returns mean loss/accuracy over all steps.
 
+    ``hook`` is the algorithm's client side (default: plain local SGD, as FedAvg).
     ``max_steps`` cuts the work short (a straggler that runs out of time mid-epoch).
 
     The model trains in channels-last layout, oneDNN's fast path for convolutions on CPU
@@ -127,19 +124,19 @@ def train_local(
     channels_last(model)
     try:
         return _train_steps(model, images, labels, normalizer, cfg, lr=lr, epochs=epochs,
-                            proximal_mu=proximal_mu, seed=seed, max_steps=max_steps)
+                            hook=hook or TrainHook(), seed=seed, max_steps=max_steps)
     finally:
         channels_last(model, back=True)
 
 
 def _train_steps(
     model: nn.Module, images: np.ndarray, labels: np.ndarray, normalizer: Normalizer,
-    cfg: Mapping[str, Any], *, lr: float, epochs: int, proximal_mu: float, seed: int, max_steps: int | None,
+    cfg: Mapping[str, Any], *, lr: float, epochs: int, hook: TrainHook, seed: int, max_steps: int | None,
 ) -> TrainResult:
+    hook.begin(LocalTraining(model, images, labels, normalizer))
     model.train()
     optimizer = make_optimizer(model, cfg, lr)
     criterion = nn.CrossEntropyLoss()
-    global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     batch = int(cfg["batch_size"])
@@ -162,9 +159,11 @@ def _train_steps(
             optimizer.zero_grad(set_to_none=True)
             logits = model(x)
             loss = criterion(logits, y)
-            if proximal_mu > 0:
-                loss = loss + proximal_term(model, global_params, proximal_mu)
+            extra = hook.loss(model)
+            if extra is not None:
+                loss = loss + extra
             loss.backward()
+            hook.before_step(model)
             optimizer.step()
             total_loss += float(loss.detach()) * len(idx)
             correct += int((logits.argmax(1) == y).sum())

@@ -123,7 +123,18 @@ BAD_VALUES = [
     ("dataset.augment=maybe", "dataset.augment='maybe': must be true or false"),
     ("faults.dropout=1.5", "faults.dropout=1.5: must be in [0, 1]"),
     ("faults.corrupt_partitions=7", "faults.corrupt_partitions=7: partition ids must be in [0, simulation.num_clients=4)"),
-    ("faults.corrupt_mode=evil", "faults.corrupt_mode='evil': must be one of nan, inf, shape, dtype, names, num_examples"),
+    ("faults.corrupt_mode=evil",
+     "faults.corrupt_mode='evil': must be one of nan, inf, shape, dtype, names, num_examples, signflip, scale"),
+    ("strategy=fedadam strategy.server_lr=-0.1", "strategy.server_lr=-0.1: must be in (0, inf)"),
+    ("strategy=fedavgm strategy.server_momentum=1.0", "strategy.server_momentum=1.0: must be in [0, 1)"),
+    ("strategy=krum strategy.num_malicious_nodes=1",
+     "strategy.num_malicious_nodes=1: krum needs n >= 2f + 3 = 5 clients per round with f=1, but the cohort has 4"),
+    ("strategy=bulyan simulation.num_clients=10 strategy.num_malicious_nodes=2",
+     "strategy.num_malicious_nodes=2: bulyan needs n >= 4f + 3 = 11 clients per round with f=2, but the cohort has 10"),
+    ("strategy=multikrum simulation.num_clients=6 strategy.num_nodes_to_select=6",
+     "strategy.num_nodes_to_select=6: must be <= n - f = 5 (cohort 6, f=1)"),
+    ("strategy=fedtrimmedavg strategy.beta=0.5", "strategy.beta=0.5: must be in [0, 0.5)"),
+    ("strategy=qfedavg strategy.q=-1", "strategy.q=-1: must be in [0, inf)"),
     ("strategy.stragglers=wait", "strategy.stragglers='wait': must be one of drop, aggregate"),
     ("+client.momentum_typo=0.9", "client.momentum_typo=0.9: unknown key; known keys in client:"),
     ("model=niid_cnn", "model.name=niid_cnn needs inputs of at least 16x16, got 8x8"),
@@ -171,14 +182,14 @@ def test_bad_values_are_refused_in_one_line_naming_the_key(tmp_path, override: s
 
 def test_each_group_is_checked_by_its_owner_and_nothing_imports_in_a_cycle() -> None:
     """The vocabularies live with the modules that use them; config validation asks them."""
-    from fedconv import config, faults, partitioning, strategies, training
+    from fedconv import algorithms, config, faults, partitioning, training
     from fedconv.datasets import DATASETS
     from fedconv.models import MODEL_NAMES
 
     assert not any(hasattr(config, name) for name in ("DATASETS", "PARTITIONS", "STRATEGIES", "CORRUPT_MODES"))
     cfg = compose([])
     for key, owner_values in (("dataset.name", DATASETS), ("model.name", MODEL_NAMES),
-                              ("partition.name", partitioning.PARTITIONS), ("strategy.name", strategies.STRATEGIES),
+                              ("partition.name", partitioning.PARTITIONS), ("strategy.name", algorithms.STRATEGIES),
                               ("client.optimizer", training.OPTIMIZERS), ("faults.corrupt_mode", faults.CORRUPT_MODES)):
         group, leaf = key.split(".")
         bad = {**cfg, group: {**cfg[group], leaf: "nosuch"}}

@@ -1,4 +1,4 @@
-"""The strategy glue: Flower's aggregation on hand-built replies, cohorts, byte counting."""
+"""The round driver: Flower's aggregation on hand-built replies, cohorts, reply checks, byte counting."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedconv.strategies import LoggedFedAvg, LoggedFedProx, make_strategy, message_array_bytes, sample_cohort
+from fedconv import algorithms
+from fedconv.cohorts import Cohorts, sample_cohort
+from fedconv.ledger import message_array_bytes
+from fedconv.rounds import FederatedRounds, RoundPolicy
 
 
 @pytest.fixture(autouse=True)
@@ -25,19 +28,25 @@ class FakeGrid:
         return list(self.node_ids)
 
 
-def ledgered(strategy, nodes: list[int], per_round: int, seed: int = 0):
-    strategy.setup_ledger(
-        node_to_pid={n: i for i, n in enumerate(nodes)}, seed=seed,
-        train_per_round=per_round, eval_per_round=per_round, lr_for_round=lambda r: 0.1 / r,
-    )
-    return strategy
+def ledgered(strategy_cfg: dict, nodes: list[int], per_round: int, seed: int = 0, policy: RoundPolicy | None = None,
+             sizes: dict[int, int] | None = None, buffers: tuple[str, ...] = ()) -> FederatedRounds:
+    """The driver over nodes that own partitions 0..n-1 (as devices do)."""
+    cohorts = Cohorts.owned({n: i for i, n in enumerate(nodes)}, seed=seed, train_per_round=per_round,
+                            eval_per_round=per_round)
+    return FederatedRounds(algorithms.get(strategy_cfg["name"]), strategy_cfg, cohorts, lambda r: 0.1 / r,
+                           policy=policy or RoundPolicy(), partition_sizes=sizes, buffer_names=buffers)
+
+
+def pid(strategy: FederatedRounds, m: Message) -> int:
+    assert strategy._train is not None
+    return strategy._train.pid(m.metadata.dst_node_id)
 
 
 def reply(to: Message, arrays: dict[str, np.ndarray], n: int, loss: float = 1.0) -> Message:
     content = RecordDict(
         {
             "arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
-            "metrics": MetricRecord({"train_loss": loss, "train_accuracy": 0.5, "num-examples": n}),
+            "metrics": MetricRecord({"train_loss": loss, "train_accuracy": 0.5, "num-examples": n, "steps": 1}),
         }
     )
     return Message(content, reply_to=to)
@@ -45,7 +54,7 @@ def reply(to: Message, arrays: dict[str, np.ndarray], n: int, loss: float = 1.0)
 
 def test_fedavg_aggregate_is_the_example_weighted_mean() -> None:
     nodes = [101, 202, 303]
-    strategy = ledgered(make_strategy({"name": "fedavg"}), nodes, 3)
+    strategy = ledgered({"name": "fedavg"}, nodes, 3)
     start = ArrayRecord({"w": Array(np.zeros((2, 3), np.float32)), "b": Array(np.zeros(3, np.float32))})
     msgs = list(strategy.configure_train(1, start, ConfigRecord({}), FakeGrid(nodes)))
     rng = np.random.default_rng(0)
@@ -64,11 +73,10 @@ def test_fedavg_aggregate_is_the_example_weighted_mean() -> None:
 
 def test_configure_train_takes_the_seeded_cohort_and_sends_lr_and_mu() -> None:
     nodes = list(range(1000, 1020))
-    strategy = ledgered(make_strategy({"name": "fedprox", "mu": 0.3}), nodes, 5, seed=4)
-    assert isinstance(strategy, LoggedFedProx)
+    strategy = ledgered({"name": "fedprox", "mu": 0.3}, nodes, 5, seed=4)
     arrays = ArrayRecord({"w": Array(np.ones(100, np.float32))})
     msgs = list(strategy.configure_train(2, arrays, ConfigRecord({}), FakeGrid(nodes)))
-    pids = sorted(strategy.node_to_pid[m.metadata.dst_node_id] for m in msgs)
+    pids = sorted(pid(strategy, m) for m in msgs)
     assert pids == sample_cohort(4, 2, 0, 20, 5)
     cfg = msgs[0].content["config"]
     assert cfg["lr"] == pytest.approx(0.05) and cfg["proximal-mu"] == pytest.approx(0.3) and cfg["server-round"] == 2
@@ -86,7 +94,7 @@ def test_failed_replies_are_counted_and_excluded() -> None:
     from flwr.app import Error
 
     nodes = [1, 2, 3]
-    strategy = ledgered(LoggedFedAvg(fraction_train=1.0, min_train_nodes=1, min_available_nodes=1), nodes, 3)
+    strategy = ledgered({"name": "fedavg"}, nodes, 3)
     start = ArrayRecord({"w": Array(np.zeros(2, np.float32))})
     msgs = list(strategy.configure_train(1, start, ConfigRecord({}), FakeGrid(nodes)))
     replies = [reply(m, {"w": np.full(2, float(m.metadata.dst_node_id), np.float32)}, 10) for m in msgs[:2]]
@@ -122,14 +130,13 @@ def test_corrupt_replies_are_rejected_before_aggregation(mode: str) -> None:
     from fedconv.faults import corrupt_num_examples, corrupt_state
 
     nodes = [11, 22, 33]
-    strategy = ledgered(make_strategy({"name": "fedavg"}), nodes, 3)
-    strategy.partition_sizes = {0: 50, 1: 50, 2: 50}
+    strategy = ledgered({"name": "fedavg"}, nodes, 3, sizes={0: 50, 1: 50, 2: 50})
     state = _model_state()
     msgs = list(strategy.configure_train(1, ArrayRecord(state), ConfigRecord({}), FakeGrid(nodes)))
     good = {k: (v.numpy() + 1.0).astype(v.numpy().dtype) for k, v in state.items()}
     replies = []
     for m in msgs:
-        if strategy.node_to_pid[m.metadata.dst_node_id] == 1:
+        if pid(strategy, m) == 1:
             bad = {k: v.numpy() for k, v in corrupt_state(state, mode).items()}
             replies.append(reply(m, bad, corrupt_num_examples(50, mode)))
         else:
@@ -146,8 +153,7 @@ def test_corrupt_replies_are_rejected_before_aggregation(mode: str) -> None:
 @pytest.mark.parametrize("n", [0, -5, 2.5, float("nan"), 51])
 def test_absurd_example_counts_are_rejected(n: float) -> None:
     nodes = [1, 2]
-    strategy = ledgered(make_strategy({"name": "fedavg"}), nodes, 2)
-    strategy.partition_sizes = {0: 50, 1: 50}
+    strategy = ledgered({"name": "fedavg"}, nodes, 2, sizes={0: 50, 1: 50})
     start = ArrayRecord({"w": Array(np.zeros(2, np.float32))})
     msgs = list(strategy.configure_train(1, start, ConfigRecord({}), FakeGrid(nodes)))
     replies = [reply(msgs[0], {"w": np.ones(2, np.float32)}, 50), reply(msgs[1], {"w": np.full(2, 9.0, np.float32)}, n)]
@@ -157,11 +163,8 @@ def test_absurd_example_counts_are_rejected(n: float) -> None:
 
 
 def test_too_few_valid_replies_skip_the_round() -> None:
-    from fedconv.strategies import RoundPolicy
-
     nodes = [1, 2, 3]
-    strategy = ledgered(make_strategy({"name": "fedavg"}), nodes, 3)
-    strategy.policy = RoundPolicy(min_train_replies=2)
+    strategy = ledgered({"name": "fedavg"}, nodes, 3, policy=RoundPolicy(min_train_replies=2))
     start = ArrayRecord({"w": Array(np.zeros(2, np.float32))})
     msgs = list(strategy.configure_train(1, start, ConfigRecord({}), FakeGrid(nodes)))
     arrays, metrics = strategy.aggregate_train(1, [reply(msgs[0], {"w": np.ones(2, np.float32)}, 10)])
@@ -173,20 +176,19 @@ def test_too_few_valid_replies_skip_the_round() -> None:
 @pytest.mark.parametrize("policy,aggregated", [("drop", 3), ("aggregate", 6)])
 def test_stragglers_get_partial_work_and_the_policy_decides(policy: str, aggregated: int) -> None:
     from fedconv.faults import straggler_plan
-    from fedconv.strategies import RoundPolicy
 
     nodes = list(range(500, 506))
-    strategy = ledgered(make_strategy({"name": "fedavg"}), nodes, 6, seed=3)
-    strategy.policy = RoundPolicy(straggler_fraction=0.5, local_epochs=5, stragglers=policy)
+    strategy = ledgered({"name": "fedavg"}, nodes, 6, seed=3,
+                        policy=RoundPolicy(straggler_fraction=0.5, local_epochs=5, stragglers=policy))
     start = ArrayRecord({"w": Array(np.zeros(2, np.float32))})
     msgs = list(strategy.configure_train(4, start, ConfigRecord({}), FakeGrid(nodes)))
     plan = straggler_plan(3, 4, range(6), 0.5, 5)
     assert len(plan) == 3 and all(1 <= e <= 5 for e, _ in plan.values())
     for m in msgs:
-        pid = strategy.node_to_pid[m.metadata.dst_node_id]
+        p = pid(strategy, m)
         cfg = m.content["config"]
-        if pid in plan:
-            assert cfg["local-epochs"] == plan[pid][0] and cfg["lr"] == pytest.approx(0.1 / 4)
+        if p in plan:
+            assert cfg["local-epochs"] == plan[p][0] and cfg["lr"] == pytest.approx(0.1 / 4)
         else:
             assert "local-epochs" not in cfg
     replies = [reply(m, {"w": np.ones(2, np.float32)}, 10) for m in msgs]

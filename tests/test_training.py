@@ -1,4 +1,4 @@
-"""Local training: the FedProx term, its effect on client drift, schedules, metrics."""
+"""Local training: algorithm hooks (FedProx's term and its effect on client drift), schedules, metrics."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from fedconv.algorithms.base import LocalTraining
+from fedconv.algorithms.fedprox import ProximalTerm
 from fedconv.config import compose
 from fedconv.datasets import load_dataset
 from fedconv.models import build_model
@@ -18,7 +20,6 @@ from fedconv.training import (
     evaluate,
     folded_for_inference,
     lr_for_round,
-    proximal_term,
     train_local,
 )
 
@@ -31,7 +32,11 @@ def test_proximal_term_value_and_gradient() -> None:
     model = small_model()
     global_params = [p.detach().clone() + 0.1 * torch.randn_like(p) for p in model.parameters()]
     mu = 0.7
-    term = proximal_term(model, global_params, mu)
+    hook = ProximalTerm(mu)
+    hook.begin(LocalTraining(model, np.zeros((0, 1, 8, 8), np.uint8), np.zeros(0, np.int64), lambda x: torch.zeros(0)))
+    hook.global_params = global_params
+    term = hook.loss(model)
+    assert term is not None
     pairs = zip(model.parameters(), global_params, strict=True)
     expected = 0.5 * mu * sum(float(((p.detach() - g) ** 2).sum()) for p, g in pairs)
     assert float(term.detach()) == pytest.approx(expected, rel=1e-5)
@@ -47,7 +52,7 @@ def _drift(mu: float) -> float:
     norm = Normalizer.from_stats(ds.mean, ds.std)
     model = small_model()
     start = [p.detach().clone() for p in model.parameters()]
-    train_local(model, ds.train_x[:600], ds.train_y[:600], norm, cfg["client"], lr=0.05, epochs=3, proximal_mu=mu, seed=0)
+    train_local(model, ds.train_x[:600], ds.train_y[:600], norm, cfg["client"], lr=0.05, epochs=3, hook=ProximalTerm(mu), seed=0)
     return math.sqrt(sum(float(((p.detach() - s) ** 2).sum()) for p, s in zip(model.parameters(), start, strict=True)))
 
 
@@ -159,7 +164,7 @@ def test_channels_last_training_matches_the_default_layout_and_hands_back_contig
     torch.manual_seed(0)
     got = train_local(fast, *args, lr=0.05, epochs=2, seed=1)
     torch.manual_seed(0)
-    want = _train_steps(plain, *args, lr=0.05, epochs=2, proximal_mu=0.0, seed=1, max_steps=None)
+    want = _train_steps(plain, *args, lr=0.05, epochs=2, hook=ProximalTerm(0.0), seed=1, max_steps=None)
     assert got.steps == want.steps > 0
     assert got.loss == pytest.approx(want.loss, rel=1e-4)
     for (key, a), b in zip(fast.state_dict().items(), plain.state_dict().values(), strict=True):

@@ -1,0 +1,57 @@
+"""Every aggregation algorithm fedconv runs, by the name ``strategy=<name>`` selects.
+
+Adding one: a module here that defines an :class:`~fedconv.algorithms.base.Algorithm`, a
+line in :data:`ALGORITHMS`, and ``conf/strategy/<name>.yaml`` (docs/algorithms.md).
+"""
+
+from __future__ import annotations
+
+from fedconv.algorithms import fedavg, fedavgm, fedopt, fedprox, qfedavg, robust
+from fedconv.algorithms.base import Algorithm
+from fedconv.checks import Checks
+
+ALGORITHMS: dict[str, Algorithm] = {
+    a.name: a
+    for a in (
+        fedavg.ALGORITHM,
+        fedprox.ALGORITHM,
+        fedavgm.ALGORITHM,
+        fedopt.FEDADAM,
+        fedopt.FEDYOGI,
+        fedopt.FEDADAGRAD,
+        robust.FEDMEDIAN,
+        robust.FEDTRIMMEDAVG,
+        robust.KRUM,
+        robust.MULTIKRUM,
+        robust.BULYAN,
+        qfedavg.ALGORITHM,
+    )
+}
+STRATEGIES = tuple(ALGORITHMS)
+STRAGGLER_POLICIES = ("drop", "aggregate")
+
+
+def get(name: str) -> Algorithm:
+    """The algorithm called ``name``; a ValueError naming the allowed ones otherwise."""
+    try:
+        return ALGORITHMS[name]
+    except KeyError:
+        raise ValueError(f"strategy.name: unknown '{name}'; allowed: {', '.join(STRATEGIES)}") from None
+
+
+def config_problems(c: Checks) -> None:
+    """The ``strategy`` group: the name, the straggler policy, then the algorithm's own keys
+    (some checked against the training cohort's size, e.g. Krum's f)."""
+    from fedconv.config import cohort_sizes
+
+    c.one_of("strategy.name", STRATEGIES)
+    if c.has("strategy.stragglers"):
+        c.one_of("strategy.stragglers", STRAGGLER_POLICIES)
+    name = c.get("strategy.name")
+    if name not in ALGORITHMS:
+        return
+    try:
+        cohort = cohort_sizes(c.cfg)[0]
+    except (KeyError, TypeError, ValueError):
+        cohort = 0  # the server group is broken; its own checks say how
+    ALGORITHMS[name].config_problems(c, cohort)

@@ -1,0 +1,172 @@
+"""What an aggregation algorithm is to fedconv: one :class:`Algorithm` value per algorithm.
+
+An algorithm says four things, and nothing else in fedconv knows about it:
+
+- **server**: the Flower strategy class it runs (Flower's own class, used as it is) and that
+  class's keyword arguments, read from ``conf/strategy/<name>.yaml``;
+- **server state**: the names of the strategy's attributes that carry state from one round to
+  the next (FedAdam's moments, FedAvgM's momentum); the checkpoint stores them as tensors and
+  a resumed run puts them back (:func:`strategy_state` / :func:`restore_strategy_state`);
+- **client**: a :class:`TrainHook` that local training calls (a loss term, a gradient
+  correction, extra metrics or arrays for the reply);
+- **wire**: a :class:`Wire` declaring the records of a train reply, from which
+  :mod:`fedconv.reply_checks` derives what a valid reply is.
+
+Written here because Flower's strategies are server-side only: the client half and the
+checkpointable state of an algorithm have no place in Flower's API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from fedconv.checks import Checks
+
+if TYPE_CHECKING:
+    import torch
+    from flwr.app import ConfigRecord
+    from flwr.serverapp.strategy import Strategy
+    from torch import nn
+
+MODEL = "model"  # an ArrayRecord named, shaped and typed like the global model the server sent
+NUM_EXAMPLES = "num-examples"
+TRAIN_METRICS = (NUM_EXAMPLES, "train_loss", "train_accuracy", "steps")
+
+
+@dataclass(frozen=True)
+class Wire:
+    """The records of a train reply: ``arrays`` maps each ArrayRecord's name to what it must
+    look like (:data:`MODEL`), ``metrics`` the keys its one MetricRecord must hold, and
+    ``finite`` those of them that must be finite numbers (an aggregation rule divides by
+    them or raises them to a power). The global model always travels down as ``arrays``."""
+
+    arrays: Mapping[str, str] = field(default_factory=lambda: {"arrays": MODEL})
+    metrics: tuple[str, ...] = TRAIN_METRICS
+    finite: tuple[str, ...] = ()
+
+
+@dataclass
+class LocalTraining:
+    """What a hook may look at when a client starts training: the model (holding the global
+    weights), the client's training images and labels, and how batches are normalised."""
+
+    model: nn.Module
+    images: np.ndarray
+    labels: np.ndarray
+    normalize: Callable[[np.ndarray], torch.Tensor]
+
+
+class TrainHook:
+    """An algorithm's additions to local training; the default adds nothing (FedAvg).
+
+    :func:`fedconv.training.train_local` calls :meth:`begin` once before the first step,
+    :meth:`loss` for every batch (its value is added to the data loss), :meth:`before_step`
+    after ``backward`` and before the optimizer step (gradient corrections), and
+    :meth:`reply_metrics` once training is done."""
+
+    def begin(self, local: LocalTraining) -> None:
+        """Before the first step, with the received global weights in ``local.model``."""
+
+    def loss(self, model: nn.Module) -> torch.Tensor | None:
+        """A term added to each batch's loss, or None."""
+        return None
+
+    def before_step(self, model: nn.Module) -> None:
+        """After ``backward()``, before ``optimizer.step()``."""
+
+    def reply_metrics(self) -> dict[str, float]:
+        """Extra metrics this algorithm's server side reads from the reply."""
+        return {}
+
+
+BufferRule = Literal["strategy", "mean"]
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One aggregation algorithm (see the module docstring).
+
+    ``buffers`` says what happens to BatchNorm's running statistics, which are not
+    parameters and have no gradient: ``"strategy"`` hands them to the strategy with the
+    weights (its rule, e.g. a median or Krum's choice, covers them too); ``"mean"`` keeps
+    them away from a server optimizer (FedAvgM's momentum, FedAdam's moments, q-FedAvg's
+    step) and sets them to the example-weighted mean of the accepted replies.
+    """
+
+    name: str
+    paper: str
+    strategy_class: type[Strategy]
+    strategy_kwargs: Callable[[Mapping[str, Any]], dict[str, Any]] = lambda cfg: {}
+    state_attributes: tuple[str, ...] = ()
+    buffers: BufferRule = "strategy"
+    client_hook: Callable[[Mapping[str, Any], ConfigRecord], TrainHook] = lambda cfg, config: TrainHook()
+    wire: Wire = Wire()
+    config_problems: Callable[[Checks, int], None] = lambda c, cohort: None
+    state_summary: str = "none"
+
+    def make_strategy(self, strategy_cfg: Mapping[str, Any]) -> Strategy:
+        """Flower's strategy with this algorithm's hyper-parameters. Cohorts are fedconv's
+        (:mod:`fedconv.cohorts`): the strategy is told to take every node it is shown."""
+        common: dict[str, Any] = dict(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=1,
+                                      min_evaluate_nodes=1, min_available_nodes=1)
+        return self.strategy_class(**common, **self.strategy_kwargs(strategy_cfg))
+
+
+# ------------------------------------------------------------------ server state <-> tensors
+
+StateTensors = dict[str, np.ndarray]
+
+
+def strategy_state(strategy: Strategy, attributes: tuple[str, ...]) -> tuple[StateTensors, dict[str, Any]]:
+    """The strategy's round-to-round state as named arrays plus a JSON description.
+
+    Each attribute is None, a dict or list of numpy arrays, or an ArrayRecord (the forms
+    Flower's strategies keep); arrays are copied, so later rounds cannot change a saved state.
+    """
+    from flwr.app import ArrayRecord
+
+    tensors: StateTensors = {}
+    layout: dict[str, Any] = {}
+    for attr in attributes:
+        value = getattr(strategy, attr)
+        if value is None:
+            layout[attr] = {"kind": "none"}
+            continue
+        if isinstance(value, ArrayRecord):
+            kind, items = "arrayrecord", [(k, a.numpy()) for k, a in value.items()]
+        elif isinstance(value, dict):
+            kind, items = "dict", list(value.items())
+        elif isinstance(value, list):
+            kind, items = "list", [(str(i), v) for i, v in enumerate(value)]
+        else:
+            raise TypeError(f"{type(strategy).__name__}.{attr}: cannot checkpoint a {type(value).__name__}")
+        layout[attr] = {"kind": kind, "keys": [k for k, _ in items]}
+        for key, array in items:
+            tensors[f"{attr}/{key}"] = np.array(array, copy=True)
+    return tensors, layout
+
+
+def restore_strategy_state(strategy: Strategy, tensors: Mapping[str, np.ndarray], layout: Mapping[str, Any]) -> None:
+    """Put a state saved by :func:`strategy_state` back onto a freshly built strategy."""
+    from flwr.app import Array, ArrayRecord
+
+    for attr, spec in layout.items():
+        if not hasattr(strategy, attr):
+            raise ValueError(f"{type(strategy).__name__} has no state attribute '{attr}'")
+        kind = spec["kind"]
+        if kind == "none":
+            setattr(strategy, attr, None)
+            continue
+        arrays = [(k, np.array(tensors[f"{attr}/{k}"], copy=True)) for k in spec["keys"]]
+        if kind == "arrayrecord":
+            setattr(strategy, attr, ArrayRecord({k: Array(v) for k, v in arrays}))
+        elif kind == "dict":
+            setattr(strategy, attr, dict(arrays))
+        elif kind == "list":
+            setattr(strategy, attr, [v for _, v in arrays])
+        else:
+            raise ValueError(f"unknown state kind '{kind}' for {attr}")

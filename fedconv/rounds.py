@@ -1,0 +1,232 @@
+"""A federated round around any algorithm's Flower strategy.
+
+The pieces are separate and built once from plain data: the seeded cohorts
+(:mod:`fedconv.cohorts`), the :class:`RoundPolicy` (stragglers, replies a round needs), the
+reply checks (:mod:`fedconv.reply_checks`, from the algorithm's wire declaration) and the
+ledger (:mod:`fedconv.ledger`). :class:`FederatedRounds` only passes messages between them
+and Flower's strategy, which aggregates exactly as Flower wrote it: fedconv hands it the
+cohort's nodes, and the replies that passed the checks, in partition order.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+from fedconv import records
+from fedconv.algorithms.base import Algorithm, restore_strategy_state, strategy_state
+from fedconv.cohorts import CohortGrid, Cohorts, Phase
+from fedconv.faults import straggler_plan
+from fedconv.ledger import RoundRecord, message_array_bytes, short_reason
+from fedconv.reply_checks import array_spec, reply_problem
+
+
+@dataclass(frozen=True)
+class RoundPolicy:
+    """How the server treats faults: stragglers, and how many good replies a round needs."""
+
+    straggler_fraction: float = 0.0
+    local_epochs: int = 1
+    stragglers: str = "drop"  # drop | aggregate
+    min_train_replies: int = 1
+
+
+class FederatedRounds:
+    """Train and evaluate phases of each round for one algorithm (the four calls of Flower's
+    ``Strategy`` loop, so :func:`fedconv.server_app.run_rounds` drives any algorithm).
+
+    ``buffer_names`` are the model's non-parameter arrays (BatchNorm running statistics);
+    the algorithm's ``buffers`` rule says whether its strategy sees them.
+    """
+
+    def __init__(
+        self,
+        algorithm: Algorithm,
+        strategy_cfg: Mapping[str, Any],
+        cohorts: Cohorts,
+        lr_for_round: Callable[[int], float],
+        policy: RoundPolicy = RoundPolicy(),
+        partition_sizes: Mapping[int, int] | None = None,
+        buffer_names: Iterable[str] = (),
+    ) -> None:
+        self.algorithm = algorithm
+        self.strategy = algorithm.make_strategy(strategy_cfg)
+        self.cohorts = cohorts
+        self.lr_for_round = lr_for_round
+        self.policy = policy
+        self.partition_sizes = dict(partition_sizes or {})
+        self.buffer_names = frozenset(buffer_names) if algorithm.buffers == "mean" else frozenset()
+        self.current: RoundRecord | None = None
+        self._train: Phase | None = None
+        self._eval: Phase | None = None
+        self._sent_spec: dict[str, tuple[tuple[int, ...], str]] = {}
+        self._arrays_key = str(getattr(self.strategy, "arrayrecord_key", "arrays"))
+        self._config_key = str(getattr(self.strategy, "configrecord_key", "config"))
+
+    # ------------------------------------------------------------------ state
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The strategy's round-to-round state (named arrays + JSON layout) for the checkpoint."""
+        return strategy_state(self.strategy, self.algorithm.state_attributes)
+
+    def restore(self, tensors: Mapping[str, np.ndarray], layout: Mapping[str, Any]) -> None:
+        restore_strategy_state(self.strategy, tensors, layout)
+
+    # ------------------------------------------------------------------ messages
+
+    def _message(self, sent: Message, arrays: ArrayRecord, phase: Phase, **config: Any) -> Message:
+        """A copy of the strategy's message for one node: the full model, and a ConfigRecord
+        that also names the partition (in a pool) and any straggler orders."""
+        content = RecordDict(dict(sent.content.items()))
+        content[self._arrays_key] = arrays
+        values = ConfigRecord(dict(sent.content.config_records[self._config_key]))
+        node = sent.metadata.dst_node_id
+        if phase.names_partitions:
+            values["partition-id"] = phase.pid(node)
+        for name, value in config.items():
+            values[name.replace("_", "-")] = value
+        content[self._config_key] = values
+        return Message(content=content, message_type=sent.metadata.message_type, dst_node_id=node)
+
+    def _strategy_view(self, arrays: ArrayRecord) -> ArrayRecord:
+        """What the strategy aggregates: the model without the buffers it must not touch."""
+        if not self.buffer_names:
+            return arrays
+        return ArrayRecord({k: a for k, a in arrays.items() if k not in self.buffer_names})
+
+    def _for_strategy(self, reply: Message) -> Message:
+        """The reply as Flower's strategies expect it: one ArrayRecord (the model, without
+        the buffers kept from the strategy) and the MetricRecord. Fresh records, so a
+        strategy that pops arrays (FedTrimmedAvg) leaves the ledger's reply intact, with the
+        arrays in the order the server sent them, whatever order the client used."""
+        arrays = reply.content.array_records[self._arrays_key]
+        names = [k for k in self._sent_spec if k not in self.buffer_names]  # in the order sent: FedAvgM and
+        view = RecordDict({self._arrays_key: ArrayRecord({k: arrays[k] for k in names}),  # q-FedAvg pair arrays by position
+                           "metrics": next(iter(reply.content.metric_records.values()))})
+        shown = copy.copy(reply)  # same metadata (Flower logs the sender), other content
+        shown.content = view
+        return shown
+
+    # ------------------------------------------------------------------ train
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:
+        record = RoundRecord(server_round=server_round, started=time.perf_counter())
+        self.current = record
+        record.lr = float(self.lr_for_round(server_round))
+        config["lr"] = record.lr
+        phase = self._train = self.cohorts.phase(server_round, train=True)
+        self._sent_spec = array_spec(arrays)
+        sent = self.strategy.configure_train(server_round, self._strategy_view(arrays), config,
+                                             _cohort_grid(grid, phase))
+        p = self.policy
+        record.stragglers = straggler_plan(self.cohorts.seed, server_round, list(phase.node_to_pid.values()),
+                                           p.straggler_fraction, p.local_epochs)
+        messages = []
+        for m in sent:
+            plan = record.stragglers.get(phase.pid(m.metadata.dst_node_id))
+            orders = {} if plan is None else {"local_epochs": plan[0], "step_fraction": plan[1]}
+            messages.append(self._message(m, arrays, phase, **orders))
+        record.clients_sampled = len(messages)
+        record.bytes_down = sum(message_array_bytes(m) for m in messages)
+        return messages
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        record, phase = self.current, self._train
+        assert record is not None and phase is not None
+        pid_of = phase.node_to_pid
+        # Reply order is completion order; aggregate in partition order so runs are repeatable.
+        replies = sorted(replies, key=lambda m: phase.pid(m.metadata.src_node_id))
+        record.bytes_up = sum(message_array_bytes(m) for m in replies)
+        answered = {phase.pid(m.metadata.src_node_id) for m in replies}
+        record.failures += [f"partition {phase.pid(m.metadata.src_node_id)}: {short_reason(m.error.reason)}"
+                            for m in replies if m.has_error()]
+        record.failures += [f"partition {p}: no reply within the round timeout"
+                            for p in pid_of.values() if p not in answered]
+        accepted, rejected, dropped = [], [], []
+        for m in (m for m in replies if not m.has_error()):
+            pid = phase.pid(m.metadata.src_node_id)
+            problem = reply_problem(m, self.algorithm.wire, self._sent_spec, self.partition_sizes.get(pid))
+            if problem is not None:
+                rejected.append(m)
+                record.failures.append(f"partition {pid}: reply rejected: {problem}")
+            elif pid in record.stragglers and self.policy.stragglers == "drop":
+                dropped.append(m)
+            else:
+                accepted.append(m)
+        record.clients_rejected, record.clients_dropped = len(rejected), len(dropped)
+        record.clients_ok = len(accepted)
+        record.clients_failed = record.clients_sampled - len(accepted) - len(rejected) - len(dropped)
+        record.add_clients("train", accepted, pid_of)
+        record.add_clients("train", dropped, pid_of, status="dropped")
+        record.add_clients("train", rejected, pid_of, status="rejected")
+        if len(accepted) < self.policy.min_train_replies:
+            record.skipped = True
+            return None, None
+        arrays, metrics = self.strategy.aggregate_train(server_round, [self._for_strategy(m) for m in accepted])
+        if arrays is None:  # the rule could not aggregate these replies (Bulyan: too few)
+            record.skipped = True
+            return None, None
+        if self.buffer_names:
+            buffers = aggregate_arrayrecords([_only(m, self._arrays_key, self.buffer_names) for m in accepted], "num-examples")
+            arrays = ArrayRecord({k: (arrays[k] if k in arrays else buffers[k]) for k in self._sent_spec})
+        arrays = _as_sent(arrays, self._sent_spec)
+        if metrics is not None:
+            record.train_loss = records.number(metrics, "train_loss")
+            record.train_accuracy = records.number(metrics, "train_accuracy")
+        return arrays, metrics
+
+    # ------------------------------------------------------------------ evaluate
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:
+        if self.cohorts.eval_per_round == 0:
+            return []
+        phase = self._eval = self.cohorts.phase(server_round, train=False)
+        sent = self.strategy.configure_evaluate(server_round, arrays, config, _cohort_grid(grid, phase))
+        messages = [self._message(m, arrays, phase) for m in sent]
+        if self.current is not None:
+            self.current.eval_clients_sampled = len(messages)
+            self.current.bytes_eval_down = sum(message_array_bytes(m) for m in messages)
+        return messages
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        record, phase = self.current, self._eval
+        assert record is not None and phase is not None
+        replies = sorted(replies, key=lambda m: phase.pid(m.metadata.src_node_id))
+        ok = [m for m in replies if not m.has_error()]
+        record.eval_clients_ok = len(ok)
+        record.add_clients("evaluate", ok, phase.node_to_pid)
+        if not ok:
+            return None
+        metrics = self.strategy.aggregate_evaluate(server_round, ok)
+        if metrics is not None:
+            record.fed_loss = records.number(metrics, "eval_loss")
+            record.fed_accuracy = records.number(metrics, "eval_accuracy")
+        return metrics
+
+
+def _as_sent(arrays: ArrayRecord, spec: Mapping[str, tuple[tuple[int, ...], str]]) -> ArrayRecord:
+    """The aggregate in the global model's own dtypes. Some of Flower's rules compute in
+    float64 (FedAdam's bias correction and q-FedAvg's weights are numpy float64 scalars);
+    a float64 model would double every later message and fail the clients' float32 replies."""
+    if all(str(a.dtype) == spec[k][1] for k, a in arrays.items()):
+        return arrays
+    return ArrayRecord({k: Array(np.asarray(a.numpy(), dtype=spec[k][1])) for k, a in arrays.items()})
+
+
+def _cohort_grid(grid: Grid, phase: Phase) -> Grid:
+    return cast(Grid, CohortGrid(grid, phase.nodes))  # a view: the Grid's API, fewer nodes
+
+
+def _only(reply: Message, key: str, names: frozenset[str]) -> RecordDict:
+    """The reply's ``names`` arrays and its metrics, for Flower's weighted mean."""
+    arrays = reply.content.array_records[key]
+    return RecordDict({key: ArrayRecord({k: a for k, a in arrays.items() if k in names}),
+                       "metrics": next(iter(reply.content.metric_records.values()))})
