@@ -27,6 +27,7 @@ from fedconv.run_reader import IN_PROGRESS, Run, read_run
 
 DEFAULT_BY = ("strategy.name", "strategy.mu")
 AVERAGED_OVER = "seed"
+ROUND_POLICY_KEYS = frozenset({"strategy.stragglers"})  # in every strategy's config, but the server's policy
 
 
 class ReportError(ValueError):
@@ -94,6 +95,14 @@ def uncontrolled_differences(runs: Sequence[Run], keys: Iterable[str]) -> dict[s
     for key in sorted(all_keys):
         if key in grouped or key in inert:
             continue
+        if "strategy.name" in grouped and key.startswith("strategy.") and key not in ROUND_POLICY_KEYS:
+            # an algorithm's own hyper-parameters come with its name: they differ only
+            # where runs of the *same* algorithm disagree on them
+            by_name: dict[Any, set[str]] = {}
+            for f in flats:
+                by_name.setdefault(f.get("strategy.name"), set()).add(json.dumps(f.get(key), sort_keys=True))
+            if all(len(v) == 1 for v in by_name.values()):
+                continue
         values = {json.dumps(f.get(key), sort_keys=True) for f in flats}
         if len(values) > 1:
             diffs[key] = sorted(json.loads(v) for v in values if v != "null") + (["(absent)"] if "null" in values else [])
@@ -115,6 +124,74 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def ci95(values: Sequence[float]) -> float | None:
+    """Half-width of the 95 % confidence interval of the mean (Student's t, n - 1 degrees of
+    freedom); None for fewer than two values, where there is no interval to give."""
+    from scipy import stats
+
+    if len(values) < 2:
+        return None
+    return float(stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5)
+
+
+def paired_differences(groups: dict[tuple[str, str], list[Run]], baseline: tuple[str, str]) -> list[dict[str, Any]]:
+    """Each group against the baseline group of its facet, paired by seed: the mean of
+    (final accuracy - baseline's final accuracy of the same seed) in points, with its 95 %
+    interval. A seed only one side ran is left out of the pair, and named."""
+    key, wanted = baseline
+    rows = []
+    for facet in sorted({f for f, _ in groups}):
+        members = {label: runs for (f, label), runs in groups.items() if f == facet}
+        base_labels = [label for label, runs in members.items()
+                       if runs and all(str(r.get(key)) == wanted for r in runs)]
+        if len(base_labels) != 1:
+            raise ReportError(f"--baseline {key}={wanted}: {'no' if not base_labels else len(base_labels)} groups"
+                              f"{' in facet ' + facet if facet else ''} match (groups: {', '.join(sorted(members))})")
+        base_label = base_labels[0]
+        base = _by_seed(members[base_label], base_label)
+        for label, runs in sorted(members.items()):
+            if label == base_label:
+                continue
+            mine = _by_seed(runs, label)
+            seeds = sorted(set(mine) & set(base), key=str)
+            diffs = [100 * (mine[s] - base[s]) for s in seeds]
+            mean = statistics.fmean(diffs) if diffs else None
+            half = ci95(diffs)
+            rows.append({
+                "facet": facet or None, "group": label, "baseline": base_label, "n": len(diffs), "seeds": seeds,
+                "unpaired_seeds": sorted(set(mine) ^ set(base), key=str),
+                "mean_diff_points": mean, "ci95_points": half,
+                "significant": None if half is None or mean is None else abs(mean) > half,
+            })
+    return rows
+
+
+def _by_seed(runs: list[Run], label: str) -> dict[Any, float]:
+    out: dict[Any, float] = {}
+    for run in runs:
+        acc = _final_accuracy(run)
+        if acc is None:
+            continue
+        seed = run.get(AVERAGED_OVER)
+        if seed in out:
+            raise ReportError(f"group '{label}' has two runs with seed {seed}: pairing by seed needs one each "
+                              "(group on the key that tells them apart with --by)")
+        out[seed] = acc
+    return out
+
+
+def paired_sentence(row: dict[str, Any]) -> str:
+    """``fedadam vs fedavg: +1.20 ± 0.40 points (95% CI, 3 paired seeds)`` and what it means."""
+    if row["mean_diff_points"] is None:
+        return f"{row['group']} vs {row['baseline']}: no seed in common"
+    seeds = f"{row['n']} paired seed{'s' if row['n'] != 1 else ''}"
+    if row["ci95_points"] is None:
+        return f"{row['group']} vs {row['baseline']}: {row['mean_diff_points']:+.2f} points ({seeds}; no interval from one seed)"
+    verdict = "a real difference" if row["significant"] else "not distinguishable from 0"
+    return (f"{row['group']} vs {row['baseline']}: {row['mean_diff_points']:+.2f} ± {row['ci95_points']:.2f} points "
+            f"(95% CI, {seeds}): {verdict}")
 
 
 def rounds_to_target(run: Run, target: float) -> tuple[int | None, float | None]:
@@ -144,9 +221,11 @@ def compare(
     by: Sequence[str] = DEFAULT_BY,
     facet: str | None = None,
     target: float | None = None,
+    baseline: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """The comparison as plain data: ``rows`` (one per facet x group), ``excluded`` runs,
-    the ``target`` used, and config ``differences`` not controlled for."""
+    the ``target`` used, config ``differences`` not controlled for, and with a ``baseline``
+    (key, value) the ``paired`` differences of every other group against it."""
     runs = [i for i in inputs if isinstance(i, Run)] or find_runs([i for i in inputs if not isinstance(i, Run)])
     usable = [r for r in runs if r.status == "completed"]
     excluded = [{"run": str(r.path), "status": r.status, "error": _why_excluded(r)} for r in runs if r not in usable]
@@ -179,6 +258,7 @@ def compare(
                 "rounds": max((len(m.rounds) for m in members), default=0),
                 "final_accuracy_mean": final_mean,
                 "final_accuracy_std": final_std,
+                "final_accuracy_ci95": ci95(finals),
                 "best_accuracy_mean": _mean_std([b[1] for b in bests])[0],
                 "best_round_mean": _mean_std([float(b[0]) for b in bests])[0],
                 "target": target,
@@ -200,6 +280,7 @@ def compare(
         "by": list(by),
         "facet": facet,
         "differences": uncontrolled_differences(usable, [*by, *([facet] if facet else [])]),
+        "paired": paired_differences(groups, baseline) if baseline else [],
         "runs": usable,
         "groups": groups,
     }
@@ -306,7 +387,7 @@ def _fmt_round(value: float | None) -> str:
 
 
 TABLE_HEADER = [
-    "group", "n", "final acc (mean ± std)", "best acc (round)", "rounds to target", "MB to target",
+    "group", "n", "final acc (mean ± std)", "95% CI", "best acc (round)", "rounds to target", "MB to target",
     "total MB", "wall s", "client acc mean / p10 / worst",
 ]
 
@@ -318,6 +399,7 @@ def table_cells(row: dict[str, Any]) -> list[str]:
         row["group"],
         str(row["n"]),
         f"{_fmt(row['final_accuracy_mean'])} ± {_fmt(row['final_accuracy_std'])}",
+        f"± {_fmt(row['final_accuracy_ci95'])}" if row["final_accuracy_ci95"] is not None else "– (n=1)",
         f"{_fmt(row['best_accuracy_mean'])} ({_fmt_round(row['best_round_mean'])})",
         rtt,
         _fmt(row["mb_to_target_mean"], 1),
@@ -365,7 +447,11 @@ def render_markdown(result: dict[str, Any], images: list[Path]) -> str:
         lines += ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
         lines += ["| " + " | ".join(table_cells(r)) + " |" for r in result["rows"] if r["facet"] == facet_value]
     lines += ["", f"Target accuracy {result['target']:.4f}; rounds/MB to target are means over seeds "
-                  "and shown only when every seed reached it."]
+                  "and shown only when every seed reached it. 95% CI: half-width of the Student-t interval "
+                  "of the mean final accuracy over seeds."]
+    if result["paired"]:
+        lines += ["", "## Against the baseline (final accuracy, paired by seed)", ""]
+        lines += [f"- {(r['facet'] + ': ') if r['facet'] else ''}{paired_sentence(r)}" for r in result["paired"]]
     if result["excluded"]:
         lines += ["", "## Excluded runs (not in the means)", ""]
         lines += [f"- `{e['run']}`: {e['status']}" + (f" — {e['error']}" if e["error"] else "") for e in result["excluded"]]
@@ -397,6 +483,11 @@ def render_html(result: dict[str, Any], images: list[Path]) -> str:
             if row["facet"] == facet_value:
                 parts.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in table_cells(row)) + "</tr>")
         parts.append("</table>")
+    if result["paired"]:
+        parts.append("<h2>Against the baseline (final accuracy, paired by seed)</h2><ul>")
+        parts += [f"<li>{esc((r['facet'] + ': ') if r['facet'] else '')}{esc(paired_sentence(r))}</li>"
+                  for r in result["paired"]]
+        parts.append("</ul>")
     if result["excluded"]:
         parts.append("<h2>Excluded runs (not in the means)</h2><ul>")
         parts += [f"<li><code>{esc(e['run'])}</code>: {esc(e['status'])} {esc(e['error'] or '')}</li>"
@@ -419,7 +510,7 @@ def write_report(result: dict[str, Any], out: Path) -> list[Path]:
     atomic.write_text(out / "report.html", render_html(result, images))
     table = [{k: v for k, v in r.items()} for r in result["rows"]]
     run_dir.write_json(out / "report.json", {"target": result["target"], "rows": table, "excluded": result["excluded"],
-                                            "differences": result["differences"]})
+                                            "differences": result["differences"], "paired": result["paired"]})
     return [out / "report.md", out / "report.html", out / "report.json", *images]
 
 
@@ -434,17 +525,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fedconv.report", description=__doc__.splitlines()[0])
     parser.add_argument("inputs", nargs="+", help="sweep dirs, run dirs or globs")
     parser.add_argument("--by", nargs="+", default=list(DEFAULT_BY),
-                        help="config keys to group on (default: strategy.name strategy.mu)")
+                        help="config keys to group on (default: strategy.name strategy.mu); "
+                             "any strategy's hyper-parameter works, e.g. strategy.server_lr")
     parser.add_argument("--facet", default=None, help="config key: one panel/table per value (e.g. partition.alpha)")
     parser.add_argument("--target", type=float, default=None,
                         help="target accuracy (default: 95%% of the best group's final accuracy)")
     parser.add_argument("--out", type=Path, default=None, help="output dir (default: <sweep dir>/report)")
+    parser.add_argument("--baseline", default=None, metavar="KEY=VALUE",
+                        help="the group to compare every other against, paired by seed (e.g. strategy.name=fedavg)")
     args = parser.parse_args(argv)
+    baseline = None
+    if args.baseline is not None:
+        key, sep, value = args.baseline.partition("=")
+        if not sep or not key or not value:
+            print(f"error: --baseline={args.baseline}: must be KEY=VALUE, e.g. strategy.name=fedavg", file=sys.stderr)
+            return 2
+        baseline = (key, value)
     if args.target is not None and not 0 < args.target <= 1:
         print(f"error: --target={args.target}: must be in (0, 1]", file=sys.stderr)
         return 2
     try:
-        result = compare(args.inputs, by=args.by, facet=args.facet, target=args.target)
+        result = compare(args.inputs, by=args.by, facet=args.facet, target=args.target, baseline=baseline)
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

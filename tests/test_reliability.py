@@ -206,9 +206,10 @@ def test_a_signalled_run_stops_as_interrupted_keeps_its_rounds_and_resumes(tmp_p
     assert final["status"] == "completed" and final["rounds_completed"] == 4 and final["resumed_from_round"] in (2, 3)
 
 
-def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+@pytest.mark.parametrize("strategy", ["fedadam", "fedavgm"])  # server state: moments, momentum
+def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, strategy: str) -> None:
     overrides = [*BASE, "simulation.num_clients=4", "server.rounds=4", "server.fraction_evaluate=0.5",
-                 "faults.slow_partitions=1", "faults.slow_seconds=2"]
+                 "faults.slow_partitions=1", "faults.slow_seconds=2", f"strategy={strategy}"]
     ok(simulate(*overrides, f"hydra.run.dir={tmp_path / 'whole'}"))
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -248,3 +249,25 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> Non
     assert final["status"] == "completed" and final["rounds_completed"] == 4 and final["resumed_from_round"] in (2, 3)
     whole_summary = json.loads((tmp_path / "whole" / "summary.json").read_text())
     assert final["final_central_accuracy"] == whole_summary["final_central_accuracy"]
+
+
+def test_robust_strategies_resist_poisoned_updates_that_pass_the_checks(tmp_path: Path) -> None:
+    """One of seven clients sends its update scaled by -10 (finite, well-formed): FedAvg's mean
+    collapses to chance, the median, trimmed mean, Krum and Bulyan keep learning."""
+    names = ["fedavg", "fedmedian", "fedtrimmedavg", "krum", "bulyan"]
+    proc = simulate("-m", *BASE, "simulation.num_clients=7", "server.rounds=3", "faults.corrupt_partitions=0",
+                    "faults.corrupt_mode=scale", "faults.scale_factor=-10", f"strategy={','.join(names)}",
+                    f"hydra.sweep.dir={tmp_path}", timeout=900)
+    ok(proc)
+    final, best = {}, {}
+    for job in json.loads((tmp_path / "sweep.json").read_text())["jobs"]:
+        run = Path(job["run_dir"])
+        name = yaml.safe_load((run / "config.yaml").read_text())["strategy"]["name"]
+        table = rows(run)
+        assert ints(table, "clients_rejected") == [0, 0, 0] and ints(table, "clients_ok") == [7, 7, 7], name
+        summary = json.loads((run / "summary.json").read_text())
+        final[name], best[name] = summary["final_central_accuracy"], summary["best_central_accuracy"]
+    assert set(final) == set(names)
+    assert best["fedavg"] < 0.15, final  # chance on 10 classes
+    for name in names[1:]:
+        assert best[name] > 0.3 and final[name] > final["fedavg"] + 0.2, (name, final)

@@ -233,9 +233,52 @@ def test_report_files_are_written(sweep: Path) -> None:
     out = sweep / "out"
     assert main([str(sweep), "--out", str(out), "--target", "0.75"]) == 0
     md = (out / "report.md").read_text()
-    assert "| fedavg | 2 | 0.8500 ± 0.0707 | 0.8500 (3) |" in md and "Excluded runs" in md
+    assert "| fedavg | 2 | 0.8500 ± 0.0707 | ± 0.6353 | 0.8500 (3) |" in md and "Excluded runs" in md
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4 and "<table>" in html and "http" not in html.split("<body>")[1]
     for name in ("accuracy_vs_round", "accuracy_vs_mb", "train_loss_vs_round", "client_accuracy"):
         assert (out / f"{name}.png").read_bytes()[:8] == PNG
         assert (out / f"{name}.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_interval_and_paired_difference_against_a_baseline(tmp_path: Path) -> None:
+    """95 % intervals from Student's t (quantiles typed in from a t-table), paired by seed."""
+    for seed, (avg, adam) in enumerate([(0.80, 0.82), (0.84, 0.85), (0.78, 0.81)]):
+        make_run(tmp_path / f"avg{seed}", strategy="fedavg", seed=seed, accs=[0.5, avg])
+        make_run(tmp_path / f"adam{seed}", strategy="fedadam", seed=seed, accs=[0.5, adam])
+    make_run(tmp_path / "adam9", strategy="fedadam", seed=9, accs=[0.5, 0.99])  # no fedavg run of seed 9
+    result = compare([tmp_path], by=["strategy.name"], baseline=("strategy.name", "fedavg"))
+    rows = rows_by_group(result)
+    t2 = 4.302652729911275  # t(0.975, df=2)
+    assert rows["fedavg"]["final_accuracy_ci95"] == pytest.approx(t2 * statistics.stdev([0.80, 0.84, 0.78]) / 3**0.5)
+    (paired,) = result["paired"]
+    diffs = [2.0, 1.0, 3.0]  # points, seeds 0..2; seed 9 has no partner
+    assert paired["group"] == "fedadam" and paired["baseline"] == "fedavg" and paired["n"] == 3
+    assert paired["unpaired_seeds"] == [9] and paired["mean_diff_points"] == pytest.approx(2.0)
+    assert paired["ci95_points"] == pytest.approx(t2 * statistics.stdev(diffs) / 3**0.5)  # 2.48: CI spans 0
+    assert paired["significant"] is False
+    from fedconv.report import paired_sentence
+
+    assert paired_sentence(paired) == ("fedadam vs fedavg: +2.00 ± 2.48 points (95% CI, 3 paired seeds): "
+                                       "not distinguishable from 0")
+    assert main([str(tmp_path), "--by", "strategy.name", "--baseline", "strategy.name=fedavg",
+                 "--out", str(tmp_path / "r")]) == 0
+    assert "fedadam vs fedavg: +2.00 ± 2.48 points" in (tmp_path / "r" / "report.md").read_text()
+    assert main([str(tmp_path), "--baseline", "strategy.name=fedsgd", "--out", str(tmp_path / "r2")]) == 2
+    assert main([str(tmp_path), "--baseline", "fedavg", "--out", str(tmp_path / "r3")]) == 2
+
+
+def test_an_algorithms_own_hyper_parameters_are_not_uncontrolled_differences(tmp_path: Path) -> None:
+    for name, extra in (("fedavg", {}), ("fedadam", {"server_lr": 0.01}), ("fedyogi", {"server_lr": 0.02})):
+        run = make_run(tmp_path / name, strategy=name, seed=0, accs=[0.5, 0.6])
+        cfg = yaml.safe_load((run / run_dir.CONFIG).read_text())
+        cfg["strategy"].update(extra)
+        (run / run_dir.CONFIG).write_text(yaml.safe_dump(cfg))
+    assert compare([tmp_path], by=["strategy.name"])["differences"] == {}
+    again = make_run(tmp_path / "fedadam-2", strategy="fedadam", seed=1, accs=[0.5, 0.7])
+    cfg = yaml.safe_load((again / run_dir.CONFIG).read_text())
+    cfg["strategy"]["server_lr"] = 0.1  # the same algorithm, another server lr: that is uncontrolled
+    (again / run_dir.CONFIG).write_text(yaml.safe_dump(cfg))
+    assert compare([tmp_path], by=["strategy.name"])["differences"] == {"strategy.server_lr": [0.01, 0.02, 0.1, "(absent)"]}
+    grouped = compare([tmp_path], by=["strategy.name", "strategy.server_lr"])
+    assert grouped["differences"] == {} and "fedadam server_lr=0.1" in rows_by_group(grouped)

@@ -287,3 +287,27 @@ def _children(proc) -> list:
         return proc.children(recursive=True)
     except psutil.NoSuchProcess:
         return []
+
+
+def test_the_other_flower_strategies_learn_end_to_end(tmp_path: Path) -> None:
+    """FedYogi, FedAdagrad, MultiKrum and q-FedAvg on the real stack (FedAdam and FedAvgM are
+    run by the kill-and-resume test, FedMedian, FedTrimmedAvg, Krum and Bulyan by the
+    poisoning test, FedAvg and FedProx throughout)."""
+    names = ["fedyogi", "fedadagrad", "multikrum", "qfedavg"]
+    proc = simulate("-m", "dataset=digits", "simulation.num_clients=5", "server.fraction_train=1.0",
+                    "server.fraction_evaluate=0", "server.rounds=3", "partition.alpha=1.0",
+                    f"strategy={','.join(names)}", f"hydra.sweep.dir={tmp_path}", timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = json.loads((tmp_path / "sweep.json").read_text())["jobs"]
+    assert [j["status"] for j in jobs] == ["completed"] * len(names)
+    for job in jobs:
+        run = Path(job["run_dir"])
+        name = yaml.safe_load((run / "config.yaml").read_text())["strategy"]["name"]
+        table = rows(run)
+        acc = [float(r["central_accuracy"]) for r in table]
+        assert acc[-1] > acc[0] + 0.05 and acc[-1] > 0.3, (name, acc)
+        assert all(int(r["clients_ok"]) == 5 and int(r["clients_rejected"]) == 0 for r in table), name
+        assert len({int(r["bytes_down"]) for r in table}) == 1  # the model stays float32 on the wire
+    qfed = next(Path(j["run_dir"]) for j in jobs if "qfedavg" in j["overrides"])
+    losses = [r for r in rows(qfed, "client_metrics.csv") if r["phase"] == "train"]
+    assert len(losses) == 15 and all(r["status"] == "ok" for r in losses)
