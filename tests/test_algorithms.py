@@ -294,3 +294,29 @@ def test_poisoned_updates_are_finite_and_well_formed(mode: str, factor: float) -
     torch.testing.assert_close(out["conv.weight"], torch.full((2, 2), 0.3 * factor))
     torch.testing.assert_close(out["bn.running_var"], trained["bn.running_var"])  # statistics stay honest
     assert all(torch.isfinite(v).all() and v.dtype == trained[k].dtype for k, v in out.items())
+
+
+@pytest.mark.parametrize("name", sorted(algorithms.ALGORITHMS))
+def test_the_aggregate_does_not_depend_on_reply_order(name: str) -> None:
+    """Replies arrive in completion order; every rule sees them in partition order, so the
+    same seed gives the same rounds.csv whichever client finishes first."""
+    x, clients = models(20)
+    results = []
+    for order in (lambda ms: ms, lambda ms: ms[::-1], lambda ms: ms[3:] + ms[:3]):
+        strategy = driver(strategy_cfg(name))
+        sent = ArrayRecord({k: Array(v) for k, v in x.items()})
+        msgs = strategy.configure_train(1, sent, ConfigRecord({}), FakeGrid(NODES))
+        replies = []
+        for m in msgs:
+            pid = strategy._train.pid(m.metadata.dst_node_id)
+            metrics = {"train_loss": 1.0 + pid, "train_accuracy": 0.5, "num-examples": COUNTS[pid], "steps": 3,
+                       "global_loss": 1.0 + pid}
+            arrays = {k: Array(v) for k, v in reversed(list(clients[pid].items()))}  # any array order, too
+            replies.append(Message(RecordDict({"arrays": ArrayRecord(arrays), "metrics": MetricRecord(metrics)}),
+                                   reply_to=m))
+        arrays, metrics = strategy.aggregate_train(1, order(replies))
+        results.append(({k: a.numpy() for k, a in arrays.items()}, dict(metrics)))
+    for got, metrics in results[1:]:
+        assert list(got) == list(results[0][0]) and metrics == results[0][1]
+        for k in got:
+            np.testing.assert_array_equal(got[k], results[0][0][k])
