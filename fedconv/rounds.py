@@ -108,8 +108,9 @@ class FederatedRounds:
         strategy that pops arrays (FedTrimmedAvg) leaves the ledger's reply intact, with the
         arrays in the order the server sent them, whatever order the client used."""
         arrays = reply.content.array_records[self._arrays_key]
-        names = [k for k in self._sent_spec if k not in self.buffer_names]  # in the order sent: FedAvgM and
-        view = RecordDict({self._arrays_key: ArrayRecord({k: arrays[k] for k in names}),  # q-FedAvg pair arrays by position
+        # In the order sent: FedAvgM and q-FedAvg pair a reply's arrays with the model's by position.
+        names = [k for k in self._sent_spec if k not in self.buffer_names]
+        view = RecordDict({self._arrays_key: ArrayRecord({k: arrays[k] for k in names}),
                            "metrics": next(iter(reply.content.metric_records.values()))})
         shown = copy.copy(reply)  # same metadata (Flower logs the sender), other content
         shown.content = view
