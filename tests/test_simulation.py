@@ -308,6 +308,6 @@ def test_the_other_flower_strategies_learn_end_to_end(tmp_path: Path) -> None:
         assert acc[-1] > acc[0] + 0.05 and acc[-1] > 0.3, (name, acc)
         assert all(int(r["clients_ok"]) == 5 and int(r["clients_rejected"]) == 0 for r in table), name
         assert len({int(r["bytes_down"]) for r in table}) == 1  # the model stays float32 on the wire
-    qfed = next(Path(j["run_dir"]) for j in jobs if "qfedavg" in j["overrides"])
+    qfed = next(Path(j["run_dir"]) for j in jobs if "strategy=qfedavg" in j["overrides"])
     losses = [r for r in rows(qfed, "client_metrics.csv") if r["phase"] == "train"]
     assert len(losses) == 15 and all(r["status"] == "ok" for r in losses)
