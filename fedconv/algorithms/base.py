@@ -98,7 +98,6 @@ class Algorithm:
     """
 
     name: str
-    paper: str
     strategy_class: type[Strategy]
     strategy_kwargs: Callable[[Mapping[str, Any]], dict[str, Any]] = lambda cfg: {}
     state_attributes: tuple[str, ...] = ()
@@ -106,7 +105,6 @@ class Algorithm:
     client_hook: Callable[[Mapping[str, Any], ConfigRecord], TrainHook] = lambda cfg, config: TrainHook()
     wire: Wire = Wire()
     config_problems: Callable[[Checks, int], None] = lambda c, cohort: None
-    state_summary: str = "none"
 
     def make_strategy(self, strategy_cfg: Mapping[str, Any]) -> Strategy:
         """Flower's strategy with this algorithm's hyper-parameters. Cohorts are fedconv's

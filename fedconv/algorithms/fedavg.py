@@ -10,6 +10,5 @@ from fedconv.algorithms.base import Algorithm
 
 ALGORITHM = Algorithm(
     name="fedavg",
-    paper="McMahan et al. 2017",
     strategy_class=FedAvg,
 )

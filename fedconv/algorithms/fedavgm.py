@@ -33,11 +33,9 @@ def config_problems(c: Checks, cohort: int) -> None:
 
 ALGORITHM = Algorithm(
     name="fedavgm",
-    paper="Hsu et al. 2019",
     strategy_class=FedAvgM,
     strategy_kwargs=strategy_kwargs,
     state_attributes=("current_arrays", "momentum_vector"),
     buffers="mean",
     config_problems=config_problems,
-    state_summary="server momentum v, last global x",
 )

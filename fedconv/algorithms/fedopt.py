@@ -44,13 +44,11 @@ def config_problems(c: Checks, cohort: int) -> None:
 def _adaptive(name: str, strategy_class: type) -> Algorithm:
     return Algorithm(
         name=name,
-        paper="Reddi et al. 2021",
         strategy_class=strategy_class,
         strategy_kwargs=strategy_kwargs,
         state_attributes=("m_t", "v_t"),
         buffers="mean",
         config_problems=config_problems,
-        state_summary="moments m, v",
     )
 
 

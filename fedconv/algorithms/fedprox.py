@@ -50,7 +50,6 @@ def config_problems(c: Checks, cohort: int) -> None:
 
 ALGORITHM = Algorithm(
     name="fedprox",
-    paper="Li et al. 2020",
     strategy_class=FedProx,
     strategy_kwargs=lambda cfg: {"proximal_mu": float(cfg["mu"])},
     client_hook=client_hook,

@@ -66,7 +66,6 @@ def config_problems(c: Checks, cohort: int) -> None:
 
 ALGORITHM = Algorithm(
     name="qfedavg",
-    paper="Li et al. 2020 (q-FFL)",
     strategy_class=QFedAvg,
     strategy_kwargs=strategy_kwargs,
     buffers="mean",

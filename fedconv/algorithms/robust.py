@@ -60,28 +60,28 @@ def trimmed_problems(c: Checks, cohort: int) -> None:
     c.in_range("strategy.beta", 0, 0.5, hi_open=True)
 
 
-FEDMEDIAN = Algorithm(name="fedmedian", paper="Yin et al. 2018", strategy_class=FedMedian)
+FEDMEDIAN = Algorithm(name="fedmedian", strategy_class=FedMedian)
 
 FEDTRIMMEDAVG = Algorithm(
-    name="fedtrimmedavg", paper="Yin et al. 2018", strategy_class=FedTrimmedAvg,
+    name="fedtrimmedavg", strategy_class=FedTrimmedAvg,
     strategy_kwargs=lambda cfg: {"beta": float(cfg["beta"])}, config_problems=trimmed_problems,
 )
 
 KRUM = Algorithm(
-    name="krum", paper="Blanchard et al. 2017", strategy_class=Krum,
+    name="krum", strategy_class=Krum,
     strategy_kwargs=lambda cfg: {"num_malicious_nodes": int(cfg["num_malicious_nodes"])},
     config_problems=krum_problems,
 )
 
 MULTIKRUM = Algorithm(
-    name="multikrum", paper="El Mhamdi et al. 2018", strategy_class=MultiKrum,
+    name="multikrum", strategy_class=MultiKrum,
     strategy_kwargs=lambda cfg: {"num_malicious_nodes": int(cfg["num_malicious_nodes"]),
                                  "num_nodes_to_select": int(cfg["num_nodes_to_select"])},
     config_problems=multikrum_problems,
 )
 
 BULYAN = Algorithm(
-    name="bulyan", paper="El Mhamdi et al. 2018", strategy_class=Bulyan,
+    name="bulyan", strategy_class=Bulyan,
     strategy_kwargs=lambda cfg: {"num_malicious_nodes": int(cfg["num_malicious_nodes"])},
     config_problems=bulyan_problems,
 )
