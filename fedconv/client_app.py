@@ -18,7 +18,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedconv import algorithms, faults, records, task
+from fedconv import algorithms, client_state, faults, records, task
+from fedconv.algorithms.base import TrainHook
 from fedconv.config import from_run_config
 from fedconv.datasets import declared_shape
 from fedconv.device_data import load_device_data
@@ -136,6 +137,7 @@ def train(msg: Message, context: Context) -> Message:
         return Message(RecordDict({"arrays": msg.content["arrays"], "metrics": metrics}), reply_to=msg)
     algorithm = algorithms.get(str(cfg["strategy"]["name"]))
     hook = algorithm.client_hook(cfg["strategy"], config)
+    store, started = _receive(hook, algorithm.client_state, cfg, context, msg, pid)
     received = transmitted_state(model, copy=True) if pid in corrupt else {}
     result = task.train_partition(
         cfg, ds, model, idx,
@@ -146,6 +148,9 @@ def train(msg: Message, context: Context) -> Message:
         epochs=records.integer(config, "local-epochs") if "local-epochs" in config else None,
         step_fraction=records.number(config, "step-fraction", 1.0),
     )
+    new_state = hook.new_state()
+    if store is not None and new_state is not None:
+        store.save(pid, server_round, new_state, started_from=started)
     state = transmitted_state(model)
     num_examples = result.num_examples
     if pid in corrupt:
@@ -162,7 +167,22 @@ def train(msg: Message, context: Context) -> Message:
             **hook.reply_metrics(),
         }
     )
-    return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), reply_to=msg)
+    extra = {name: ArrayRecord(arrays) for name, arrays in hook.reply_arrays().items()}
+    return Message(RecordDict({"arrays": ArrayRecord(state), **extra, "metrics": metrics}), reply_to=msg)
+
+
+def _receive(hook: TrainHook, stateful: bool, cfg: dict, context: Context, msg: Message,
+             pid: int) -> tuple[client_state.ClientStateStore | None, int]:
+    """Hand the hook the message's other ArrayRecords and, for a stateful algorithm, the
+    version of this partition's state the server named; returns the store and that version."""
+    extra = {name: rec.to_torch_state_dict() for name, rec in msg.content.array_records.items() if name != "arrays"}
+    if not stateful:
+        hook.receive(extra, None)
+        return None, 0
+    store = client_state.store_for(cfg, context.node_config)
+    started = records.integer(msg.content.config_records["config"], client_state.STATE_ROUND)
+    hook.receive(extra, store.load(pid, started))
+    return store, started
 
 
 @app.evaluate()

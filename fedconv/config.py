@@ -199,8 +199,8 @@ def virtual_nodes(cfg: Mapping[str, Any]) -> int:
 # Keys that say where or how a run executes, never what it computes.
 EXECUTION_KEYS = frozenset({
     "name", "output_dir", "resume", "verbose", "dataset.data_dir", "dataset.cache_dir", "dataset.download",
-    "simulation.nodes", "simulation.ray.address", "simulation.ray.num_cpus", "simulation.ray.include_dashboard",
-    "server.connect_timeout",
+    "simulation.nodes", "simulation.client_state_dir", "simulation.ray.address", "simulation.ray.num_cpus",
+    "simulation.ray.include_dashboard", "server.connect_timeout",
 })
 
 

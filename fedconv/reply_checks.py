@@ -4,7 +4,8 @@ Flower's strategies check that replies agree with each other; they do not check 
 reply agrees with the model that was sent, nor that its numbers are finite. One NaN or one
 client claiming 10^12 examples would otherwise poison the aggregate for everyone. What a
 valid reply holds comes from the algorithm's :class:`~fedconv.algorithms.base.Wire`: the
-ArrayRecords it names (each like the sent model), and the metrics it requires.
+ArrayRecords it names (each like the sent model, or like its trainable parameters), and the
+metrics it requires.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 from flwr.app import ArrayRecord, Message
 
-from fedconv.algorithms.base import MODEL, NUM_EXAMPLES, Wire
+from fedconv.algorithms.base import NUM_EXAMPLES, Wire
 
 ArraySpec = Mapping[str, tuple[tuple[int, ...], str]]
 
@@ -41,15 +42,15 @@ def _arrays_problem(record_name: str, arrays: ArrayRecord, spec: ArraySpec) -> s
     return None
 
 
-def reply_problem(reply: Message, wire: Wire, model_spec: ArraySpec, max_examples: int | None) -> str | None:
-    """Why this train reply must be rejected, or None when it is sound."""
+def reply_problem(reply: Message, wire: Wire, specs: Mapping[str, ArraySpec], max_examples: int | None) -> str | None:
+    """Why this train reply must be rejected, or None when it is sound. ``specs`` maps each
+    array kind of the wire (:data:`~fedconv.algorithms.base.MODEL`, ...) to what the server sent."""
     content = reply.content
     got = set(content.array_records)
     if got != set(wire.arrays):
         return f"expected ArrayRecord(s) {sorted(wire.arrays)}, got {sorted(got)}"
     for record_name, kind in wire.arrays.items():
-        assert kind == MODEL, f"unknown array kind {kind!r}"
-        problem = _arrays_problem(record_name, content.array_records[record_name], model_spec)
+        problem = _arrays_problem(record_name, content.array_records[record_name], specs[kind])
         if problem is not None:
             return problem
     if len(content.metric_records) != 1:

@@ -22,7 +22,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from fedconv import records
-from fedconv.algorithms.base import Algorithm, restore_strategy_state, strategy_state
+from fedconv.algorithms.base import MODEL, PARAMETERS, Algorithm, restore_strategy_state, strategy_state
+from fedconv.client_state import STATE_ROUND
 from fedconv.cohorts import CohortGrid, Cohorts, Phase
 from fedconv.faults import straggler_plan
 from fedconv.ledger import RoundRecord, message_array_bytes, short_reason
@@ -45,6 +46,10 @@ class FederatedRounds:
 
     ``buffer_names`` are the model's non-parameter arrays (BatchNorm running statistics);
     the algorithm's ``buffers`` rule says whether its strategy sees them.
+
+    For an algorithm with client state, ``client_rounds`` maps each partition to its last
+    round whose update was aggregated; every message names that version (``state-round``),
+    and the checkpoint keeps the map (:mod:`fedconv.client_state`).
     """
 
     def __init__(
@@ -58,12 +63,14 @@ class FederatedRounds:
         buffer_names: Iterable[str] = (),
     ) -> None:
         self.algorithm = algorithm
-        self.strategy = algorithm.make_strategy(strategy_cfg)
+        self.strategy = algorithm.make_strategy({**strategy_cfg, "num_partitions": cohorts.num_partitions})
         self.cohorts = cohorts
         self.lr_for_round = lr_for_round
         self.policy = policy
         self.partition_sizes = dict(partition_sizes or {})
-        self.buffer_names = frozenset(buffer_names) if algorithm.buffers == "mean" else frozenset()
+        self.model_buffers = frozenset(buffer_names)
+        self.buffer_names = self.model_buffers if algorithm.buffers == "mean" else frozenset()
+        self.client_rounds: dict[int, int] = {}
         self.current: RoundRecord | None = None
         self._train: Phase | None = None
         self._eval: Phase | None = None
@@ -74,10 +81,16 @@ class FederatedRounds:
     # ------------------------------------------------------------------ state
 
     def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """The strategy's round-to-round state (named arrays + JSON layout) for the checkpoint."""
-        return strategy_state(self.strategy, self.algorithm.state_attributes)
+        """The round-to-round state (named arrays + JSON layout) for the checkpoint: the
+        strategy's, and which version of each partition's client state is current."""
+        tensors, layout = strategy_state(self.strategy, self.algorithm.state_attributes)
+        if self.algorithm.client_state:
+            layout = {**layout, "client_rounds": {str(k): v for k, v in sorted(self.client_rounds.items())}}
+        return tensors, layout
 
     def restore(self, tensors: Mapping[str, np.ndarray], layout: Mapping[str, Any]) -> None:
+        layout = dict(layout)
+        self.client_rounds = {int(k): int(v) for k, v in layout.pop("client_rounds", {}).items()}
         restore_strategy_state(self.strategy, tensors, layout)
 
     # ------------------------------------------------------------------ messages
@@ -91,6 +104,8 @@ class FederatedRounds:
         node = sent.metadata.dst_node_id
         if phase.names_partitions:
             values["partition-id"] = phase.pid(node)
+        if self.algorithm.client_state:
+            values[STATE_ROUND] = self.client_rounds.get(phase.pid(node), 0)
         for name, value in config.items():
             values[name.replace("_", "-")] = value
         content[self._config_key] = values
@@ -102,15 +117,23 @@ class FederatedRounds:
             return arrays
         return ArrayRecord({k: a for k, a in arrays.items() if k not in self.buffer_names})
 
+    def _specs(self) -> dict[str, dict[str, tuple[tuple[int, ...], str]]]:
+        """Each array kind of a wire declaration -> the names, shapes and dtypes it means."""
+        return {MODEL: self._sent_spec,
+                PARAMETERS: {k: v for k, v in self._sent_spec.items() if k not in self.model_buffers}}
+
     def _for_strategy(self, reply: Message) -> Message:
-        """The reply as Flower's strategies expect it: one ArrayRecord (the model, without
-        the buffers kept from the strategy) and the MetricRecord. Fresh records, so a
-        strategy that pops arrays (FedTrimmedAvg) leaves the ledger's reply intact, with the
-        arrays in the order the server sent them, whatever order the client used."""
-        arrays = reply.content.array_records[self._arrays_key]
+        """The reply as Flower's strategies expect it: the model's ArrayRecord (without the
+        buffers kept from the strategy), any other ArrayRecord the wire declares, and the
+        MetricRecord. Fresh records, so a strategy that pops arrays (FedTrimmedAvg) leaves the
+        ledger's reply intact, with the arrays in the order the server sent them, whatever
+        order the client used."""
+        specs = self._specs()
         # In the order sent: FedAvgM and q-FedAvg pair a reply's arrays with the model's by position.
-        names = [k for k in self._sent_spec if k not in self.buffer_names]
-        view = RecordDict({self._arrays_key: ArrayRecord({k: arrays[k] for k in names}),
+        names = {record: [k for k in specs[kind] if record != self._arrays_key or k not in self.buffer_names]
+                 for record, kind in self.algorithm.wire.arrays.items()}
+        got = reply.content.array_records
+        view = RecordDict({**{record: ArrayRecord({k: got[record][k] for k in keys}) for record, keys in names.items()},
                            "metrics": next(iter(reply.content.metric_records.values()))})
         shown = copy.copy(reply)  # same metadata (Flower logs the sender), other content
         shown.content = view
@@ -154,7 +177,7 @@ class FederatedRounds:
         accepted, rejected, dropped = [], [], []
         for m in (m for m in replies if not m.has_error()):
             pid = phase.pid(m.metadata.src_node_id)
-            problem = reply_problem(m, self.algorithm.wire, self._sent_spec, self.partition_sizes.get(pid))
+            problem = reply_problem(m, self.algorithm.wire, self._specs(), self.partition_sizes.get(pid))
             if problem is not None:
                 rejected.append(m)
                 record.failures.append(f"partition {pid}: reply rejected: {problem}")
@@ -179,6 +202,8 @@ class FederatedRounds:
             buffers = aggregate_arrayrecords([_only(m, self._arrays_key, self.buffer_names) for m in accepted], "num-examples")
             arrays = ArrayRecord({k: (arrays[k] if k in arrays else buffers[k]) for k in self._sent_spec})
         arrays = _as_sent(arrays, self._sent_spec)
+        if self.algorithm.client_state:  # these partitions' new states are now the current ones
+            self.client_rounds.update({phase.pid(m.metadata.src_node_id): server_round for m in accepted})
         if metrics is not None:
             record.train_loss = records.number(metrics, "train_loss")
             record.train_accuracy = records.number(metrics, "train_accuracy")

@@ -21,7 +21,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedconv import __version__, algorithms, checkpoint, records, run_dir, stopping, task
+from fedconv import __version__, algorithms, checkpoint, client_state, records, run_dir, stopping, task
 from fedconv.cohorts import Cohorts
 from fedconv.config import cohort_sizes, from_run_config, virtual_nodes
 from fedconv.ledger import short_reason
@@ -122,11 +122,28 @@ def run_rounds(
     return arrays
 
 
+def source_commit() -> str:
+    """The git commit of the fedconv source this process runs, "+dirty" when it has
+    uncommitted changes, or "" outside a git checkout (an installed wheel)."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--", "."], capture_output=True,
+                               text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return head + ("+dirty" if dirty else "")
+
+
 def _versions() -> dict[str, str]:
     import flwr
 
     return {
         "fedconv": __version__,
+        "commit": source_commit(),
         "flwr": flwr.__version__ if hasattr(flwr, "__version__") else "",
         "torch": torch.__version__,
         "numpy": np.__version__,
@@ -348,8 +365,11 @@ def serve(grid: Grid, context: Context) -> None:
         stragglers=str(cfg["strategy"].get("stragglers", "drop")),
         min_train_replies=int(server.get("min_train_replies", 1)),
     )
+    algorithm = algorithms.get(str(cfg["strategy"]["name"]))
+    if algorithm.client_state:
+        client_state.prepare_shared(cfg)
     strategy = FederatedRounds(
-        algorithms.get(str(cfg["strategy"]["name"])), cfg["strategy"], cohorts,
+        algorithm, cfg["strategy"], cohorts,
         lr_for_round=lambda r: lr_for_round(server, float(cfg["client"]["lr"]), r),
         policy=policy, partition_sizes=sizes, buffer_names=buffer_names(model),
     )

@@ -133,7 +133,7 @@ def _train_steps(
     model: nn.Module, images: np.ndarray, labels: np.ndarray, normalizer: Normalizer,
     cfg: Mapping[str, Any], *, lr: float, epochs: int, hook: TrainHook, seed: int, max_steps: int | None,
 ) -> TrainResult:
-    hook.begin(LocalTraining(model, images, labels, normalizer))
+    hook.begin(LocalTraining(model, images, labels, normalizer, lr))
     model.train()
     optimizer = make_optimizer(model, cfg, lr)
     criterion = nn.CrossEntropyLoss()
@@ -165,10 +165,12 @@ def _train_steps(
             loss.backward()
             hook.before_step(model)
             optimizer.step()
+            hook.after_step(model)
             total_loss += float(loss.detach()) * len(idx)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(idx)
             steps += 1
+    hook.end(model, steps)
     if seen == 0:
         return TrainResult(loss=math.nan, accuracy=math.nan, num_examples=n, steps=0)
     return TrainResult(loss=total_loss / seen, accuracy=correct / seen, num_examples=n, steps=steps)

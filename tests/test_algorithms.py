@@ -50,17 +50,23 @@ def strategy_cfg(name: str, **overrides: object) -> dict:
 
 
 def play(strategy: FederatedRounds, server_round: int, x: dict[str, np.ndarray], clients: list[dict[str, np.ndarray]],
-         losses: list[float] | None = None) -> dict[str, np.ndarray]:
-    """One training round: partition i replies ``clients[i]`` with COUNTS[i] examples."""
+         losses: list[float] | None = None, controls: list[dict[str, np.ndarray]] | None = None,
+         nova_a: list[float] | None = None) -> dict[str, np.ndarray]:
+    """One training round: partition i replies ``clients[i]`` with COUNTS[i] examples (and,
+    where the wire asks for them, ``controls[i]`` as its Δc_i and ``nova_a[i]`` as its a_i;
+    by default a fixed function of the client's model and of i)."""
     sent = ArrayRecord({k: Array(v) for k, v in x.items()})
     msgs = strategy.configure_train(server_round, sent, ConfigRecord({}), FakeGrid(NODES))
     replies = []
     for m in msgs:
         pid = strategy._train.pid(m.metadata.dst_node_id)
         metrics = {"train_loss": 9.0, "train_accuracy": 0.5, "num-examples": COUNTS[pid], "steps": 3,
-                   "global_loss": (losses or [1.0] * len(NODES))[pid]}
+                   "global_loss": (losses or [1.0] * len(NODES))[pid], "nova_a": (nova_a or [3.0 + i for i in range(len(NODES))])[pid]}
         content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in clients[pid].items()}),
                               "metrics": MetricRecord(metrics)})
+        if "control" in strategy.algorithm.wire.arrays:
+            dc = controls[pid] if controls else {k: (0.5 * v - 0.1 * pid).astype(np.float32) for k, v in clients[pid].items()}
+            content["control"] = ArrayRecord({k: Array(v) for k, v in dc.items()})
         replies.append(Message(content, reply_to=m))
     arrays, _ = strategy.aggregate_train(server_round, replies)
     assert arrays is not None, strategy.current.failures
@@ -221,7 +227,7 @@ def test_server_optimisers_leave_batchnorm_statistics_to_the_weighted_mean() -> 
     np.testing.assert_allclose(play(median, 1, x, clients)["bn.running_var"], np.full(4, 4.0))
 
 
-STATEFUL = {"fedavgm", "fedadam", "fedyogi", "fedadagrad"}
+STATEFUL = {"fedavgm", "fedadam", "fedyogi", "fedadagrad", "scaffold", "feddyn"}
 
 
 @pytest.mark.parametrize("name", sorted(algorithms.ALGORITHMS))
@@ -246,15 +252,20 @@ def test_server_state_survives_a_checkpoint_exactly(name: str, tmp_path: Path) -
     got = play(resumed, 3, x_ckpt, clients)
     for k in want:
         np.testing.assert_array_equal(got[k], want[k])
-    if name in STATEFUL:
+    after, after_resumed = whole.state()[0], resumed.state()[0]
+    for k in after:
+        np.testing.assert_array_equal(after_resumed[k], after[k])
+    if name in STATEFUL:  # the model or the state it carries on (SCAFFOLD's c) would differ without it
         stateless = play(fresh, 3, x_ckpt, clients)
-        assert any(not np.array_equal(stateless[k], want[k]) for k in want), "the state made no difference"
+        after_fresh = fresh.state()[0]
+        assert (any(not np.array_equal(stateless[k], want[k]) for k in want)
+                or any(not np.array_equal(after_fresh[k], after[k]) for k in after)), "the state made no difference"
 
 
 def test_the_wire_declaration_decides_what_a_valid_reply_is() -> None:
     """An algorithm that sends a second model-shaped record needs no edit to the checks."""
     sent = ArrayRecord({"w": Array(np.zeros(3, np.float32))})
-    spec = array_spec(sent)
+    spec = {MODEL: array_spec(sent)}
     wire = Wire(arrays={"arrays": MODEL, "control": MODEL}, metrics=("num-examples", "c"), finite=("c",))
 
     def reply(records: dict[str, np.ndarray], metrics: dict) -> Message:
@@ -310,10 +321,12 @@ def test_the_aggregate_does_not_depend_on_reply_order(name: str) -> None:
         for m in msgs:
             pid = strategy._train.pid(m.metadata.dst_node_id)
             metrics = {"train_loss": 1.0 + pid, "train_accuracy": 0.5, "num-examples": COUNTS[pid], "steps": 3,
-                       "global_loss": 1.0 + pid}
+                       "global_loss": 1.0 + pid, "nova_a": 2.0 + pid}
             arrays = {k: Array(v) for k, v in reversed(list(clients[pid].items()))}  # any array order, too
-            replies.append(Message(RecordDict({"arrays": ArrayRecord(arrays), "metrics": MetricRecord(metrics)}),
-                                   reply_to=m))
+            content = RecordDict({"arrays": ArrayRecord(arrays), "metrics": MetricRecord(metrics)})
+            if "control" in strategy.algorithm.wire.arrays:
+                content["control"] = ArrayRecord({k: Array(-v) for k, v in reversed(list(clients[pid].items()))})
+            replies.append(Message(content, reply_to=m))
         arrays, metrics = strategy.aggregate_train(1, order(replies))
         results.append(({k: a.numpy() for k, a in arrays.items()}, dict(metrics)))
     for got, metrics in results[1:]:

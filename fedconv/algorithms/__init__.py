@@ -6,7 +6,7 @@ line in :data:`ALGORITHMS`, and ``conf/strategy/<name>.yaml`` (docs/algorithms.m
 
 from __future__ import annotations
 
-from fedconv.algorithms import fedavg, fedavgm, fedopt, fedprox, qfedavg, robust
+from fedconv.algorithms import fedavg, fedavgm, feddyn, fednova, fedopt, fedprox, qfedavg, robust, scaffold
 from fedconv.algorithms.base import Algorithm
 from fedconv.checks import Checks
 
@@ -25,6 +25,9 @@ ALGORITHMS: dict[str, Algorithm] = {
         robust.MULTIKRUM,
         robust.BULYAN,
         qfedavg.ALGORITHM,
+        scaffold.ALGORITHM,
+        fednova.ALGORITHM,
+        feddyn.ALGORITHM,
     )
 }
 STRATEGIES = tuple(ALGORITHMS)

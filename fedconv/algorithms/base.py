@@ -2,13 +2,17 @@
 
 An algorithm says four things, and nothing else in fedconv knows about it:
 
-- **server**: the Flower strategy class it runs (Flower's own class, used as it is) and that
-  class's keyword arguments, read from ``conf/strategy/<name>.yaml``;
+- **server**: the Flower strategy class it runs (Flower's own class, used as it is, or one
+  written here for an algorithm Flower lacks) and that class's keyword arguments, read from
+  ``conf/strategy/<name>.yaml`` plus ``num_partitions``, the federation's N (every client,
+  not just a round's cohort);
 - **server state**: the names of the strategy's attributes that carry state from one round to
   the next (FedAdam's moments, FedAvgM's momentum); the checkpoint stores them as tensors and
   a resumed run puts them back (:func:`strategy_state` / :func:`restore_strategy_state`);
 - **client**: a :class:`TrainHook` that local training calls (a loss term, a gradient
-  correction, extra metrics or arrays for the reply);
+  correction, extra metrics or arrays for the reply), and whether the client keeps state of
+  its own between rounds (SCAFFOLD's control variate), which :mod:`fedconv.client_state`
+  stores by partition id;
 - **wire**: a :class:`Wire` declaring the records of a train reply, from which
   :mod:`fedconv.reply_checks` derives what a valid reply is.
 
@@ -28,11 +32,12 @@ from fedconv.checks import Checks
 
 if TYPE_CHECKING:
     import torch
-    from flwr.app import ConfigRecord
+    from flwr.app import ArrayRecord, ConfigRecord, RecordDict
     from flwr.serverapp.strategy import Strategy
     from torch import nn
 
 MODEL = "model"  # an ArrayRecord named, shaped and typed like the global model the server sent
+PARAMETERS = "parameters"  # like the global model's trainable parameters only (no BatchNorm statistics)
 NUM_EXAMPLES = "num-examples"
 TRAIN_METRICS = (NUM_EXAMPLES, "train_loss", "train_accuracy", "steps")
 
@@ -40,7 +45,7 @@ TRAIN_METRICS = (NUM_EXAMPLES, "train_loss", "train_accuracy", "steps")
 @dataclass(frozen=True)
 class Wire:
     """The records of a train reply: ``arrays`` maps each ArrayRecord's name to what it must
-    look like (:data:`MODEL`), ``metrics`` the keys its one MetricRecord must hold, and
+    look like (:data:`MODEL` or :data:`PARAMETERS`), ``metrics`` the keys its one MetricRecord must hold, and
     ``finite`` those of them that must be finite numbers (an aggregation rule divides by
     them or raises them to a power). The global model always travels down as ``arrays``."""
 
@@ -52,21 +57,33 @@ class Wire:
 @dataclass
 class LocalTraining:
     """What a hook may look at when a client starts training: the model (holding the global
-    weights), the client's training images and labels, and how batches are normalised."""
+    weights), the client's training images and labels, how batches are normalised, and the
+    round's local learning rate."""
 
     model: nn.Module
     images: np.ndarray
     labels: np.ndarray
     normalize: Callable[[np.ndarray], torch.Tensor]
+    lr: float = 0.0
+
+
+Tensors = dict[str, "torch.Tensor"]
 
 
 class TrainHook:
     """An algorithm's additions to local training; the default adds nothing (FedAvg).
 
-    :func:`fedconv.training.train_local` calls :meth:`begin` once before the first step,
-    :meth:`loss` for every batch (its value is added to the data loss), :meth:`before_step`
-    after ``backward`` and before the optimizer step (gradient corrections), and
-    :meth:`reply_metrics` once training is done."""
+    The client calls :meth:`receive` with the server's extra ArrayRecords and this
+    partition's stored state (stateful algorithms); :func:`fedconv.training.train_local`
+    calls :meth:`begin` once before the first step, :meth:`loss` for every batch (its value
+    is added to the data loss), :meth:`before_step` after ``backward`` and before the
+    optimizer step (gradient corrections), :meth:`after_step` after it (corrections of the
+    weights themselves), and :meth:`end` after the last step; the client
+    then sends :meth:`reply_metrics` and :meth:`reply_arrays` and stores :meth:`new_state`."""
+
+    def receive(self, arrays: Mapping[str, Tensors], state: Tensors | None) -> None:
+        """The message's ArrayRecords other than the model, and the state this partition
+        stored after its last accepted round (None: it has none yet)."""
 
     def begin(self, local: LocalTraining) -> None:
         """Before the first step, with the received global weights in ``local.model``."""
@@ -78,9 +95,23 @@ class TrainHook:
     def before_step(self, model: nn.Module) -> None:
         """After ``backward()``, before ``optimizer.step()``."""
 
+    def after_step(self, model: nn.Module) -> None:
+        """After ``optimizer.step()``."""
+
+    def end(self, model: nn.Module, steps: int) -> None:
+        """After the last step; ``steps`` optimizer steps were taken."""
+
     def reply_metrics(self) -> dict[str, float]:
         """Extra metrics this algorithm's server side reads from the reply."""
         return {}
+
+    def reply_arrays(self) -> dict[str, Tensors]:
+        """Extra ArrayRecords of the reply (by record name), as the wire declares them."""
+        return {}
+
+    def new_state(self) -> Tensors | None:
+        """The state to keep for the next round this partition trains (None: keep nothing)."""
+        return None
 
 
 BufferRule = Literal["strategy", "mean"]
@@ -89,6 +120,9 @@ BufferRule = Literal["strategy", "mean"]
 @dataclass(frozen=True)
 class Algorithm:
     """One aggregation algorithm (see the module docstring).
+
+    ``client_state`` says the client keeps state of its own between rounds (the hook's
+    :meth:`TrainHook.new_state`), stored by partition id (:mod:`fedconv.client_state`).
 
     ``buffers`` says what happens to BatchNorm's running statistics, which are not
     parameters and have no gradient: ``"strategy"`` hands them to the strategy with the
@@ -103,6 +137,7 @@ class Algorithm:
     state_attributes: tuple[str, ...] = ()
     buffers: BufferRule = "strategy"
     client_hook: Callable[[Mapping[str, Any], ConfigRecord], TrainHook] = lambda cfg, config: TrainHook()
+    client_state: bool = False
     wire: Wire = Wire()
     config_problems: Callable[[Checks, int], None] = lambda c, cohort: None
 
@@ -168,3 +203,26 @@ def restore_strategy_state(strategy: Strategy, tensors: Mapping[str, np.ndarray]
             setattr(strategy, attr, [v for _, v in arrays])
         else:
             raise ValueError(f"unknown state kind '{kind}' for {attr}")
+
+
+# ------------------------------------------------------------------ arrays for hand-written strategies
+
+def as_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """An ArrayRecord as name -> numpy array, in its order."""
+    return {k: a.numpy() for k, a in record.items()}
+
+
+def as_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+    """name -> numpy array as an ArrayRecord, in the mapping's order."""
+    from flwr.app import Array, ArrayRecord
+
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def example_weights(replies: list[RecordDict], uniform: bool = False) -> np.ndarray:
+    """Each reply's share: its ``num-examples`` over the total (or 1/|S| with ``uniform``)."""
+    from fedconv import records
+
+    n = np.array([1.0 if uniform else records.number(next(iter(r.metric_records.values())), NUM_EXAMPLES)
+                  for r in replies])
+    return n / n.sum()
