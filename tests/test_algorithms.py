@@ -61,7 +61,8 @@ def play(strategy: FederatedRounds, server_round: int, x: dict[str, np.ndarray],
     for m in msgs:
         pid = strategy._train.pid(m.metadata.dst_node_id)
         metrics = {"train_loss": 9.0, "train_accuracy": 0.5, "num-examples": COUNTS[pid], "steps": 3,
-                   "global_loss": (losses or [1.0] * len(NODES))[pid], "nova_a": (nova_a or [3.0 + i for i in range(len(NODES))])[pid]}
+                   "global_loss": (losses or [1.0] * len(NODES))[pid],
+                   "nova_a": (nova_a or [3.0 + i for i in range(len(NODES))])[pid]}
         content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in clients[pid].items()}),
                               "metrics": MetricRecord(metrics)})
         if "control" in strategy.algorithm.wire.arrays:

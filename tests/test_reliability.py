@@ -206,7 +206,7 @@ def test_a_signalled_run_stops_as_interrupted_keeps_its_rounds_and_resumes(tmp_p
     assert final["status"] == "completed" and final["rounds_completed"] == 4 and final["resumed_from_round"] in (2, 3)
 
 
-@pytest.mark.parametrize("strategy", ["fedadam", "fedavgm"])  # server state: moments, momentum
+@pytest.mark.parametrize("strategy", ["fedadam", "fedavgm", "scaffold"])  # server state; + client state
 def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, strategy: str) -> None:
     overrides = [*BASE, "simulation.num_clients=4", "server.rounds=4", "server.fraction_evaluate=0.5",
                  "faults.slow_partitions=1", "faults.slow_seconds=2", f"strategy={strategy}"]

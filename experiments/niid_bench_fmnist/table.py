@@ -28,9 +28,13 @@ import yaml
 # Flower's reproduction of NIID-Bench (mean, std over seeds), best central accuracy in %.
 PUBLISHED = {
     ("iid", "fedavg"): (89.23, 0.45), ("iid", "fedprox"): (89.42, 0.09),
+    ("iid", "scaffold"): (89.33, 0.27), ("iid", "fednova"): (89.36, 0.09),
     ("dir0.5", "fedavg"): (88.09, 0.29), ("dir0.5", "fedprox"): (88.15, 0.42),
+    ("dir0.5", "scaffold"): (88.44, 0.25), ("dir0.5", "fednova"): (88.22, 0.12),
     ("c3", "fedavg"): (82.43, 1.52), ("c3", "fedprox"): (82.99, 0.48),
+    ("c3", "scaffold"): (80.32, 5.03), ("c3", "fednova"): (81.97, 1.34),
     ("c2", "fedavg"): (78.10, 2.51), ("c2", "fedprox"): (78.05, 0.99),
+    ("c2", "scaffold"): (33.80, 41.22), ("c2", "fednova"): (71.67, 2.34),
 }
 PUBLISHED_MU = 0.01
 CELL_NAMES = {"iid": "IID", "dir0.5": "Dir(0.5)", "c3": "#C=3", "c2": "#C=2"}
@@ -49,6 +53,7 @@ class Run:
     accuracies: list[float]  # central test accuracy per completed round, in %
     seconds: list[float]     # wall seconds per round
     parameters: int | None
+    code: str  # "fedconv <version> @ <commit>" from summary.json, or "not recorded" (runs before it was)
 
     @property
     def label(self) -> str:
@@ -93,7 +98,17 @@ def read_run(cell: str, run: Path) -> Run | None:
         accuracies=[100 * float(r["central_accuracy"]) for r in rows],
         seconds=[float(r["round_seconds"]) for r in rows],
         parameters=summary.get("num_parameters"),
+        code=code_version(summary.get("versions", {})),
     )
+
+
+def code_version(versions: dict) -> str:
+    """Which fedconv produced a run: version and commit (short), "+dirty" kept."""
+    commit = str(versions.get("commit") or "")
+    if not commit:
+        return "not recorded"
+    head, dirty = commit.split("+", 1) if "+" in commit else (commit, "")
+    return f"{versions.get('fedconv', '?')} @ {head[:7]}" + (f"+{dirty}" if dirty else "")
 
 
 def collect(root: Path) -> list[Run]:
@@ -118,14 +133,14 @@ def published_table(runs: list[Run]) -> str:
     """Table 1: niid_cnn's completed runs vs the published means, cell by cell."""
     lines = [
         "| partition | strategy | ours: best acc % | seeds | published (mean ± std) | gap (points) | tolerance | within "
-        "| wall s/run (this machine) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| wall s/run (this machine) | code |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     done = [r for r in runs if r.model == REFERENCE_MODEL and r.completed and r.cell in CELL_NAMES]
     for (cell, strategy), (pub, pub_std) in PUBLISHED.items():
         labels = sorted({r.label for r in done if r.cell == cell and r.strategy == strategy}, key=lambda s: (s != strategy, s))
         if not labels:
-            lines.append(f"| {CELL_NAMES[cell]} | {strategy} | not run | | {pub:.2f} ± {pub_std:.2f} | | | | |")
+            lines.append(f"| {CELL_NAMES[cell]} | {strategy} | not run | | {pub:.2f} ± {pub_std:.2f} | | | | | |")
         for label in labels:
             got = sorted((r for r in done if r.cell == cell and r.label == label), key=lambda r: r.seed)
             accs = [r.best()[0] for r in got]
@@ -136,7 +151,8 @@ def published_table(runs: list[Run]) -> str:
                         if len(got) > 1 else str(got[0].seed))
             lines.append(
                 f"| {CELL_NAMES[cell]} | {label} | {_mean_std(accs)} | {per_seed} | {pub:.2f} ± {pub_std:.2f} | "
-                f"{gap:.2f} | {tol:.2f} | {'yes' if gap <= tol else '**no**'} | {wall:.0f} |"
+                f"{gap:.2f} | {tol:.2f} | {'yes' if gap <= tol else '**no**'} | {wall:.0f} | "
+                f"{', '.join(sorted({r.code for r in got}))} |"
             )
     return "\n".join(lines)
 
