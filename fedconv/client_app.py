@@ -27,6 +27,8 @@ from fedconv.models import parameter_names, transmitted_state
 from fedconv.training import evaluate as evaluate_model
 
 app = ClientApp()
+# A partition's stored state: the algorithm hook's own arrays, and the layers it keeps local.
+HOOK, LOCAL = "hook/", "local/"
 
 
 class PoolError(ValueError):
@@ -101,13 +103,34 @@ def query(msg: Message, context: Context) -> Message:
 
 
 def _prepare(msg: Message, context: Context) -> tuple[dict, int, NodeData, torch.nn.Module]:
-    """Config, partition id, the node's data, and the model holding the global weights."""
+    """Config, partition id, the node's data, and the model holding the global weights
+    (and, for an algorithm that keeps layers local, this partition's own copy of them)."""
     cfg = from_run_config(context.run_config)
     _set_threads(cfg)
     data = node_data(cfg, context, msg)
     model = task.reusable_model(cfg, data.ds)
-    task.load_global(model, msg.content.array_records["arrays"].to_torch_state_dict())
-    return cfg, _partition_id(context, msg), data, model
+    pid = _partition_id(context, msg)
+    local = algorithms.get(str(cfg["strategy"]["name"])).local_arrays(model)
+    task.load_global(model, msg.content.array_records["arrays"].to_torch_state_dict(), local=local)
+    if local:
+        _load_local_layers(cfg, context, msg, pid, data, model, local)
+    return cfg, pid, data, model
+
+
+def _load_local_layers(cfg: dict, context: Context, msg: Message, pid: int, data: NodeData,
+                       model: torch.nn.Module, local: frozenset[str]) -> None:
+    """The partition's own copy of the local layers, as it stored them after its last
+    accepted round; the initial model's before its first."""
+    started = records.integer(msg.content.config_records["config"], client_state.STATE_ROUND)
+    state = client_state.store_for(cfg, context.node_config).load(pid, started)
+    own = {k[len(LOCAL):]: v for k, v in (state or {}).items() if k.startswith(LOCAL)}
+    if not own:
+        initial = task.initial_model(cfg, data.ds).state_dict()
+        own = {k: initial[k] for k in local}
+    if set(own) != local:
+        raise client_state.StateError(f"partition {pid}: stored local layers {sorted(own)[:3]}... "
+                                      f"do not match the model's {sorted(local)[:3]}...")
+    model.load_state_dict(own, strict=False)
 
 
 def _inject_delay_or_crash(cfg: dict, pid: int, server_round: int) -> None:
@@ -148,10 +171,12 @@ def train(msg: Message, context: Context) -> Message:
         epochs=records.integer(config, "local-epochs") if "local-epochs" in config else None,
         step_fraction=records.number(config, "step-fraction", 1.0),
     )
-    new_state = hook.new_state()
-    if store is not None and new_state is not None:
+    local = algorithm.local_arrays(model)
+    new_state = {**{HOOK + k: v for k, v in (hook.new_state() or {}).items()},
+                 **{LOCAL + k: v.detach().clone() for k, v in transmitted_state(model).items() if k in local}}
+    if store is not None and new_state:
         store.save(pid, server_round, new_state, started_from=started)
-    state = transmitted_state(model)
+    state = {k: v for k, v in transmitted_state(model).items() if k not in local}
     num_examples = result.num_examples
     if pid in corrupt:
         mode = str(flt["corrupt_mode"])
@@ -181,7 +206,9 @@ def _receive(hook: TrainHook, stateful: bool, cfg: dict, context: Context, msg: 
         return None, 0
     store = client_state.store_for(cfg, context.node_config)
     started = records.integer(msg.content.config_records["config"], client_state.STATE_ROUND)
-    hook.receive(extra, store.load(pid, started))
+    state = store.load(pid, started)
+    own = {k[len(HOOK):]: v for k, v in (state or {}).items() if k.startswith(HOOK)}
+    hook.receive(extra, own if state is not None else None)
     return store, started
 
 

@@ -7,7 +7,7 @@ fedconv uses; ``python -m fedconv.models [model=...] [dataset=...]`` prints laye
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import torch
@@ -269,6 +269,35 @@ def parameter_names(model: nn.Module) -> frozenset[str]:
 def buffer_names(model: nn.Module) -> frozenset[str]:
     """Names of the transmitted arrays that are not parameters: BatchNorm's running statistics."""
     return frozenset(transmitted_state(model)) - parameter_names(model)
+
+
+def batchnorm_names(model: nn.Module) -> frozenset[str]:
+    """Names of every transmitted array of a BatchNorm layer: its affine weight and bias and
+    its running statistics (what FedBN keeps on the client)."""
+    names = {f"{prefix}.{key}" if prefix else key
+             for prefix, module in model.named_modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)
+             for key in module.state_dict()}
+    return frozenset(names & set(transmitted_state(model)))
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> None:
+    """Re-estimate every BatchNorm layer's running statistics as the plain mean over
+    ``batches`` (AdaBN, Li et al. 2016); the affine parameters and all other weights stay."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches
+    was_training = model.training
+    model.train()
+    try:
+        for x in batches:
+            model(x)
+    finally:
+        for m, momentum in zip(layers, momenta, strict=True):
+            m.momentum = momentum
+        model.train(was_training)
 
 
 def layer_table(model: nn.Module, input_shape: tuple[int, int, int]) -> list[tuple[str, str, str, int]]:

@@ -50,6 +50,9 @@ class FederatedRounds:
     For an algorithm with client state, ``client_rounds`` maps each partition to its last
     round whose update was aggregated; every message names that version (``state-round``),
     and the checkpoint keeps the map (:mod:`fedconv.client_state`).
+
+    ``local_names`` are arrays that stay on the clients: messages carry the rest, and the
+    global model keeps the server's own copy of them.
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class FederatedRounds:
         policy: RoundPolicy = RoundPolicy(),
         partition_sizes: Mapping[int, int] | None = None,
         buffer_names: Iterable[str] = (),
+        local_names: Iterable[str] = (),
     ) -> None:
         self.algorithm = algorithm
         self.strategy = algorithm.make_strategy({**strategy_cfg, "num_partitions": cohorts.num_partitions})
@@ -71,6 +75,8 @@ class FederatedRounds:
         self.model_buffers = frozenset(buffer_names)
         self.buffer_names = self.model_buffers if algorithm.buffers == "mean" else frozenset()
         self.client_rounds: dict[int, int] = {}
+        self.local_names = frozenset(local_names)  # never sent (FedBN's BatchNorm layers)
+        self._global = ArrayRecord()
         self.current: RoundRecord | None = None
         self._train: Phase | None = None
         self._eval: Phase | None = None
@@ -111,6 +117,12 @@ class FederatedRounds:
         content[self._config_key] = values
         return Message(content=content, message_type=sent.metadata.message_type, dst_node_id=node)
 
+    def _shared(self, arrays: ArrayRecord) -> ArrayRecord:
+        """What travels: the model without the arrays that stay on the clients."""
+        if not self.local_names:
+            return arrays
+        return ArrayRecord({k: a for k, a in arrays.items() if k not in self.local_names})
+
     def _strategy_view(self, arrays: ArrayRecord) -> ArrayRecord:
         """What the strategy aggregates: the model without the buffers it must not touch."""
         if not self.buffer_names:
@@ -147,6 +159,7 @@ class FederatedRounds:
         record.lr = float(self.lr_for_round(server_round))
         config["lr"] = record.lr
         phase = self._train = self.cohorts.phase(server_round, train=True)
+        self._global, arrays = arrays, self._shared(arrays)
         self._sent_spec = array_spec(arrays)
         sent = self.strategy.configure_train(server_round, self._strategy_view(arrays), config,
                                              _cohort_grid(grid, phase))
@@ -202,6 +215,8 @@ class FederatedRounds:
             buffers = aggregate_arrayrecords([_only(m, self._arrays_key, self.buffer_names) for m in accepted], "num-examples")
             arrays = ArrayRecord({k: (arrays[k] if k in arrays else buffers[k]) for k in self._sent_spec})
         arrays = _as_sent(arrays, self._sent_spec)
+        if self.local_names:  # the global model keeps the server's copy of what stays local
+            arrays = ArrayRecord({k: (arrays[k] if k in arrays else self._global[k]) for k in self._global})
         if self.algorithm.client_state:  # these partitions' new states are now the current ones
             self.client_rounds.update({phase.pid(m.metadata.src_node_id): server_round for m in accepted})
         if metrics is not None:
@@ -215,6 +230,7 @@ class FederatedRounds:
         if self.cohorts.eval_per_round == 0:
             return []
         phase = self._eval = self.cohorts.phase(server_round, train=False)
+        arrays = self._shared(arrays)
         sent = self.strategy.configure_evaluate(server_round, arrays, config, _cohort_grid(grid, phase))
         messages = [self._message(m, arrays, phase) for m in sent]
         if self.current is not None:

@@ -25,7 +25,14 @@ from fedconv import __version__, algorithms, checkpoint, client_state, records, 
 from fedconv.cohorts import Cohorts
 from fedconv.config import cohort_sizes, from_run_config, virtual_nodes
 from fedconv.ledger import short_reason
-from fedconv.models import buffer_names, channels_last, count_parameters, state_bytes, transmitted_state
+from fedconv.models import (
+    buffer_names,
+    channels_last,
+    count_parameters,
+    recalibrate_batchnorm,
+    state_bytes,
+    transmitted_state,
+)
 from fedconv.partitioning import histogram_record, partition_record
 from fedconv.rounds import FederatedRounds, RoundPolicy
 from fedconv.training import classification_report, evaluate, folded_for_inference, lr_for_round
@@ -182,6 +189,8 @@ class RunRecorder:
         central: dict[str, float] = {}
         if server_round % self.eval_every == 0 or server_round == self.rounds:
             task.load_global(self.eval_model, state)
+            if self.strategy.local_names:  # FedBN: no global BatchNorm; AdaBN on unlabelled test images
+                self._recalibrate()
             res = evaluate(
                 folded_for_inference(self.eval_model), self.ds.test_x, self.ds.test_y, self.norm,
                 batch_size=int(self.cfg["server"]["eval_batch_size"]),
@@ -199,6 +208,13 @@ class RunRecorder:
                         algorithm_state=tensors)
         if server_round == self.rounds:
             self.final_state = state
+
+    def _recalibrate(self) -> None:
+        n = int(self.cfg["strategy"]["calibration_images"])
+        images = self.ds.test_x[:n]
+        batch = int(self.cfg["server"]["eval_batch_size"])
+        recalibrate_batchnorm(self.eval_model, (
+            self.norm(images[i : i + batch]).contiguous(memory_format=torch.channels_last) for i in range(0, len(images), batch)))
 
     def checkpoint_state(self) -> dict[str, Any]:
         """Everything besides the weights that a resumed run needs to continue the ledger."""
@@ -372,6 +388,7 @@ def serve(grid: Grid, context: Context) -> None:
         algorithm, cfg["strategy"], cohorts,
         lr_for_round=lambda r: lr_for_round(server, float(cfg["client"]["lr"]), r),
         policy=policy, partition_sizes=sizes, buffer_names=buffer_names(model),
+        local_names=algorithm.local_arrays(model),
     )
     eval_model = channels_last(task.initial_model(cfg, ds))
     recorder = RunRecorder(out, cfg, strategy, eval_model)

@@ -90,9 +90,10 @@ def normalizer(cfg: Mapping[str, Any], ds: ImageDataset, train: bool) -> Normali
     return Normalizer.from_stats(ds.mean, ds.std, augment=train and bool(cfg["dataset"].get("augment")))
 
 
-def load_global(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
-    """Load exactly the transmitted state (everything but BatchNorm's batch counters)."""
-    expected = set(transmitted_state(model))
+def load_global(model: nn.Module, state: Mapping[str, torch.Tensor], local: frozenset[str] = frozenset()) -> None:
+    """Load exactly the transmitted state (everything but BatchNorm's batch counters and
+    the ``local`` arrays a client keeps to itself)."""
+    expected = set(transmitted_state(model)) - local
     if set(state) != expected:
         missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
         raise ValueError(f"global weights do not match the model: missing {missing}, unexpected {extra}")

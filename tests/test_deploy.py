@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fedconv.certs import make_lab_keys
@@ -214,3 +215,78 @@ def test_deploy_checks_the_servers_dataset_before_starting(tmp_path: Path) -> No
     assert f"dataset 'mnist' not found; looked in: {empty}" in proc.stderr
     assert "run this launcher there" in proc.stderr and "Successfully started run" not in proc.stdout
     assert not (tmp_path / "run").exists()
+
+
+def test_a_supernode_keeps_its_scaffold_control_variate_on_its_own_disk_across_a_restart(
+    tmp_path: Path, processes: Processes
+) -> None:
+    """Two boards with a ``state-dir``; board 0's SuperNode is killed and restarted after round
+    2. SCAFFOLD's server control variate c moves by (1/N) Σ Δc_i of the accepted replies, so it
+    equals the mean of the boards' c_i exactly when every board's state advanced with, and only
+    with, its accepted updates: a board that lost its c_i, or kept one the server rejected,
+    breaks the equality."""
+    from safetensors.numpy import load_file
+
+    keys = make_lab_keys(tmp_path / "keys", ["127.0.0.1", "localhost"], supernodes=2)
+    registered = tmp_path / "registered"
+    registered.mkdir()
+    for i in range(2):
+        (registered / keys.public_key(i).name).write_bytes(keys.public_key(i).read_bytes())
+    port = free_port()
+    link_log = tmp_path / "superlink.log"
+    link = processes.start(
+        ["flower-superlink", "--ssl-ca-certfile", str(keys.ca_cert), "--ssl-certfile", str(keys.server_cert),
+         "--ssl-keyfile", str(keys.server_key), "--enable-supernode-auth",
+         "--disable-runtime-dependency-installation", "--host", "127.0.0.1", "--port", str(port)],
+        link_log, flwr_env(tmp_path / "superlink-home"),
+    )
+    wait_for_port(port, link, link_log)
+    federation = [f"federation.address=127.0.0.1:{port}", f"federation.root_certificates={keys.ca_cert}",
+                  f"federation.supernode_keys={registered}", "federation.num_supernodes=2"]
+    reg = deploy(*federation, "mode=register", f"hydra.run.dir={tmp_path / 'unused'}")
+    assert reg.returncode == 0, reg.stdout[-2000:] + reg.stderr[-2000:]
+
+    def supernode(i: int, log: str) -> subprocess.Popen:
+        return processes.start(
+            ["flower-supernode", "--superlink", f"127.0.0.1:{port}", "--root-certificates", str(keys.ca_cert),
+             "--auth-supernode-private-key", str(keys.supernode_keys[i]), "--port", str(free_port()),
+             "--node-config", f'partition-id={i} num-partitions=2 state-dir="{tmp_path / f"board-{i}"}"'],
+            tmp_path / log, flwr_env(tmp_path / f"supernode-{i}-home"),
+        )
+
+    board0 = supernode(0, "supernode-0.log")
+    supernode(1, "supernode-1.log")
+    run = tmp_path / "run"
+    run_proc = subprocess.Popen(
+        [sys.executable, "-m", "fedconv.deploy", *federation, "dataset=digits", "strategy=scaffold", "server.rounds=4",
+         "server.fraction_train=1.0", "server.fraction_evaluate=0", "client.threads=1", "client.epochs=1",
+         "server.connect_timeout=120", "server.round_timeout=90", f"hydra.run.dir={run}"],
+        cwd=ROOT, stdout=(tmp_path / "deploy.log").open("w"), stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and run_proc.poll() is None:
+            if (run / "rounds.csv").exists() and len((run / "rounds.csv").read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.2)
+        assert run_proc.poll() is None, (tmp_path / "deploy.log").read_text()[-3000:]
+        os.killpg(board0.pid, signal.SIGTERM)  # the board reboots between rounds 2 and 3
+        board0.wait(timeout=30)
+        supernode(0, "supernode-0-restarted.log")
+        assert run_proc.wait(timeout=400) == 0, (tmp_path / "deploy.log").read_text()[-3000:]
+    finally:
+        if run_proc.poll() is None:
+            run_proc.kill()
+    with (run / "rounds.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["round"]) for r in rows] == [1, 2, 3, 4]
+    assert int(rows[3]["clients_ok"]) == 2  # the restarted board trained again
+    boards = [list((tmp_path / f"board-{i}").glob(f"*/p{i}/r*.safetensors")) for i in range(2)]
+    assert all(boards), boards  # on each board's own disk ...
+    assert not list((run / "client_state").glob("p*"))  # ... and none in the server's run dir
+    latest = [load_file(max(files, key=lambda p: int(p.stem[1:]))) for files in boards]
+    server = load_file(run / "checkpoint.safetensors")
+    control = {k.removeprefix("algorithm/control/"): v for k, v in server.items() if k.startswith("algorithm/control/")}
+    assert control and all(np.abs(v).sum() > 0 for v in control.values())
+    for k, c in control.items():
+        np.testing.assert_allclose(c, (latest[0][f"hook/{k}"] + latest[1][f"hook/{k}"]) / 2, rtol=1e-4, atol=1e-6)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from test_algorithms import COUNTS, NODES, models, play, strategy_cfg
 from test_strategies import FakeGrid, task_identity  # noqa: F401  (autouse fixture)
 from torch import nn
@@ -286,3 +286,55 @@ def test_client_state_advances_only_with_accepted_updates_and_is_checkpointed() 
     resumed.restore(tensors, layout)
     assert resumed.client_rounds == strategy.client_rounds
 
+
+
+# ------------------------------------------------------------------ FedBN
+
+
+def test_fedbn_keeps_every_batchnorm_array_off_the_wire_and_out_of_the_aggregate() -> None:
+    from fedconv.models import batchnorm_names
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 2))
+    local = batchnorm_names(model)
+    assert local == {"1.weight", "1.bias", "1.running_mean", "1.running_var"}
+    cohorts = Cohorts.owned({node: i for i, node in enumerate(NODES[:3])}, seed=0, train_per_round=3, eval_per_round=3)
+    strategy = FederatedRounds(algorithms.get("fedbn"), strategy_cfg("fedbn"), cohorts, lambda r: 0.1, local_names=local)
+    rng = np.random.default_rng(0)
+    x = {k: v.detach().numpy() + rng.normal(size=v.shape).astype(np.float32) for k, v in model.state_dict().items()
+         if not k.endswith("num_batches_tracked")}
+    sent = strategy.configure_train(1, ArrayRecord({k: Array(v) for k, v in x.items()}), ConfigRecord({}), FakeGrid(NODES[:3]))
+    assert all(set(m.content.array_records["arrays"]) == set(x) - local for m in sent)
+    clients = [{k: v + np.float32(i + 1) for k, v in x.items() if k not in local} for i in range(3)]
+    metrics = {"num-examples": 10, "train_loss": 1.0, "train_accuracy": 0.5, "steps": 1}
+    replies = []
+    for m in sent:
+        mine = clients[strategy._train.pid(m.metadata.dst_node_id)]
+        content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in mine.items()}), "metrics": MetricRecord(metrics)})
+        replies.append(Message(content, reply_to=m))
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None and list(arrays) == list(x)
+    for k in x:
+        if k in local:  # untouched: the server's own copy
+            np.testing.assert_array_equal(arrays[k].numpy(), x[k])
+        else:  # FedAvg of equal-weight replies: the plain mean of +1, +2, +3
+            np.testing.assert_allclose(arrays[k].numpy(), x[k] + 2.0, rtol=1e-6)
+    evals = strategy.configure_evaluate(1, arrays, ConfigRecord({}), FakeGrid(NODES[:3]))
+    assert all(set(m.content.array_records["arrays"]) == set(x) - local for m in evals)
+    assert sorted(m.content.config_records["config"]["state-round"] for m in evals) == [1, 1, 1]
+
+
+def test_recalibrated_batchnorm_holds_the_statistics_of_the_calibration_images() -> None:
+    from fedconv.models import recalibrate_batchnorm
+
+    bn = nn.BatchNorm2d(2)
+    bn.running_mean.fill_(5.0)
+    model = nn.Sequential(bn).eval()
+    x = torch.from_numpy(np.random.default_rng(0).normal(2.0, 3.0, size=(50, 2, 4, 4)).astype(np.float32))
+    recalibrate_batchnorm(model, [x[:20], x[20:40], x[40:]])
+    assert not model.training and bn.momentum == 0.1  # put back as it was
+    # A plain mean over the three batches of each batch's mean and unbiased variance.
+    batches = [x[:20], x[20:40], x[40:]]
+    mean = torch.stack([b.mean(dim=(0, 2, 3)) for b in batches]).mean(0)
+    var = torch.stack([b.transpose(0, 1).reshape(2, -1).var(dim=1, unbiased=True) for b in batches]).mean(0)
+    torch.testing.assert_close(bn.running_mean, mean)
+    torch.testing.assert_close(bn.running_var, var)

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import yaml
 from flwr.app import Array
+from safetensors.numpy import load_file
 
 from conftest import rows, simulate
 from fedconv.config import compose
 from fedconv.datasets import load_dataset
-from fedconv.models import build_model, parameter_names
+from fedconv.models import batchnorm_names, build_model, parameter_names
 
 pytestmark = pytest.mark.slow
 
@@ -26,9 +27,11 @@ def _ok(proc) -> None:  # noqa: ANN001
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
-def test_stateful_algorithms_learn_and_scaffold_carries_twice_the_parameters(tmp_path: Path) -> None:
-    names = ["fedavg", "scaffold", "fednova", "feddyn"]
-    _ok(simulate("-m", *SMALL, "server.fraction_train=1.0", f"strategy={','.join(names)}",
+def test_stateful_algorithms_learn_and_their_wire_is_what_they_send(tmp_path: Path) -> None:
+    """SCAFFOLD carries one more copy of the parameters each way; FedBN never sends its
+    BatchNorm layers, and each partition keeps its own."""
+    names = ["fedavg", "scaffold", "fednova", "feddyn", "fedbn"]
+    _ok(simulate("-m", *SMALL, "server.fraction_train=1.0", "server.fraction_evaluate=1.0", f"strategy={','.join(names)}",
                  f"hydra.sweep.dir={tmp_path}", timeout=600))
     jobs = json.loads((tmp_path / "sweep.json").read_text())["jobs"]
     assert [j["status"] for j in jobs] == ["completed"] * len(names)
@@ -43,13 +46,22 @@ def test_stateful_algorithms_learn_and_scaffold_carries_twice_the_parameters(tmp
     cfg = compose(SMALL)
     ds = load_dataset(cfg["dataset"])
     model = build_model(cfg["model"], ds.input_shape, ds.num_classes, seed=0)
-    trainable = parameter_names(model)
+    trainable, bn = parameter_names(model), batchnorm_names(model)
     control_bytes = sum(len(Array(v.detach().numpy()).data) for k, v in model.state_dict().items() if k in trainable)
-    fedavg, scaffold = rows(by_name["fedavg"]), rows(by_name["scaffold"])
-    for a, s in zip(fedavg, scaffold, strict=True):
+    bn_bytes = sum(len(Array(v.detach().numpy()).data) for k, v in model.state_dict().items() if k in bn)
+    assert bn_bytes > 0
+    fedavg, scaffold, fedbn = rows(by_name["fedavg"]), rows(by_name["scaffold"]), rows(by_name["fedbn"])
+    for a, s, b in zip(fedavg, scaffold, fedbn, strict=True):
         for key in ("bytes_down", "bytes_up"):
             assert int(s[key]) == int(a[key]) + 5 * control_bytes, key
             assert 1.98 < int(s[key]) / int(a[key]) <= 2.0
+        assert int(b["bytes_up"]) == int(a["bytes_up"]) - 5 * bn_bytes
+        assert int(b["bytes_down"]) == int(a["bytes_down"]) - 5 * bn_bytes
+        assert int(b["bytes_eval_down"]) == int(a["bytes_eval_down"]) - 5 * bn_bytes
+        assert b["fed_accuracy"] and b["central_accuracy"]  # personalised and AdaBN-central, both reported
+    own = [load_file(p) for p in sorted((by_name["fedbn"] / "client_state").glob("p*/r3.safetensors"))]
+    assert len(own) == 5 and set(own[0]) == {f"local/{k}" for k in bn}
+    assert not np.array_equal(own[0][f"local/{sorted(bn)[0]}"], own[1][f"local/{sorted(bn)[0]}"])
     assert len(list((by_name["scaffold"] / "client_state").glob("p*/r*.safetensors"))) >= 5
     assert not (by_name["fednova"] / "client_state").exists()  # stateless: nothing stored
 

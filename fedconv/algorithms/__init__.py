@@ -6,7 +6,7 @@ line in :data:`ALGORITHMS`, and ``conf/strategy/<name>.yaml`` (docs/algorithms.m
 
 from __future__ import annotations
 
-from fedconv.algorithms import fedavg, fedavgm, feddyn, fednova, fedopt, fedprox, qfedavg, robust, scaffold
+from fedconv.algorithms import fedavg, fedavgm, fedbn, feddyn, fednova, fedopt, fedprox, qfedavg, robust, scaffold
 from fedconv.algorithms.base import Algorithm
 from fedconv.checks import Checks
 
@@ -28,6 +28,7 @@ ALGORITHMS: dict[str, Algorithm] = {
         scaffold.ALGORITHM,
         fednova.ALGORITHM,
         feddyn.ALGORITHM,
+        fedbn.ALGORITHM,
     )
 }
 STRATEGIES = tuple(ALGORITHMS)

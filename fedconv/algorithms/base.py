@@ -124,6 +124,10 @@ class Algorithm:
     ``client_state`` says the client keeps state of its own between rounds (the hook's
     :meth:`TrainHook.new_state`), stored by partition id (:mod:`fedconv.client_state`).
 
+    ``local_arrays`` names the model arrays that never leave a client (FedBN's BatchNorm
+    layers): the server sends and aggregates the others, each client keeps its own copy of
+    these in its client state.
+
     ``buffers`` says what happens to BatchNorm's running statistics, which are not
     parameters and have no gradient: ``"strategy"`` hands them to the strategy with the
     weights (its rule, e.g. a median or Krum's choice, covers them too); ``"mean"`` keeps
@@ -138,6 +142,7 @@ class Algorithm:
     buffers: BufferRule = "strategy"
     client_hook: Callable[[Mapping[str, Any], ConfigRecord], TrainHook] = lambda cfg, config: TrainHook()
     client_state: bool = False
+    local_arrays: Callable[[nn.Module], frozenset[str]] = lambda model: frozenset()
     wire: Wire = Wire()
     config_problems: Callable[[Checks, int], None] = lambda c, cohort: None
 
