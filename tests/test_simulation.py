@@ -224,28 +224,50 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_attaches_to_an_existing_ray_cluster(tmp_path: Path) -> None:
+def test_attaches_to_an_existing_two_node_ray_cluster_with_shared_client_state(tmp_path: Path) -> None:
+    """A head and a worker node (one CPU each), SCAFFOLD's client state in a folder both
+    nodes read (standing in for NFS): clients run on both nodes and find each other's state."""
     ray_bin = Path(sys.executable).with_name("ray")
     port = _free_port()
     temp_dir = Path("/tmp") / f"fedconv-ray-{port}"  # Ray limits socket path length
     env = {**os.environ, "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
     start = subprocess.run(
-        [str(ray_bin), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+        [str(ray_bin), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1",
          "--include-dashboard=false", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
         capture_output=True, text=True, timeout=120, env=env,
     )
     assert start.returncode == 0, start.stderr[-2000:]
     try:
         address = f"127.0.0.1:{port}"
-        proc = simulate(*SMALL, "server.rounds=2", f"simulation.ray.address={address}", f"hydra.run.dir={tmp_path / 'run'}")
+        worker = subprocess.run(
+            [str(ray_bin), "start", f"--address={address}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+             f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+            capture_output=True, text=True, timeout=120, env=env,
+        )
+        assert worker.returncode == 0, worker.stderr[-2000:]
+        shared = tmp_path / "nfs" / "state"
+        proc = simulate(*SMALL, "server.rounds=2", "server.fraction_evaluate=0", "strategy=scaffold",
+                        f"simulation.ray.address={address}", f"simulation.client_state_dir={shared}",
+                        f"hydra.run.dir={tmp_path / 'run'}")
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
+        assert all(int(r["clients_ok"]) == 4 for r in rows(tmp_path / "run"))
+        assert sorted(p.name for p in shared.glob("p*")) == ["p0", "p1", "p2", "p3"]
+        assert not (tmp_path / "run" / "client_state").exists()
         # The cluster's own session started the ClientApp actors ...
         logs = list((temp_dir / "session_latest" / "logs").glob("*"))
         texts = [p.read_text(errors="ignore") for p in logs if p.is_file() and p.suffix in (".out", ".err", ".log")]
         assert any("ClientAppActor" in text for text in texts), (
             "no ClientAppActor ran in the existing cluster"
         )
+        # ... on both of its nodes (the GCS keeps dead actors' records) ...
+        nodes = subprocess.run(
+            [sys.executable, "-c",
+             f"import ray; from ray._private import state; ray.init(address='{address}', logging_level='ERROR'); "
+             "print(len({a['Address']['NodeID'] for a in state.actors().values() if a['ActorClassName'] == 'ClientAppActor'}))"],
+            capture_output=True, text=True, timeout=120, env=env,
+        )
+        assert nodes.returncode == 0 and nodes.stdout.strip().splitlines()[-1] == "2", nodes.stderr[-2000:]
         # ... and the cluster is still up after the run.
         check = subprocess.run(
             [sys.executable, "-c",
