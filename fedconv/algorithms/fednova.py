@@ -91,7 +91,9 @@ def client_hook(cfg: Mapping[str, Any], config: ConfigRecord) -> TrainHook:
 
 
 def config_problems(c: Checks, cohort: int) -> None:
-    c.in_range("strategy.momentum", 0, 1, hi_open=True)
+    if c.has("client.momentum"):  # its range is the client group's check
+        c.need("strategy.momentum", c.get("strategy.momentum") == c.get("client.momentum"),
+               f"client.momentum ({c.get('client.momentum')}): a_i's rho is the clients' SGD momentum")
     if c.has("client.optimizer"):
         c.need("client.optimizer", c.get("client.optimizer") == "sgd", "sgd (FedNova's normalisation is derived for SGD)")
 
