@@ -19,7 +19,6 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedconv import algorithms, client_state, faults, records, task
-from fedconv.algorithms.base import TrainHook
 from fedconv.config import from_run_config
 from fedconv.datasets import declared_shape
 from fedconv.device_data import load_device_data
@@ -102,35 +101,55 @@ def query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"partition": record}), reply_to=msg)
 
 
-def _prepare(msg: Message, context: Context) -> tuple[dict, int, NodeData, torch.nn.Module]:
-    """Config, partition id, the node's data, and the model holding the global weights
-    (and, for an algorithm that keeps layers local, this partition's own copy of them)."""
+@dataclass
+class Work:
+    """What a train or evaluate message works with: the config, the partition and its data,
+    the model holding the global weights, and for a stateful algorithm the partition's
+    stored state (the version the message names) and where to store the next one."""
+
+    cfg: dict
+    pid: int
+    data: NodeData
+    model: torch.nn.Module
+    algorithm: algorithms.Algorithm
+    store: client_state.ClientStateStore | None = None
+    started: int = 0
+    state: dict[str, torch.Tensor] | None = None
+
+    def hook_state(self) -> dict[str, torch.Tensor] | None:
+        return None if self.state is None else {k[len(HOOK):]: v for k, v in self.state.items() if k.startswith(HOOK)}
+
+
+def _prepare(msg: Message, context: Context) -> Work:
+    """Load the node's data, the global weights, the partition's state (for a stateful
+    algorithm) and its own copy of the layers the algorithm keeps local."""
     cfg = from_run_config(context.run_config)
     _set_threads(cfg)
     data = node_data(cfg, context, msg)
     model = task.reusable_model(cfg, data.ds)
-    pid = _partition_id(context, msg)
-    local = algorithms.get(str(cfg["strategy"]["name"])).local_arrays(model)
+    work = Work(cfg, _partition_id(context, msg), data, model, algorithms.get(str(cfg["strategy"]["name"])))
+    local = work.algorithm.local_arrays(model)
     task.load_global(model, msg.content.array_records["arrays"].to_torch_state_dict(), local=local)
+    if work.algorithm.client_state:
+        work.store = client_state.store_for(cfg, context.node_config)
+        work.started = records.integer(msg.content.config_records["config"], client_state.STATE_ROUND)
+        work.state = work.store.load(work.pid, work.started)
     if local:
-        _load_local_layers(cfg, context, msg, pid, data, model, local)
-    return cfg, pid, data, model
+        _load_local_layers(work, local)
+    return work
 
 
-def _load_local_layers(cfg: dict, context: Context, msg: Message, pid: int, data: NodeData,
-                       model: torch.nn.Module, local: frozenset[str]) -> None:
+def _load_local_layers(work: Work, local: frozenset[str]) -> None:
     """The partition's own copy of the local layers, as it stored them after its last
     accepted round; the initial model's before its first."""
-    started = records.integer(msg.content.config_records["config"], client_state.STATE_ROUND)
-    state = client_state.store_for(cfg, context.node_config).load(pid, started)
-    own = {k[len(LOCAL):]: v for k, v in (state or {}).items() if k.startswith(LOCAL)}
+    own = {k[len(LOCAL):]: v for k, v in (work.state or {}).items() if k.startswith(LOCAL)}
     if not own:
-        initial = task.initial_model(cfg, data.ds).state_dict()
+        initial = task.initial_model(work.cfg, work.data.ds).state_dict()
         own = {k: initial[k] for k in local}
     if set(own) != local:
-        raise client_state.StateError(f"partition {pid}: stored local layers {sorted(own)[:3]}... "
+        raise client_state.StateError(f"partition {work.pid}: stored local layers {sorted(own)[:3]}... "
                                       f"do not match the model's {sorted(local)[:3]}...")
-    model.load_state_dict(own, strict=False)
+    work.model.load_state_dict(own, strict=False)
 
 
 def _inject_delay_or_crash(cfg: dict, pid: int, server_round: int) -> None:
@@ -145,8 +164,9 @@ def _inject_delay_or_crash(cfg: dict, pid: int, server_round: int) -> None:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    cfg, pid, data, model = _prepare(msg, context)
-    ds, idx = data.ds, data.train_idx
+    work = _prepare(msg, context)
+    cfg, pid, model, algorithm = work.cfg, work.pid, work.model, work.algorithm
+    ds, idx = work.data.ds, work.data.train_idx
     if len(idx) == 0:
         raise ValueError(f"partition {pid} has no training data (partition.allow_empty=true)")
     config = msg.content.config_records["config"]
@@ -158,9 +178,9 @@ def train(msg: Message, context: Context) -> Message:
         metrics = MetricRecord({"train_loss": float("nan"), "train_accuracy": float("nan"),
                                 "num-examples": len(idx), "steps": 0})
         return Message(RecordDict({"arrays": msg.content["arrays"], "metrics": metrics}), reply_to=msg)
-    algorithm = algorithms.get(str(cfg["strategy"]["name"]))
     hook = algorithm.client_hook(cfg["strategy"], config)
-    store, started = _receive(hook, algorithm.client_state, cfg, context, msg, pid)
+    hook.receive({name: rec.to_torch_state_dict() for name, rec in msg.content.array_records.items() if name != "arrays"},
+                 work.hook_state())
     received = transmitted_state(model, copy=True) if pid in corrupt else {}
     result = task.train_partition(
         cfg, ds, model, idx,
@@ -172,10 +192,11 @@ def train(msg: Message, context: Context) -> Message:
         step_fraction=records.number(config, "step-fraction", 1.0),
     )
     local = algorithm.local_arrays(model)
-    new_state = {**{HOOK + k: v for k, v in (hook.new_state() or {}).items()},
-                 **{LOCAL + k: v.detach().clone() for k, v in transmitted_state(model).items() if k in local}}
-    if store is not None and new_state:
-        store.save(pid, server_round, new_state, started_from=started)
+    if work.store is not None:  # the partition's next state, for the server to name if it accepts this reply
+        work.store.save(pid, server_round, {
+            **{HOOK + k: v for k, v in (hook.new_state() or {}).items()},
+            **{LOCAL + k: v.detach().clone() for k, v in transmitted_state(model).items() if k in local},
+        }, started_from=work.started)
     state = {k: v for k, v in transmitted_state(model).items() if k not in local}
     num_examples = result.num_examples
     if pid in corrupt:
@@ -196,26 +217,13 @@ def train(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"arrays": ArrayRecord(state), **extra, "metrics": metrics}), reply_to=msg)
 
 
-def _receive(hook: TrainHook, stateful: bool, cfg: dict, context: Context, msg: Message,
-             pid: int) -> tuple[client_state.ClientStateStore | None, int]:
-    """Hand the hook the message's other ArrayRecords and, for a stateful algorithm, the
-    version of this partition's state the server named; returns the store and that version."""
-    extra = {name: rec.to_torch_state_dict() for name, rec in msg.content.array_records.items() if name != "arrays"}
-    if not stateful:
-        hook.receive(extra, None)
-        return None, 0
-    store = client_state.store_for(cfg, context.node_config)
-    started = records.integer(msg.content.config_records["config"], client_state.STATE_ROUND)
-    state = store.load(pid, started)
-    own = {k[len(HOOK):]: v for k, v in (state or {}).items() if k.startswith(HOOK)}
-    hook.receive(extra, own if state is not None else None)
-    return store, started
-
-
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    cfg, pid, data, model = _prepare(msg, context)
-    result = evaluate_model(model, data.held_x, data.held_y, task.normalizer(cfg, data.ds, train=False))
+    """The received global model (with this partition's own local layers, for FedBN) on
+    the node's held-out split."""
+    work = _prepare(msg, context)
+    data = work.data
+    result = evaluate_model(work.model, data.held_x, data.held_y, task.normalizer(work.cfg, data.ds, train=False))
     metrics = MetricRecord(
         {"eval_loss": result.loss, "eval_accuracy": result.accuracy, "num-examples": result.num_examples}
     )
