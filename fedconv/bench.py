@@ -55,16 +55,18 @@ def tree_memory(pid: int) -> tuple[int, int]:
 
 
 def run_sampled(argv: list[str], interval: float = 1.0, **popen: Any) -> dict[str, float]:
-    """Run a command; return its exit code, wall seconds and peak tree PSS/RSS (MiB)."""
+    """Run a command; return its exit code, wall seconds, peak tree PSS/RSS and the peak
+    RSS of the command's own process (MiB; for a simulation, the driver: ServerApp and strategy)."""
     import psutil
 
     t0 = time.perf_counter()
     child = subprocess.Popen(argv, **popen)
-    peak_rss = peak_pss = 0
+    peak_rss = peak_pss = peak_root = 0
     while child.poll() is None:
         try:
             rss, pss = tree_memory(child.pid)
-            peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+            root = psutil.Process(child.pid).memory_info().rss
+            peak_rss, peak_pss, peak_root = max(peak_rss, rss), max(peak_pss, pss), max(peak_root, root)
         except psutil.NoSuchProcess:
             pass
         time.sleep(interval)
@@ -73,6 +75,7 @@ def run_sampled(argv: list[str], interval: float = 1.0, **popen: Any) -> dict[st
         "wall_s": time.perf_counter() - t0,
         "peak_pss_mib": peak_pss / 2**20,
         "peak_rss_mib": peak_rss / 2**20,
+        "peak_root_rss_mib": peak_root / 2**20,
     }
 
 
