@@ -208,6 +208,10 @@ class RunRecorder:
                         algorithm_state=tensors)
         if server_round == self.rounds:
             self.final_state = state
+            if self.strategy.local_names:  # the model the central accuracy measured: with its AdaBN statistics
+                evaluated = self.eval_model.state_dict()
+                self.final_state = {k: (evaluated[k].detach().clone().contiguous() if k in self.strategy.local_names
+                                        else v) for k, v in state.items()}
 
     def _recalibrate(self) -> None:
         n = int(self.cfg["strategy"]["calibration_images"])

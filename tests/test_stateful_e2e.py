@@ -59,6 +59,10 @@ def test_stateful_algorithms_learn_and_their_wire_is_what_they_send(tmp_path: Pa
         assert int(b["bytes_down"]) == int(a["bytes_down"]) - 5 * bn_bytes
         assert int(b["bytes_eval_down"]) == int(a["bytes_eval_down"]) - 5 * bn_bytes
         assert b["fed_accuracy"] and b["central_accuracy"]  # personalised and AdaBN-central, both reported
+    final = load_file(by_name["fedbn"] / "model.safetensors")  # the centrally evaluated model: AdaBN statistics
+    means = [k for k in bn if k.endswith("running_mean")]
+    assert means and all(np.abs(final[k]).sum() > 0 for k in means)
+    assert all(np.array_equal(final[k], np.ones_like(final[k])) for k in bn if k.endswith(".weight"))  # initial affine
     own = [load_file(p) for p in sorted((by_name["fedbn"] / "client_state").glob("p*/r3.safetensors"))]
     assert len(own) == 5 and set(own[0]) == {f"local/{k}" for k in bn}
     assert not np.array_equal(own[0][f"local/{sorted(bn)[0]}"], own[1][f"local/{sorted(bn)[0]}"])
