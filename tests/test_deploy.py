@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedconv.certs import make_lab_keys
+from fedconv.certs import LabKeys, make_lab_keys
 from fedconv.config import compose
 from fedconv.deploy import flwr_env
 from fedconv.device_data import export_partitions
@@ -93,14 +93,17 @@ def deploy(*overrides: str, env: dict[str, str] | None = None, timeout: int = 60
                           text=True, timeout=timeout, env=env or {**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
-def test_three_authenticated_supernodes_train_and_an_unregistered_one_is_refused(
-    tmp_path: Path, processes: Processes
-) -> None:
-    keys = make_lab_keys(tmp_path / "keys", ["127.0.0.1", "localhost"], supernodes=4)
-    registered = tmp_path / "registered"  # the lab registers boards 0-2; board 3's key is not registered
-    registered.mkdir()
-    for i in range(3):
-        (registered / keys.public_key(i).name).write_bytes(keys.public_key(i).read_bytes())
+def secure_lab(tmp_path: Path, processes: Processes, boards: int,
+               registered: int) -> tuple[LabKeys, int, list[str], subprocess.CompletedProcess]:
+    """A SuperLink with TLS and SuperNode authentication on a free loopback port, keys for
+    ``boards`` SuperNodes of which the first ``registered`` are registered by
+    ``fedconv.deploy mode=register``; returns the keys, the port, the federation overrides
+    and the registration's result."""
+    keys = make_lab_keys(tmp_path / "keys", ["127.0.0.1", "localhost"], supernodes=boards)
+    folder = tmp_path / "registered"
+    folder.mkdir()
+    for i in range(registered):
+        (folder / keys.public_key(i).name).write_bytes(keys.public_key(i).read_bytes())
     port = free_port()
     link_log = tmp_path / "superlink.log"
     link = processes.start(
@@ -111,9 +114,17 @@ def test_three_authenticated_supernodes_train_and_an_unregistered_one_is_refused
     )
     wait_for_port(port, link, link_log)
     federation = [f"federation.address=127.0.0.1:{port}", f"federation.root_certificates={keys.ca_cert}",
-                  f"federation.supernode_keys={registered}", "federation.num_supernodes=3"]
+                  f"federation.supernode_keys={folder}", f"federation.num_supernodes={registered}"]
     reg = deploy(*federation, "mode=register", f"hydra.run.dir={tmp_path / 'unused'}")
     assert reg.returncode == 0, reg.stdout[-2000:] + reg.stderr[-2000:]
+    return keys, port, federation, reg
+
+
+def test_three_authenticated_supernodes_train_and_an_unregistered_one_is_refused(
+    tmp_path: Path, processes: Processes
+) -> None:
+    # The lab registers boards 0-2; board 3's key is not registered.
+    keys, port, federation, reg = secure_lab(tmp_path, processes, boards=4, registered=3)
     assert reg.stdout.count("registered supernode-") == 3
     # Board 2 trains on its own copy of its data (a folder written by the export tool);
     # the others build their partition from the dataset with the run's partitioner and seed.
@@ -227,24 +238,7 @@ def test_a_supernode_keeps_its_scaffold_control_variate_on_its_own_disk_across_a
     breaks the equality."""
     from safetensors.numpy import load_file
 
-    keys = make_lab_keys(tmp_path / "keys", ["127.0.0.1", "localhost"], supernodes=2)
-    registered = tmp_path / "registered"
-    registered.mkdir()
-    for i in range(2):
-        (registered / keys.public_key(i).name).write_bytes(keys.public_key(i).read_bytes())
-    port = free_port()
-    link_log = tmp_path / "superlink.log"
-    link = processes.start(
-        ["flower-superlink", "--ssl-ca-certfile", str(keys.ca_cert), "--ssl-certfile", str(keys.server_cert),
-         "--ssl-keyfile", str(keys.server_key), "--enable-supernode-auth",
-         "--disable-runtime-dependency-installation", "--host", "127.0.0.1", "--port", str(port)],
-        link_log, flwr_env(tmp_path / "superlink-home"),
-    )
-    wait_for_port(port, link, link_log)
-    federation = [f"federation.address=127.0.0.1:{port}", f"federation.root_certificates={keys.ca_cert}",
-                  f"federation.supernode_keys={registered}", "federation.num_supernodes=2"]
-    reg = deploy(*federation, "mode=register", f"hydra.run.dir={tmp_path / 'unused'}")
-    assert reg.returncode == 0, reg.stdout[-2000:] + reg.stderr[-2000:]
+    keys, port, federation, _ = secure_lab(tmp_path, processes, boards=2, registered=2)
 
     def supernode(i: int, log: str) -> subprocess.Popen:
         return processes.start(
