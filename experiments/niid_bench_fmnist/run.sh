@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# NIID-Bench on Fashion-MNIST: FedAvg and FedProx (mu 0.01) x IID, Dir(0.5), #C=3, #C=2, as one
-# Hydra sweep per partition into stable folders, so re-running the script skips completed jobs
-# and resumes unfinished ones from their checkpoints. Then the table of ours vs published.
+# NIID-Bench on Fashion-MNIST: FedAvg, FedProx (mu 0.01), SCAFFOLD and FedNova x IID, Dir(0.5),
+# #C=3, #C=2, as one Hydra sweep per partition into stable folders, so re-running the script
+# skips completed jobs and resumes unfinished ones from their checkpoints. Then the table of
+# ours vs published.
 #   bash experiments/niid_bench_fmnist/run.sh                  # seed 0, the whole grid
 #   SEEDS=0,1,2 bash experiments/niid_bench_fmnist/run.sh      # more seeds
 #   CELLS="iid dir0.5" bash experiments/niid_bench_fmnist/run.sh strategy.mu=0.1   # extra overrides
 #   CELLS=c3 STRATEGIES=fedprox SEEDS=1,2 bash experiments/niid_bench_fmnist/run.sh  # one strategy
-#   CELLS="iid dir0.5" MODELS=twoconv,twoconv_dw bash experiments/niid_bench_fmnist/run.sh  # part 2
+#   CELLS="dir0.5 c3" STRATEGIES=scaffold,fednova bash experiments/niid_bench_fmnist/run.sh  # the stateful two
+#   CELLS="iid dir0.5" STRATEGIES=fedavg,fedprox MODELS=twoconv,twoconv_dw bash experiments/niid_bench_fmnist/run.sh  # part 2
 #   CELLS=central bash experiments/niid_bench_fmnist/run.sh   # canonical 2conv on all 60k images
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -14,7 +16,7 @@ PY=${PYTHON:-.venv/bin/python}
 ROOT=${NIID_ROOT:-results/sweeps/niid_bench_fmnist}
 SEEDS=${SEEDS:-0}
 CELLS=${CELLS:-"iid dir0.5 c3 c2"}
-STRATEGIES=${STRATEGIES:-fedavg,fedprox}
+STRATEGIES=${STRATEGIES:-fedavg,fedprox,scaffold,fednova}
 MODELS=${MODELS:-}   # empty: the preset's niid_cnn (job folders then carry no model= part)
 
 partition_of() {
