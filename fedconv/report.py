@@ -415,8 +415,12 @@ def header_lines(result: dict[str, Any]) -> list[tuple[str, str]]:
     def values(key: str) -> str:
         return ", ".join(sorted({str(r.get(key)) for r in runs}))
 
-    versions = sorted({f"fedconv {s['versions'].get('fedconv')}, flwr {s['versions'].get('flwr')}"
-                       for s in (r.summary for r in runs) if s and s.get("versions")})
+    def version(v: dict) -> str:
+        commit = str(v.get("commit") or "")
+        at = f" @ {commit[:7]}{'+dirty' if commit.endswith('+dirty') else ''}" if commit else ""
+        return f"fedconv {v.get('fedconv')}{at}, flwr {v.get('flwr')}"
+
+    versions = sorted({version(s["versions"]) for s in (r.summary for r in runs) if s and s.get("versions")})
     params = sorted({f"{int(r.summary['num_parameters']):,}" for r in runs if r.summary and r.summary.get("num_parameters")})
     return [
         ("dataset", values("dataset.name")),
