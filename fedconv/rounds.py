@@ -81,6 +81,7 @@ class FederatedRounds:
         self._train: Phase | None = None
         self._eval: Phase | None = None
         self._sent_spec: dict[str, tuple[tuple[int, ...], str]] = {}
+        self._specs = self._specs_of({})
         self._arrays_key = str(getattr(self.strategy, "arrayrecord_key", "arrays"))
         self._config_key = str(getattr(self.strategy, "configrecord_key", "config"))
 
@@ -129,10 +130,9 @@ class FederatedRounds:
             return arrays
         return ArrayRecord({k: a for k, a in arrays.items() if k not in self.buffer_names})
 
-    def _specs(self) -> dict[str, dict[str, tuple[tuple[int, ...], str]]]:
+    def _specs_of(self, sent: dict[str, tuple[tuple[int, ...], str]]) -> dict[str, dict[str, tuple[tuple[int, ...], str]]]:
         """Each array kind of a wire declaration -> the names, shapes and dtypes it means."""
-        return {MODEL: self._sent_spec,
-                PARAMETERS: {k: v for k, v in self._sent_spec.items() if k not in self.model_buffers}}
+        return {MODEL: sent, PARAMETERS: {k: v for k, v in sent.items() if k not in self.model_buffers}}
 
     def _for_strategy(self, reply: Message) -> Message:
         """The reply as Flower's strategies expect it: the model's ArrayRecord (without the
@@ -140,7 +140,7 @@ class FederatedRounds:
         MetricRecord. Fresh records, so a strategy that pops arrays (FedTrimmedAvg) leaves the
         ledger's reply intact, with the arrays in the order the server sent them, whatever
         order the client used."""
-        specs = self._specs()
+        specs = self._specs
         # In the order sent: FedAvgM and q-FedAvg pair a reply's arrays with the model's by position.
         names = {record: [k for k in specs[kind] if record != self._arrays_key or k not in self.buffer_names]
                  for record, kind in self.algorithm.wire.arrays.items()}
@@ -161,6 +161,7 @@ class FederatedRounds:
         phase = self._train = self.cohorts.phase(server_round, train=True)
         self._global, arrays = arrays, self._shared(arrays)
         self._sent_spec = array_spec(arrays)
+        self._specs = self._specs_of(self._sent_spec)  # once per round, not per reply
         sent = self.strategy.configure_train(server_round, self._strategy_view(arrays), config,
                                              _cohort_grid(grid, phase))
         p = self.policy
@@ -190,7 +191,7 @@ class FederatedRounds:
         accepted, rejected, dropped = [], [], []
         for m in (m for m in replies if not m.has_error()):
             pid = phase.pid(m.metadata.src_node_id)
-            problem = reply_problem(m, self.algorithm.wire, self._specs(), self.partition_sizes.get(pid))
+            problem = reply_problem(m, self.algorithm.wire, self._specs, self.partition_sizes.get(pid))
             if problem is not None:
                 rejected.append(m)
                 record.failures.append(f"partition {pid}: reply rejected: {problem}")
