@@ -15,19 +15,20 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedconv import algorithms, client_state, faults, records, task
+from fedconv import algorithms, client_state, compression, faults, records, task
 from fedconv.config import from_run_config
 from fedconv.datasets import declared_shape
 from fedconv.device_data import load_device_data
-from fedconv.models import parameter_names, transmitted_state
+from fedconv.models import buffer_names, parameter_names, transmitted_state
 from fedconv.training import evaluate as evaluate_model
 
 app = ClientApp()
-# A partition's stored state: the algorithm hook's own arrays, and the layers it keeps local.
-HOOK, LOCAL = "hook/", "local/"
+# A partition's stored state: the algorithm hook's own arrays, the layers it keeps local, and
+# the uplink's error-feedback residual.
+HOOK, LOCAL, RESIDUAL = "hook/", "local/", "residual/"
 
 
 class PoolError(ValueError):
@@ -112,12 +113,15 @@ class Work:
     data: NodeData
     model: torch.nn.Module
     algorithm: algorithms.Algorithm
+    link: compression.Link
     store: client_state.ClientStateStore | None = None
     started: int = 0
     state: dict[str, torch.Tensor] | None = None
+    received: dict[str, np.ndarray] | None = None  # the shared model as decoded: the uplink's reference
 
-    def hook_state(self) -> dict[str, torch.Tensor] | None:
-        return None if self.state is None else {k[len(HOOK):]: v for k, v in self.state.items() if k.startswith(HOOK)}
+    def stored(self, prefix: str) -> dict[str, torch.Tensor] | None:
+        """One part of the partition's stored state (:data:`HOOK`, :data:`LOCAL`, :data:`RESIDUAL`)."""
+        return None if self.state is None else {k[len(prefix):]: v for k, v in self.state.items() if k.startswith(prefix)}
 
 
 def _prepare(msg: Message, context: Context) -> Work:
@@ -127,10 +131,13 @@ def _prepare(msg: Message, context: Context) -> Work:
     _set_threads(cfg)
     data = node_data(cfg, context, msg)
     model = task.reusable_model(cfg, data.ds)
-    work = Work(cfg, _partition_id(context, msg), data, model, algorithms.get(str(cfg["strategy"]["name"])))
+    work = Work(cfg, _partition_id(context, msg), data, model, algorithms.get(str(cfg["strategy"]["name"])),
+                compression.Link.from_config(cfg))
     local = work.algorithm.local_arrays(model)
-    task.load_global(model, msg.content.array_records["arrays"].to_torch_state_dict(), local=local)
-    if work.algorithm.client_state:
+    task.load_global(model, _received_model(msg, model, local, work.link.down), local=local)
+    if work.link.up.active:
+        work.received = {k: v.detach().cpu().numpy().copy() for k, v in transmitted_state(model).items() if k not in local}
+    if work.algorithm.client_state or work.link.up.error_feedback:
         work.store = client_state.store_for(cfg, context.node_config)
         work.started = records.integer(msg.content.config_records["config"], client_state.STATE_ROUND)
         work.state = work.store.load(work.pid, work.started)
@@ -139,10 +146,41 @@ def _prepare(msg: Message, context: Context) -> Work:
     return work
 
 
+def _spec(state: dict[str, torch.Tensor]) -> dict[str, tuple[tuple[int, ...], str]]:
+    return {k: (tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in state.items()}
+
+
+def _received_model(msg: Message, model: torch.nn.Module, local: frozenset[str],
+                    codec: compression.Codec) -> dict[str, torch.Tensor]:
+    """The global model of the message, decoded when the downlink is compressed."""
+    record = msg.content.array_records["arrays"]
+    if not codec.active:
+        return record.to_torch_state_dict()
+    spec = _spec({k: v for k, v in transmitted_state(model).items() if k not in local})
+    names = compression.encoded_names(spec, buffer_names(model), codec)
+    decoded = compression.decode_arrays(record[compression.PAYLOAD].numpy(), spec, codec, names, ())
+    return {k: torch.from_numpy(np.array(v)) for k, v in decoded.items()}
+
+
+def _reply_arrays(work: Work, state: dict[str, torch.Tensor], server_round: int) -> tuple[ArrayRecord, dict[str, torch.Tensor]]:
+    """The reply's model record (the update encoded by the uplink codec, or the model as it
+    is) and the new error-feedback residual to store."""
+    codec = work.link.up
+    if not codec.active or work.received is None:
+        return ArrayRecord(state), {}
+    spec = _spec(state)
+    names = compression.encoded_names(spec, buffer_names(work.model), codec)
+    trained = {k: v.detach().cpu().numpy() for k, v in state.items()}
+    residual = {k: v.numpy() for k, v in (work.stored(RESIDUAL) or {}).items()}
+    payload, new_residual = compression.compress_update(trained, work.received, spec, codec, names,
+                                                        work.link.up_key(server_round, work.pid), residual)
+    return ArrayRecord({compression.PAYLOAD: Array(payload)}), {k: torch.from_numpy(v) for k, v in new_residual.items()}
+
+
 def _load_local_layers(work: Work, local: frozenset[str]) -> None:
     """The partition's own copy of the local layers, as it stored them after its last
     accepted round; the initial model's before its first."""
-    own = {k[len(LOCAL):]: v for k, v in (work.state or {}).items() if k.startswith(LOCAL)}
+    own = work.stored(LOCAL) or {}
     if not own:
         initial = task.initial_model(work.cfg, work.data.ds).state_dict()
         own = {k: initial[k] for k in local}
@@ -180,7 +218,7 @@ def train(msg: Message, context: Context) -> Message:
         return Message(RecordDict({"arrays": msg.content["arrays"], "metrics": metrics}), reply_to=msg)
     hook = algorithm.client_hook(cfg["strategy"], config)
     hook.receive({name: rec.to_torch_state_dict() for name, rec in msg.content.array_records.items() if name != "arrays"},
-                 work.hook_state())
+                 work.stored(HOOK))
     received = transmitted_state(model, copy=True) if pid in corrupt else {}
     result = task.train_partition(
         cfg, ds, model, idx,
@@ -192,11 +230,6 @@ def train(msg: Message, context: Context) -> Message:
         step_fraction=records.number(config, "step-fraction", 1.0),
     )
     local = algorithm.local_arrays(model)
-    if work.store is not None:  # the partition's next state, for the server to name if it accepts this reply
-        work.store.save(pid, server_round, {
-            **{HOOK + k: v for k, v in (hook.new_state() or {}).items()},
-            **{LOCAL + k: v.detach().clone() for k, v in transmitted_state(model).items() if k in local},
-        }, started_from=work.started)
     state = {k: v for k, v in transmitted_state(model).items() if k not in local}
     num_examples = result.num_examples
     if pid in corrupt:
@@ -204,6 +237,13 @@ def train(msg: Message, context: Context) -> Message:
         state = faults.corrupt_state(state, mode, received=received, parameters=parameter_names(model),
                                      factor=float(flt.get("scale_factor", 1.0)))
         num_examples = faults.corrupt_num_examples(num_examples, mode)
+    arrays, residual = _reply_arrays(work, state, server_round)
+    if work.store is not None:  # the partition's next state, for the server to name if it accepts this reply
+        work.store.save(pid, server_round, {
+            **{HOOK + k: v for k, v in (hook.new_state() or {}).items()},
+            **{LOCAL + k: v.detach().clone() for k, v in transmitted_state(model).items() if k in local},
+            **{RESIDUAL + k: v for k, v in residual.items()},
+        }, started_from=work.started)
     metrics = MetricRecord(
         {
             "train_loss": result.loss,
@@ -214,7 +254,7 @@ def train(msg: Message, context: Context) -> Message:
         }
     )
     extra = {name: ArrayRecord(arrays) for name, arrays in hook.reply_arrays().items()}
-    return Message(RecordDict({"arrays": ArrayRecord(state), **extra, "metrics": metrics}), reply_to=msg)
+    return Message(RecordDict({"arrays": arrays, **extra, "metrics": metrics}), reply_to=msg)
 
 
 @app.evaluate()

@@ -228,7 +228,9 @@ def inert_keys(cfg: Mapping[str, Any]) -> set[str]:
         inert.add("client.momentum")
     if get("model.name") != "twoconv_se":
         inert.add("model.se_reduction")
-    return inert
+    from fedconv.compression import inert_keys as codec_inert_keys
+
+    return inert | codec_inert_keys(cfg)
 
 
 def config_problems(c: Checks) -> None:
@@ -277,11 +279,12 @@ def _cohort_problems(c: Checks) -> None:
 
 def problems(cfg: Mapping[str, Any]) -> list[str]:
     """Every invalid value, one line each: each group checked by the module that owns it."""
-    from fedconv import algorithms, datasets, faults, models, partitioning, training
+    from fedconv import algorithms, compression, datasets, faults, models, partitioning, training
 
     c = Checks(cfg)
     for check in (datasets.config_problems, models.config_problems, partitioning.config_problems,
-                  algorithms.config_problems, training.config_problems, faults.config_problems, config_problems):
+                  algorithms.config_problems, training.config_problems, faults.config_problems,
+                  compression.config_problems, config_problems):
         check(c)
     if not c.problems:
         _cohort_problems(c)

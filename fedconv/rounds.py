@@ -25,6 +25,7 @@ from fedconv import records
 from fedconv.algorithms.base import MODEL, PARAMETERS, Algorithm, restore_strategy_state, strategy_state
 from fedconv.client_state import STATE_ROUND
 from fedconv.cohorts import CohortGrid, Cohorts, Phase
+from fedconv.compression import PAYLOAD, Link, PayloadError, decode_arrays, encode_arrays, encoded_names
 from fedconv.faults import straggler_plan
 from fedconv.ledger import RoundRecord, message_array_bytes, short_reason
 from fedconv.reply_checks import array_spec, reply_problem
@@ -53,6 +54,11 @@ class FederatedRounds:
 
     ``local_names`` are arrays that stay on the clients: messages carry the rest, and the
     global model keeps the server's own copy of them.
+
+    ``link`` compresses what travels (:mod:`fedconv.compression`): the model down, each
+    client's update up, which is decoded onto the server's exact model before the reply
+    checks, so the strategy sees whole models; the ledger counts the compressed arrays. Its
+    error feedback is client state, versioned as an algorithm's.
     """
 
     def __init__(
@@ -65,6 +71,7 @@ class FederatedRounds:
         partition_sizes: Mapping[int, int] | None = None,
         buffer_names: Iterable[str] = (),
         local_names: Iterable[str] = (),
+        link: Link | None = None,
     ) -> None:
         self.algorithm = algorithm
         self.strategy = algorithm.make_strategy({**strategy_cfg, "num_partitions": cohorts.num_partitions})
@@ -75,6 +82,9 @@ class FederatedRounds:
         self.model_buffers = frozenset(buffer_names)
         self.buffer_names = self.model_buffers if algorithm.buffers == "mean" else frozenset()
         self.client_rounds: dict[int, int] = {}
+        self.link = link or Link()
+        self.stateful = algorithm.client_state or self.link.up.error_feedback  # a partition keeps state between rounds
+        self._x: dict[str, np.ndarray] = {}  # the shared model sent this round: the uplink's reference
         self.local_names = frozenset(local_names)  # never sent (FedBN's BatchNorm layers)
         self._global = ArrayRecord()
         self.current: RoundRecord | None = None
@@ -91,7 +101,7 @@ class FederatedRounds:
         """The round-to-round state (named arrays + JSON layout) for the checkpoint: the
         strategy's, and which version of each partition's client state is current."""
         tensors, layout = strategy_state(self.strategy, self.algorithm.state_attributes)
-        if self.algorithm.client_state:
+        if self.stateful:
             layout = {**layout, "client_rounds": {str(k): v for k, v in sorted(self.client_rounds.items())}}
         return tensors, layout
 
@@ -111,7 +121,7 @@ class FederatedRounds:
         node = sent.metadata.dst_node_id
         if phase.names_partitions:
             values["partition-id"] = phase.pid(node)
-        if self.algorithm.client_state:
+        if self.stateful:
             values[STATE_ROUND] = self.client_rounds.get(phase.pid(node), 0)
         for name, value in config.items():
             values[name.replace("_", "-")] = value
@@ -123,6 +133,37 @@ class FederatedRounds:
         if not self.local_names:
             return arrays
         return ArrayRecord({k: a for k, a in arrays.items() if k not in self.local_names})
+
+    def _downlink(self, arrays: ArrayRecord, key: tuple[int, ...]) -> ArrayRecord:
+        """The model as it travels down: encoded by the downlink codec, or as it is."""
+        codec = self.link.down
+        if not codec.active:
+            return arrays
+        spec = array_spec(arrays)
+        payload = encode_arrays({k: a.numpy() for k, a in arrays.items()}, spec, codec,
+                                encoded_names(spec, self.model_buffers, codec), key)
+        return ArrayRecord({PAYLOAD: Array(payload)})
+
+    def _decoded(self, reply: Message, pid: int, server_round: int) -> tuple[Message, str | None]:
+        """The reply with its model record decoded onto the sent model (uplink codec), or the
+        reply as it came and why its payload cannot be decoded."""
+        codec = self.link.up
+        if not codec.active or self._arrays_key not in reply.content.array_records:
+            return reply, None
+        names = encoded_names(self._sent_spec, self.model_buffers, codec)
+        record = reply.content.array_records[self._arrays_key]
+        if list(record.keys()) != [PAYLOAD]:
+            return reply, f"compressed update: expected the one array '{PAYLOAD}', got {list(record.keys())[:3]}"
+        try:
+            model = decode_arrays(record[PAYLOAD].numpy(), self._sent_spec, codec, names,
+                                  self.link.up_key(server_round, pid), self._x)
+        except PayloadError as exc:
+            return reply, f"compressed update: {exc}"
+        content = RecordDict(dict(reply.content.items()))
+        content[self._arrays_key] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in model.items()})
+        decoded = copy.copy(reply)
+        decoded.content = content
+        return decoded, None
 
     def _strategy_view(self, arrays: ArrayRecord) -> ArrayRecord:
         """What the strategy aggregates: the model without the buffers it must not touch."""
@@ -162,6 +203,8 @@ class FederatedRounds:
         self._global, arrays = arrays, self._shared(arrays)
         self._sent_spec = array_spec(arrays)
         self._specs = self._specs_of(self._sent_spec)  # once per round, not per reply
+        self._x = {k: a.numpy() for k, a in arrays.items()} if self.link.up.active else {}
+        wire = self._downlink(arrays, self.link.down_key(server_round))
         sent = self.strategy.configure_train(server_round, self._strategy_view(arrays), config,
                                              _cohort_grid(grid, phase))
         p = self.policy
@@ -171,9 +214,10 @@ class FederatedRounds:
         for m in sent:
             plan = record.stragglers.get(phase.pid(m.metadata.dst_node_id))
             orders = {} if plan is None else {"local_epochs": plan[0], "step_fraction": plan[1]}
-            messages.append(self._message(m, arrays, phase, **orders))
+            messages.append(self._message(m, wire, phase, **orders))
         record.clients_sampled = len(messages)
         record.bytes_down = sum(message_array_bytes(m) for m in messages)
+        record.bytes_down_raw = record.bytes_down + len(messages) * (_record_bytes(arrays) - _record_bytes(wire))
         return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -189,9 +233,13 @@ class FederatedRounds:
         record.failures += [f"partition {p}: no reply within the round timeout"
                             for p in pid_of.values() if p not in answered]
         accepted, rejected, dropped = [], [], []
+        record.bytes_up_raw = 0
         for m in (m for m in replies if not m.has_error()):
             pid = phase.pid(m.metadata.src_node_id)
-            problem = reply_problem(m, self.algorithm.wire, self._specs, self.partition_sizes.get(pid))
+            m, problem = self._decoded(m, pid, server_round)
+            record.bytes_up_raw += message_array_bytes(m)
+            if problem is None:
+                problem = reply_problem(m, self.algorithm.wire, self._specs, self.partition_sizes.get(pid))
             if problem is not None:
                 rejected.append(m)
                 record.failures.append(f"partition {pid}: reply rejected: {problem}")
@@ -218,7 +266,7 @@ class FederatedRounds:
         arrays = _as_sent(arrays, self._sent_spec)
         if self.local_names:  # the global model keeps the server's copy of what stays local
             arrays = ArrayRecord({k: (arrays[k] if k in arrays else self._global[k]) for k in self._global})
-        if self.algorithm.client_state:  # these partitions' new states are now the current ones
+        if self.stateful:  # these partitions' new states are now the current ones
             self.client_rounds.update({phase.pid(m.metadata.src_node_id): server_round for m in accepted})
         if metrics is not None:
             record.train_loss = records.number(metrics, "train_loss")
@@ -233,10 +281,13 @@ class FederatedRounds:
         phase = self._eval = self.cohorts.phase(server_round, train=False)
         arrays = self._shared(arrays)
         sent = self.strategy.configure_evaluate(server_round, arrays, config, _cohort_grid(grid, phase))
-        messages = [self._message(m, arrays, phase) for m in sent]
+        wire = self._downlink(arrays, self.link.down_key(server_round, evaluate=True))
+        messages = [self._message(m, wire, phase) for m in sent]
         if self.current is not None:
             self.current.eval_clients_sampled = len(messages)
             self.current.bytes_eval_down = sum(message_array_bytes(m) for m in messages)
+            self.current.bytes_eval_down_raw = (self.current.bytes_eval_down
+                                                + len(messages) * (_record_bytes(arrays) - _record_bytes(wire)))
         return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -262,6 +313,10 @@ def _as_sent(arrays: ArrayRecord, spec: Mapping[str, tuple[tuple[int, ...], str]
     if all(str(a.dtype) == spec[k][1] for k, a in arrays.items()):
         return arrays
     return ArrayRecord({k: Array(np.asarray(a.numpy(), dtype=spec[k][1])) for k, a in arrays.items()})
+
+
+def _record_bytes(record: ArrayRecord) -> int:
+    return sum(len(a.data) for a in record.values())
 
 
 def _cohort_grid(grid: Grid, phase: Phase) -> Grid:

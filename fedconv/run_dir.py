@@ -47,6 +47,8 @@ ROUND_COLUMNS = [
     "clients_dropped",
     "stragglers",
     "round_skipped",
+    "compression_down",  # bytes sent / bytes the same arrays take uncompressed (train + eval downlink)
+    "compression_up",
 ]
 CLIENT_COLUMNS = ["round", "phase", "partition_id", "num_examples", "loss", "accuracy", "status"]
 

@@ -21,7 +21,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedconv import __version__, algorithms, checkpoint, client_state, records, run_dir, stopping, task
+from fedconv import __version__, algorithms, checkpoint, client_state, compression, records, run_dir, stopping, task
 from fedconv.cohorts import Cohorts
 from fedconv.config import cohort_sizes, from_run_config, virtual_nodes
 from fedconv.ledger import short_reason
@@ -178,6 +178,8 @@ class RunRecorder:
         self.bytes_total = 0
         self.bytes_down = 0
         self.bytes_up = 0
+        self.bytes_down_raw = 0  # what the same messages would have carried uncompressed
+        self.bytes_up_raw = 0
         self.rows: list[dict[str, Any]] = []
         self.final_state: dict[str, torch.Tensor] | None = None
         self.resumed_from: int | None = None
@@ -226,6 +228,8 @@ class RunRecorder:
             "bytes_total": self.bytes_total,
             "bytes_down": self.bytes_down,
             "bytes_up": self.bytes_up,
+            "bytes_down_raw": self.bytes_down_raw,
+            "bytes_up_raw": self.bytes_up_raw,
             "elapsed_seconds": time.perf_counter() - self.started,
             "strategy": dict(self.cfg["strategy"]),
             "seed": int(self.cfg["seed"]),
@@ -242,6 +246,9 @@ class RunRecorder:
             )
         st = ckpt.state
         self.bytes_total, self.bytes_down, self.bytes_up = int(st["bytes_total"]), int(st["bytes_down"]), int(st["bytes_up"])
+        # checkpoints written before compression existed: nothing was compressed
+        self.bytes_down_raw = int(st.get("bytes_down_raw", self.bytes_down))
+        self.bytes_up_raw = int(st.get("bytes_up_raw", self.bytes_up))
         self.started = time.perf_counter() - float(st["elapsed_seconds"])
         self.strategy.restore(ckpt.algorithm_state, st.get("algorithm", {}))
         self.resumed_from = k
@@ -251,6 +258,9 @@ class RunRecorder:
         self.bytes_down += record.bytes_down + record.bytes_eval_down
         self.bytes_up += record.bytes_up
         self.bytes_total += record.bytes_down + record.bytes_up + record.bytes_eval_down
+        raw_down = record.bytes_down_raw + record.bytes_eval_down_raw
+        self.bytes_down_raw += raw_down
+        self.bytes_up_raw += record.bytes_up_raw
         fed_accs = [r["accuracy"] for r in record.client_rows if r["phase"] == "evaluate"]
         row = {
             "round": server_round,
@@ -277,6 +287,8 @@ class RunRecorder:
             "clients_dropped": record.clients_dropped,
             "stragglers": len(record.stragglers),
             "round_skipped": int(record.skipped),
+            "compression_down": _ratio(record.bytes_down + record.bytes_eval_down, raw_down),
+            "compression_up": _ratio(record.bytes_up, record.bytes_up_raw),
         }
         run_dir.append_row(self.out / run_dir.ROUNDS, run_dir.ROUND_COLUMNS, row)
         for client_row in record.client_rows:
@@ -324,6 +336,10 @@ class RunRecorder:
             "bytes_down_total": self.bytes_down,
             "bytes_up_total": self.bytes_up,
             "bytes_total": self.bytes_total,
+            "bytes_down_raw_total": self.bytes_down_raw,
+            "bytes_up_raw_total": self.bytes_up_raw,
+            "compression": {d: dict(self.cfg.get("compression", {}).get(d, {"codec": "none"}))
+                            for d in ("downlink", "uplink")},
             "wall_seconds": time.perf_counter() - self.started,
             "num_parameters": count_parameters(model),
             "model_bytes": state_bytes(model),
@@ -332,6 +348,11 @@ class RunRecorder:
             "virtual_nodes": virtual_nodes(self.cfg),
             "versions": _versions(),
         }
+
+
+def _ratio(sent: int, raw: int) -> float | None:
+    """Bytes sent per byte the same arrays take uncompressed (1.0 without compression)."""
+    return sent / raw if raw else None
 
 
 @app.main()
@@ -386,14 +407,14 @@ def serve(grid: Grid, context: Context) -> None:
         min_train_replies=int(server.get("min_train_replies", 1)),
     )
     algorithm = algorithms.get(str(cfg["strategy"]["name"]))
-    if algorithm.client_state:
-        client_state.prepare_shared(cfg)
     strategy = FederatedRounds(
         algorithm, cfg["strategy"], cohorts,
         lr_for_round=lambda r: lr_for_round(server, float(cfg["client"]["lr"]), r),
         policy=policy, partition_sizes=sizes, buffer_names=buffer_names(model),
-        local_names=algorithm.local_arrays(model),
+        local_names=algorithm.local_arrays(model), link=compression.Link.from_config(cfg),
     )
+    if strategy.stateful:
+        client_state.prepare_shared(cfg)
     eval_model = channels_last(task.initial_model(cfg, ds))
     recorder = RunRecorder(out, cfg, strategy, eval_model)
     arrays = ArrayRecord(transmitted_state(model))
