@@ -109,13 +109,26 @@ def uncontrolled_differences(runs: Sequence[Run], keys: Iterable[str]) -> dict[s
     return diffs
 
 
+def short_names(keys: Sequence[str]) -> dict[str, str]:
+    """Each key by its last part, or by as many last parts as tell it from the other keys
+    (``compression.downlink.codec`` and ``compression.uplink.codec``: ``downlink.codec``)."""
+    names = {}
+    for key in keys:
+        parts = key.split(".")
+        for n in range(1, len(parts) + 1):
+            short = ".".join(parts[-n:])
+            if not any(other != key and (other == short or other.endswith("." + short)) for other in keys):
+                break
+        names[key] = short
+    return names
+
+
 def group_label(run: Run, keys: Sequence[str]) -> str:
     parts = []
-    for key in keys:
+    for key, short in short_names(keys).items():
         value = run.get(key)
         if value is None:
             continue
-        short = key.rsplit(".", 1)[-1]
         parts.append(str(value) if short == "name" else f"{short}={value}")
     return " ".join(parts) or "all"
 
@@ -245,6 +258,8 @@ def compare(
         hits = [(r, b) for r, b in reached if r is not None]
         every_seed = len(hits) == len(members)  # rounds/MB to target only when every seed got there
         totals = [t for m in members if m.rounds and (t := m.rounds[-1].get("bytes_total_cum")) is not None]
+        sent_vs_raw = [s["bytes_total"] / raw for m in members if (s := m.summary) and s.get("bytes_total")
+                       and (raw := s.get("bytes_down_raw_total", 0) + s.get("bytes_up_raw_total", 0))]
         walls = [float(m.summary["wall_seconds"]) for m in members if m.summary and m.summary.get("wall_seconds") is not None]
         clients = [m.final_client_accuracies() for m in members]
         clients = [c for c in clients if c]
@@ -266,6 +281,7 @@ def compare(
                 "rounds_to_target_mean": _mean_std([float(r) for r, _ in hits])[0] if every_seed else None,
                 "mb_to_target_mean": _mean_std([b / 1e6 for _, b in hits if b is not None])[0] if every_seed else None,
                 "total_mb_mean": _mean_std([t / 1e6 for t in totals])[0],
+                "sent_vs_uncompressed": _mean_std(sent_vs_raw)[0],
                 "wall_seconds_mean": _mean_std(walls)[0],
                 "client_accuracy_mean": _mean_std([statistics.fmean(c) for c in clients])[0],
                 "client_accuracy_p10": _mean_std([float(np.percentile(c, 10)) for c in clients])[0],
@@ -388,7 +404,7 @@ def _fmt_round(value: float | None) -> str:
 
 TABLE_HEADER = [
     "group", "n", "final acc (mean ± std)", "95% CI", "best acc (round)", "rounds to target", "MB to target",
-    "total MB", "wall s", "client acc mean / p10 / worst",
+    "total MB", "vs uncompressed", "wall s", "client acc mean / p10 / worst",
 ]
 
 
@@ -404,6 +420,7 @@ def table_cells(row: dict[str, Any]) -> list[str]:
         rtt,
         _fmt(row["mb_to_target_mean"], 1),
         _fmt(row["total_mb_mean"], 1),
+        _fmt(row["sent_vs_uncompressed"], 3),
         _fmt(row["wall_seconds_mean"], 1),
         " / ".join(_fmt(row[k]) for k in ("client_accuracy_mean", "client_accuracy_p10", "client_accuracy_worst")),
     ]

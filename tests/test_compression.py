@@ -339,3 +339,12 @@ def test_bad_compression_configs_name_the_key(overrides: list[str], message: str
 def test_every_preset_validates() -> None:
     for preset in ("none", "fp16", "bf16", "int8", "int8_both", "int4", "topk", "randk", "qsgd"):
         validate(compose([f"compression={preset}"]))
+
+
+def test_report_labels_tell_keys_with_the_same_last_part_apart() -> None:
+    from fedconv.report import short_names
+
+    assert short_names(["compression.downlink.codec", "compression.uplink.codec", "strategy.name", "seed"]) == {
+        "compression.downlink.codec": "downlink.codec", "compression.uplink.codec": "uplink.codec",
+        "strategy.name": "name", "seed": "seed"}
+    assert short_names(["strategy.mu", "mu"]) == {"strategy.mu": "strategy.mu", "mu": "mu"}

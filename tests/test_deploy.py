@@ -235,7 +235,8 @@ def test_a_supernode_keeps_its_scaffold_control_variate_on_its_own_disk_across_a
     2. SCAFFOLD's server control variate c moves by (1/N) Σ Δc_i of the accepted replies, so it
     equals the mean of the boards' c_i exactly when every board's state advanced with, and only
     with, its accepted updates: a board that lost its c_i, or kept one the server rejected,
-    breaks the equality."""
+    breaks the equality. The uplink is top-k with error feedback, so each board's state file
+    also carries its residual, and the update travels compressed through the real deployment."""
     from safetensors.numpy import load_file
 
     keys, port, federation, _ = secure_lab(tmp_path, processes, boards=2, registered=2)
@@ -253,7 +254,7 @@ def test_a_supernode_keeps_its_scaffold_control_variate_on_its_own_disk_across_a
     run = tmp_path / "run"
     run_proc = subprocess.Popen(
         [sys.executable, "-m", "fedconv.deploy", *federation, "dataset=digits", "strategy=scaffold", "server.rounds=4",
-         "server.fraction_train=1.0", "server.fraction_evaluate=0", "client.threads=1", "client.epochs=1",
+         "compression=topk", "server.fraction_train=1.0", "server.fraction_evaluate=0", "client.threads=1", "client.epochs=1",
          "server.connect_timeout=120", "server.round_timeout=90", f"hydra.run.dir={run}"],
         cwd=ROOT, stdout=(tmp_path / "deploy.log").open("w"), stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -279,6 +280,8 @@ def test_a_supernode_keeps_its_scaffold_control_variate_on_its_own_disk_across_a
     assert all(boards), boards  # on each board's own disk ...
     assert not list((run / "client_state").glob("p*"))  # ... and none in the server's run dir
     latest = [load_file(max(files, key=lambda p: int(p.stem[1:]))) for files in boards]
+    assert all(any(k.startswith("residual/") and np.abs(v).sum() > 0 for k, v in state.items()) for state in latest)
+    assert all(0 < float(r["compression_up"]) < 0.6 for r in rows)  # top-k model record + the fp32 control record
     server = load_file(run / "checkpoint.safetensors")
     control = {k.removeprefix("algorithm/control/"): v for k, v in server.items() if k.startswith("algorithm/control/")}
     assert control and all(np.abs(v).sum() > 0 for v in control.values())
