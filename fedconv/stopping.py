@@ -10,8 +10,11 @@ rounds as ``interrupted`` and returns, Flower winds down its engine as after any
 clients' in-flight updates finish first) and shuts Ray down, and the entry point exits with
 128 + the signal number. A second signal quits at once.
 
-A deployed ServerApp (its own process under a SuperLink) never has a run started here, so
-its :func:`send_and_receive` is Flower's plain one; ``flwr stop`` ends it.
+A deployed ServerApp (its own process under a SuperLink) never has a run started here:
+``flwr stop`` ends it, and its :func:`send_and_receive` is Flower's loop (push, then pull
+until every reply is in or the timeout passes) with a shorter pause between pulls:
+Flower's ``grid.send_and_receive`` sleeps 3 s (hard-coded in ``flwr/superlink/grid/
+http_grid.py``), so a round whose replies arrive after 0.1 s took 3 s.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
 _running = threading.Event()  # a simulated run is in progress in this process
 _requested = threading.Event()  # a signal asked it to stop
 _signal: signal.Signals | None = None
+DEPLOYED_POLL_SECONDS = 0.25  # between pulls of a deployed ServerApp: 4 small requests a second
 
 
 class RunStopped(Exception):
@@ -97,18 +101,24 @@ def check() -> None:
 
 def send_and_receive(grid: Grid, messages: Iterable[Message], timeout: float | None) -> list[Message]:
     """Every message exchange of a run (the query, each round's training and evaluation):
-    ``grid.send_and_receive``, except that it gives up as soon as a stop is requested."""
-    if not _running.is_set():
-        return list(grid.send_and_receive(messages, timeout=timeout))
-    check()
+    ``grid.send_and_receive``, except that it polls for replies every
+    :data:`DEPLOYED_POLL_SECONDS` in deployment and gives up as soon as a stop is requested
+    in a simulation."""
+    simulated = _running.is_set()
+    if simulated:
+        check()
     pending = set(grid.push_messages(messages))
-    interval = float(getattr(grid, "pull_interval", 0.1))
+    interval = float(getattr(grid, "pull_interval", 0.1)) if simulated else DEPLOYED_POLL_SECONDS
     deadline = None if timeout is None else time.monotonic() + timeout
     replies: list[Message] = []
     while pending and (deadline is None or time.monotonic() < deadline):
         got = list(grid.pull_messages(pending))
         replies.extend(got)
         pending.difference_update(m.metadata.reply_to_message_id for m in got)
-        if pending and _requested.wait(interval):
+        if not pending:
+            break
+        if not simulated:
+            time.sleep(interval)
+        elif _requested.wait(interval):
             check()
     return replies
