@@ -109,9 +109,12 @@ def _results_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """The config minus what cannot change a run's numbers: ``resume``, where the run dir
     lives (``output_dir``: a sweep folder that was moved or copied is the same sweep), and
     how virtual nodes are laid out (``simulation.nodes``: a pool and one node per client
-    give the same run, and runs saved before the option existed do not have it)."""
+    give the same run, and runs saved before the option existed do not have it). No
+    compression either way is the same as a config saved before the group existed."""
     out = {**cfg, "resume": "", "output_dir": ""}
     out["simulation"] = {k: v for k, v in cfg.get("simulation", {}).items() if k != "nodes"}
+    if all(d.get("codec", "none") == "none" for d in (out.get("compression") or {}).values()):
+        out.pop("compression", None)
     return out
 
 

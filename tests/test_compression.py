@@ -348,3 +348,12 @@ def test_report_labels_tell_keys_with_the_same_last_part_apart() -> None:
         "compression.downlink.codec": "downlink.codec", "compression.uplink.codec": "uplink.codec",
         "strategy.name": "name", "seed": "seed"}
     assert short_names(["strategy.mu", "mu"]) == {"strategy.mu": "strategy.mu", "mu": "mu"}
+
+
+def test_a_run_saved_before_the_compression_group_is_the_same_config_as_one_without_compression() -> None:
+    from fedconv.simulate import _results_config
+
+    today = compose([])
+    before = {k: v for k, v in today.items() if k != "compression"}
+    assert _results_config(before) == _results_config(today)
+    assert _results_config(before) != _results_config(compose(["compression=int8"]))
