@@ -10,6 +10,8 @@ from __future__ import annotations
 import runpy
 import sys
 
+from fedconv.optional import MissingExtra
+
 COMMANDS = {
     "simulate": ("fedconv.simulate", "run a simulation or a sweep (Hydra overrides, -m)"),
     "report": ("fedconv.report", "compare runs: tables and plots"),
@@ -41,7 +43,19 @@ def main() -> None:
     module, _ = COMMANDS[name]
     sys.argv = [sys.argv[0], *sys.argv[2:]]
     # As `python -m <module>` runs it: Hydra finds conf/ relative to a module run as __main__.
-    runpy.run_module(module, run_name="__main__", alter_sys=True)
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except ModuleNotFoundError as exc:  # a lean (board) install: name the extra, not a traceback
+        from fedconv.optional import missing_extra_message
+
+        if isinstance(exc, MissingExtra):
+            message: str | None = f"fedconv {name}: {exc}"
+        else:
+            message = missing_extra_message(exc.name or "", f"fedconv {name}")
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -237,9 +237,9 @@ def _load_cifar_dir(directory: Path) -> dict[str, np.ndarray]:
 
 
 def _load_digits(test_fraction: float, split_seed: int) -> dict[str, np.ndarray]:
-    from sklearn.datasets import load_digits
+    from fedconv.optional import require
 
-    bunch = load_digits()
+    bunch = require("sklearn.datasets", "the digits dataset (scikit-learn's)").load_digits()
     images = np.clip(np.rint(bunch.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
     labels = bunch.target.astype(np.int64)
     order = np.random.default_rng(split_seed).permutation(len(labels))

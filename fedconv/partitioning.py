@@ -45,9 +45,10 @@ class Partitions:
 
 
 def _label_dataset(labels: np.ndarray, seed: int, shuffle: bool):
-    from datasets import Dataset
+    from fedconv.optional import require
 
-    ds = Dataset.from_dict({"label": labels.astype(np.int64), "idx": np.arange(len(labels))})
+    dataset_class = require("datasets", "making partitions (Flower Datasets)").Dataset
+    ds = dataset_class.from_dict({"label": labels.astype(np.int64), "idx": np.arange(len(labels))})
     return ds.shuffle(seed=seed) if shuffle else ds
 
 
@@ -71,7 +72,9 @@ def _quantity_sizes(cfg: Mapping[str, Any], n_items: int, num_clients: int, seed
 
 
 def _partitioner(cfg: Mapping[str, Any], labels: np.ndarray, num_clients: int, seed: int):
-    from flwr_datasets import partitioner as fp
+    from fedconv.optional import require
+
+    fp = require("flwr_datasets.partitioner", "making partitions (Flower Datasets)")
 
     name = cfg["name"]
     if name == "iid":

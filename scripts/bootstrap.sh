@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh Debian machine (Python >= 3.11, no GPU):
-# a virtual environment in .venv, the CPU build of torch, fedconv with its simulation, export and
-# test extras (editable), and the real Fashion-MNIST from Debian when it is not present.
+# a virtual environment in .venv, the CPU build of torch, fedconv with all its extras and the
+# test tools (editable), and the real Fashion-MNIST from Debian when it is not present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,8 +22,8 @@ if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
   "${PIP[@]}" install -q "$TORCH_SPEC"
 fi
 
-echo "[setup] installing fedconv[simulation,test,export]"
-"${PIP[@]}" install -q -e ".[simulation,test,export]"
+echo "[setup] installing fedconv[all,test]"
+"${PIP[@]}" install -q -e ".[all,test]"
 
 if [ -z "${FEDCONV_DATA:-}" ] && [ ! -f "$FMNIST_DIR/train-images-idx3-ubyte.gz" ]; then
   if command -v apt-get >/dev/null 2>&1; then

@@ -85,3 +85,29 @@ def rows(run: Path, name: str = "rounds.csv") -> list[dict[str, str]]:
     """A run directory's CSV file as a list of rows."""
     with (run / name).open() as f:
         return list(csv.DictReader(f))
+
+
+LEAN_BOARD_LACKS = ("hydra", "omegaconf", "ray", "matplotlib", "sklearn", "scipy", "flwr_datasets", "datasets",
+                    "pandas", "pyarrow")
+
+
+def lean_board_env(tmp_path: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """A SuperNode environment that sees this venv's packages without the ones a lean board
+    install (``pip install fedconv``) lacks: a folder of links to every other top-level entry
+    of site-packages replaces site-packages on the path (a sitecustomize on PYTHONPATH, which
+    every ClientApp process the SuperNode starts inherits), so those modules are absent as on
+    a board, and a board path that imports one fails its message."""
+    import site
+
+    real = Path(site.getsitepackages()[0])
+    lean = tmp_path / "lean-board"
+    (lean / "site").mkdir(parents=True, exist_ok=True)
+    for entry in real.iterdir():
+        if entry.name.removesuffix(".py") not in LEAN_BOARD_LACKS and entry.suffix != ".pth":
+            (lean / "site" / entry.name).symlink_to(entry)
+    (lean / "sitecustomize.py").write_text(
+        "import sys\n"
+        f"sys.path[:] = [{str(lean / 'site')!r} if p == {str(real)!r} else p for p in sys.path]\n")
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(lean), env.get("PYTHONPATH", "")) if p)
+    return env

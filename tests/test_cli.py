@@ -30,3 +30,19 @@ def test_commands_are_the_modules_entry_points(tmp_path: Path) -> None:
     assert report.returncode == 2 and "no run directories" in report.stderr
     certs = run("certs", str(tmp_path / "keys"), "--host", "127.0.0.1", "--supernodes", "1")
     assert certs.returncode == 0 and (tmp_path / "keys" / "supernodes" / "supernode-0").is_file()
+
+
+def test_a_lean_board_install_runs_the_client_and_names_the_extra_for_the_rest(tmp_path) -> None:  # noqa: ANN001
+    """`pip install fedconv` (a board) has no Hydra, Ray, Flower Datasets, matplotlib or
+    scikit-learn: the ClientApp imports without them, the other commands say which extra."""
+    from conftest import LEAN_BOARD_LACKS, lean_board_env
+
+    env = lean_board_env(tmp_path)
+    code = ("import importlib.util, fedconv.client_app; "
+            f"print([m for m in {LEAN_BOARD_LACKS!r} if importlib.util.find_spec(m) is not None])")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr[-2000:]
+    proc = subprocess.run([sys.executable, "-m", "fedconv.cli", "simulate"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "fedconv simulate needs 'hydra', which this install lacks: pip install \"fedconv[simulation]\""

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import lean_board_env
 from fedconv.certs import LabKeys, make_lab_keys
 from fedconv.config import compose
 from fedconv.deploy import flwr_env
@@ -123,6 +124,7 @@ def secure_lab(tmp_path: Path, processes: Processes, boards: int,
 def test_three_authenticated_supernodes_train_and_an_unregistered_one_is_refused(
     tmp_path: Path, processes: Processes
 ) -> None:
+    """Board 2 trains on its own data folder with the modules a lean install lacks blocked."""
     # The lab registers boards 0-2; board 3's key is not registered.
     keys, port, federation, reg = secure_lab(tmp_path, processes, boards=4, registered=3)
     assert reg.stdout.count("registered supernode-") == 3
@@ -137,7 +139,9 @@ def test_three_authenticated_supernodes_train_and_an_unregistered_one_is_refused
             ["flower-supernode", "--superlink", f"127.0.0.1:{port}", "--root-certificates", str(keys.ca_cert),
              "--auth-supernode-private-key", str(keys.supernode_keys[i]), "--port", str(free_port()),
              "--node-config", node_configs[i]],
-            tmp_path / f"supernode-{i}.log", flwr_env(tmp_path / f"supernode-{i}-home"),
+            tmp_path / f"supernode-{i}.log",
+            (lean_board_env(tmp_path, flwr_env(tmp_path / "supernode-2-home")) if i == 2
+             else flwr_env(tmp_path / f"supernode-{i}-home")),
         )
     run = tmp_path / "run"
     t0 = time.perf_counter()
