@@ -19,7 +19,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from fedconv import algorithms, client_state, compression, faults, records, task
-from fedconv.config import from_run_config
+from fedconv.algorithms.base import EVAL_NUM_EXAMPLES
+from fedconv.config import from_run_config, with_train_eval
 from fedconv.datasets import declared_shape
 from fedconv.device_data import load_device_data
 from fedconv.models import buffer_names, parameter_names, transmitted_state
@@ -216,6 +217,7 @@ def train(msg: Message, context: Context) -> Message:
         metrics = MetricRecord({"train_loss": float("nan"), "train_accuracy": float("nan"),
                                 "num-examples": len(idx), "steps": 0})
         return Message(RecordDict({"arrays": msg.content["arrays"], "metrics": metrics}), reply_to=msg)
+    before = _evaluate_received(work) if with_train_eval(cfg) else {}
     hook = algorithm.client_hook(cfg["strategy"], config)
     hook.receive({name: rec.to_torch_state_dict() for name, rec in msg.content.array_records.items() if name != "arrays"},
                  work.stored(HOOK))
@@ -250,11 +252,21 @@ def train(msg: Message, context: Context) -> Message:
             "train_accuracy": result.accuracy,
             "num-examples": num_examples,
             "steps": result.steps,
+            **before,
             **hook.reply_metrics(),
         }
     )
     extra = {name: ArrayRecord(arrays) for name, arrays in hook.reply_arrays().items()}
     return Message(RecordDict({"arrays": arrays, **extra, "metrics": metrics}), reply_to=msg)
+
+
+def _evaluate_received(work: Work) -> dict[str, float | int]:
+    """``server.fed_eval=with_train``: the received model (with this partition's own local
+    layers) on the held-out split, before any training: the evaluate phase's numbers, sent
+    with the update so a round needs one exchange instead of two."""
+    data = work.data
+    result = evaluate_model(work.model, data.held_x, data.held_y, task.normalizer(work.cfg, data.ds, train=False))
+    return {"eval_loss": result.loss, "eval_accuracy": result.accuracy, EVAL_NUM_EXAMPLES: result.num_examples}
 
 
 @app.evaluate()

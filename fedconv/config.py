@@ -177,10 +177,21 @@ def clients_per_round(num_clients: int, fraction: float, minimum: int) -> int:
 NODE_MODES = ("pool", "per_client")
 
 
+FED_EVAL_MODES = ("separate", "with_train")
+
+
+def with_train_eval(cfg: Mapping[str, Any]) -> bool:
+    """Do training clients evaluate the received model in their train reply (no evaluate phase)?"""
+    return cfg["server"].get("fed_eval", "separate") == "with_train"
+
+
 def cohort_sizes(cfg: Mapping[str, Any]) -> tuple[int, int]:
-    """(train, evaluate) clients per round; 0 evaluation clients when federated evaluation is off."""
+    """(train, evaluate) clients per round; 0 evaluation clients when federated evaluation is
+    off or done by the training clients (``server.fed_eval=with_train``)."""
     n, server = int(cfg["simulation"]["num_clients"]), cfg["server"]
     train = clients_per_round(n, float(server["fraction_train"]), int(server["min_train_clients"]))
+    if with_train_eval(cfg):
+        return train, 0
     fraction_eval = float(server["fraction_evaluate"])
     evaluate = clients_per_round(n, fraction_eval, int(server["min_evaluate_clients"])) if fraction_eval > 0 else 0
     return train, evaluate
@@ -220,6 +231,8 @@ def inert_keys(cfg: Mapping[str, Any]) -> set[str]:
         inert.add("faults.scale_factor")
     if not str(get("faults.slow_partitions") or "").strip():
         inert.add("faults.slow_seconds")
+    if get("server.fed_eval") == "with_train":
+        inert |= {"server.fraction_evaluate", "server.min_evaluate_clients"}
     if get("server.lr_schedule") != "step":
         inert |= {"server.lr_step_size", "server.lr_gamma"}
     if get("server.lr_schedule") != "cosine":
@@ -241,6 +254,8 @@ def config_problems(c: Checks) -> None:
     c.in_range("server.rounds", 1, integer=True)
     c.in_range("server.fraction_train", 0, 1, lo_open=True)
     c.in_range("server.fraction_evaluate", 0, 1)
+    if c.has("server.fed_eval"):
+        c.one_of("server.fed_eval", FED_EVAL_MODES)
     c.in_range("server.min_train_clients", 1, integer=True)
     c.in_range("server.min_evaluate_clients", 0, integer=True)
     c.in_range("server.eval_every", 1, integer=True)
@@ -270,7 +285,10 @@ def _cohort_problems(c: Checks) -> None:
     eval_k = clients_per_round(n, fraction_eval, c.get("server.min_evaluate_clients"))
     if fraction_eval > 0 and eval_k > n:
         c.fail("server.min_evaluate_clients", f"{eval_k} clients per round but simulation.num_clients={n}; must be <= {n}")
-    if fraction_eval > 0 and c.get("partition.test_fraction") == 0:
+    if c.get("server.fed_eval") == "with_train" and c.get("partition.test_fraction") == 0:
+        c.problems.append("partition.test_fraction=0: must be in (0, 1) with server.fed_eval=with_train "
+                          "(training clients evaluate on their held-out split); or set server.fed_eval=separate")
+    elif fraction_eval > 0 and c.get("partition.test_fraction") == 0:
         c.problems.append(
             "partition.test_fraction=0: must be in (0, 1) while server.fraction_evaluate > 0 "
             "(clients evaluate on their held-out split); or set server.fraction_evaluate=0"

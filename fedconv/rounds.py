@@ -22,7 +22,14 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from fedconv import records
-from fedconv.algorithms.base import MODEL, PARAMETERS, Algorithm, restore_strategy_state, strategy_state
+from fedconv.algorithms.base import (
+    EVAL_NUM_EXAMPLES,
+    MODEL,
+    PARAMETERS,
+    Algorithm,
+    restore_strategy_state,
+    strategy_state,
+)
 from fedconv.client_state import STATE_ROUND
 from fedconv.cohorts import CohortGrid, Cohorts, Phase
 from fedconv.compression import PAYLOAD, Link, PayloadError, decode_arrays, encode_arrays, encoded_names
@@ -59,6 +66,10 @@ class FederatedRounds:
     client's update up, which is decoded onto the server's exact model before the reply
     checks, so the strategy sees whole models; the ledger counts the compressed arrays. Its
     error feedback is client state, versioned as an algorithm's.
+
+    With ``evaluate_with_train`` (``server.fed_eval=with_train``) the training clients
+    evaluate the model they received before training and reply with both; the round's
+    federated metrics come from those replies and there is no evaluate phase.
     """
 
     def __init__(
@@ -72,6 +83,7 @@ class FederatedRounds:
         buffer_names: Iterable[str] = (),
         local_names: Iterable[str] = (),
         link: Link | None = None,
+        evaluate_with_train: bool = False,
     ) -> None:
         self.algorithm = algorithm
         self.strategy = algorithm.make_strategy({**strategy_cfg, "num_partitions": cohorts.num_partitions})
@@ -83,6 +95,7 @@ class FederatedRounds:
         self.buffer_names = self.model_buffers if algorithm.buffers == "mean" else frozenset()
         self.client_rounds: dict[int, int] = {}
         self.link = link or Link()
+        self.evaluate_with_train = evaluate_with_train
         self.stateful = algorithm.client_state or self.link.up.error_feedback  # a partition keeps state between rounds
         self._x: dict[str, np.ndarray] = {}  # the shared model sent this round: the uplink's reference
         self.local_names = frozenset(local_names)  # never sent (FedBN's BatchNorm layers)
@@ -253,6 +266,8 @@ class FederatedRounds:
         record.add_clients("train", accepted, pid_of)
         record.add_clients("train", dropped, pid_of, status="dropped")
         record.add_clients("train", rejected, pid_of, status="rejected")
+        if self.evaluate_with_train:  # updates dropped as stragglers still evaluated the received model
+            self._evaluated_before_training(record, accepted + dropped, pid_of)
         if len(accepted) < self.policy.min_train_replies:
             record.skipped = True
             return None, None
@@ -272,6 +287,26 @@ class FederatedRounds:
             record.train_loss = records.number(metrics, "train_loss")
             record.train_accuracy = records.number(metrics, "train_accuracy")
         return arrays, metrics
+
+    @staticmethod
+    def _evaluated_before_training(record: RoundRecord, replies: list[Message], pid_of: Mapping[int, int]) -> None:
+        """The federated metrics of a ``with_train`` round: each reply's evaluation of the
+        received model, weighted by its held-out examples (replies without one are left out)."""
+        rows = []
+        for m in replies:
+            metrics = next(iter(m.content.metric_records.values()))
+            values = [v for k in (EVAL_NUM_EXAMPLES, "eval_loss", "eval_accuracy")
+                      if isinstance(v := metrics.get(k), int | float) and np.isfinite(v)]
+            if len(values) == 3 and values[0] > 0:
+                rows.append((pid_of.get(m.metadata.src_node_id, -1), *(float(v) for v in values)))
+        record.eval_clients_sampled, record.eval_clients_ok = record.clients_sampled, len(rows)
+        record.client_rows += [{"round": record.server_round, "phase": "evaluate", "partition_id": pid,
+                                "num_examples": int(n), "loss": loss, "accuracy": acc, "status": "ok"}
+                               for pid, n, loss, acc in rows]
+        if rows:
+            n = np.array([r[1] for r in rows])
+            record.fed_loss = float(np.dot(n, [r[2] for r in rows]) / n.sum())
+            record.fed_accuracy = float(np.dot(n, [r[3] for r in rows]) / n.sum())
 
     # ------------------------------------------------------------------ evaluate
 

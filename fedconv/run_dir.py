@@ -47,6 +47,8 @@ ROUND_COLUMNS = [
     "clients_dropped",
     "stragglers",
     "round_skipped",
+    "fed_cohort",  # evaluate: the evaluate phase's clients on the new model; train: the training clients
+    "fed_model_round",  # on the model they received (fed_eval=with_train): the global model after this round
     "compression_down",  # bytes sent / bytes the same arrays take uncompressed (train + eval downlink)
     "compression_up",
 ]

@@ -23,7 +23,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedconv import __version__, algorithms, checkpoint, client_state, compression, records, run_dir, stopping, task
 from fedconv.cohorts import Cohorts
-from fedconv.config import cohort_sizes, from_run_config, virtual_nodes
+from fedconv.config import cohort_sizes, from_run_config, virtual_nodes, with_train_eval
 from fedconv.ledger import short_reason
 from fedconv.models import (
     buffer_names,
@@ -171,6 +171,7 @@ class RunRecorder:
         self.strategy = strategy
         self.rounds = int(cfg["server"]["rounds"])
         self.eval_every = int(cfg["server"]["eval_every"])
+        self.with_train = with_train_eval(cfg)
         self.ds = task.dataset(cfg)
         self.eval_model = model
         self.norm = task.normalizer(cfg, self.ds, train=False)
@@ -287,6 +288,9 @@ class RunRecorder:
             "clients_dropped": record.clients_dropped,
             "stragglers": len(record.stragglers),
             "round_skipped": int(record.skipped),
+            # which clients and which global model fed_accuracy/fed_loss are about
+            "fed_cohort": None if record.fed_accuracy is None else ("train" if self.with_train else "evaluate"),
+            "fed_model_round": None if record.fed_accuracy is None else server_round - int(self.with_train),
             "compression_down": _ratio(record.bytes_down + record.bytes_eval_down, raw_down),
             "compression_up": _ratio(record.bytes_up, record.bytes_up_raw),
         }
@@ -412,6 +416,7 @@ def serve(grid: Grid, context: Context) -> None:
         lr_for_round=lambda r: lr_for_round(server, float(cfg["client"]["lr"]), r),
         policy=policy, partition_sizes=sizes, buffer_names=buffer_names(model),
         local_names=algorithm.local_arrays(model), link=compression.Link.from_config(cfg),
+        evaluate_with_train=with_train_eval(cfg),
     )
     if strategy.stateful:
         client_state.prepare_shared(cfg)

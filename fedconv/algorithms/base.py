@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 MODEL = "model"  # an ArrayRecord named, shaped and typed like the global model the server sent
 PARAMETERS = "parameters"  # like the global model's trainable parameters only (no BatchNorm statistics)
 NUM_EXAMPLES = "num-examples"
+EVAL_NUM_EXAMPLES = "eval-num-examples"  # held-out examples behind a train reply's eval metrics (fed_eval=with_train)
 TRAIN_METRICS = (NUM_EXAMPLES, "train_loss", "train_accuracy", "steps")
 
 
