@@ -25,15 +25,27 @@ fi
 echo "[setup] installing fedconv[all,test]"
 "${PIP[@]}" install -q -e ".[all,test]"
 
-if [ -z "${FEDCONV_DATA:-}" ] && [ ! -f "$FMNIST_DIR/train-images-idx3-ubyte.gz" ]; then
-  if command -v apt-get >/dev/null 2>&1; then
-    SUDO=""
-    if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
-    echo "[setup] installing Debian package dataset-fashion-mnist"
-    $SUDO apt-get update -qq || true
-    $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
-  else
-    echo "[setup] warning: no apt-get; put Fashion-MNIST's IDX files in a folder and set FEDCONV_DATA" >&2
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
+APT_UPDATED=""
+apt_install() {  # apt_install PACKAGE WHY: Debian's package, once per machine
+  if ! command -v apt-get >/dev/null 2>&1; then
+    return 1
   fi
+  if [ -z "$APT_UPDATED" ]; then
+    $SUDO apt-get update -qq || true
+    APT_UPDATED=1
+  fi
+  echo "[setup] installing Debian package $1 ($2)"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$1" >/dev/null
+}
+
+if [ -z "${FEDCONV_DATA:-}" ] && [ ! -f "$FMNIST_DIR/train-images-idx3-ubyte.gz" ]; then
+  apt_install dataset-fashion-mnist "the real Fashion-MNIST" \
+    || echo "[setup] warning: no apt-get; put Fashion-MNIST's IDX files in a folder and set FEDCONV_DATA" >&2
+fi
+if ! command -v chromium >/dev/null 2>&1; then
+  apt_install chromium "renders report.html in the browser test" \
+    || echo "[setup] warning: chromium not installed; tests/test_report_browser.py will skip" >&2
 fi
 echo "[setup] ready: $("$VENV/bin/python" -c 'import fedconv, torch, flwr; print("fedconv", fedconv.__version__, "| torch", torch.__version__, "| flwr", flwr.__version__)')"
