@@ -197,6 +197,7 @@ class RunRecorder:
             res = evaluate(
                 folded_for_inference(self.eval_model), self.ds.test_x, self.ds.test_y, self.norm,
                 batch_size=int(self.cfg["server"]["eval_batch_size"]),
+                precision=str(self.cfg["server"].get("eval_precision", "fp32")),
             )
             central = {"central_accuracy": res.accuracy, "central_loss": res.loss}
             if res.top5 is not None:

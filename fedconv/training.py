@@ -100,6 +100,17 @@ class TrainResult:
     steps: int
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast(cfg: Mapping[str, Any], key: str = "precision") -> torch.autocast:
+    """bfloat16 autocast of the forward pass when ``cfg[key]`` is ``bf16`` (opt-in): the
+    convolutions and matrix products run in bf16 (AVX512-BF16 / AMX on recent x86 CPUs),
+    while the weights, their gradients, the optimizer state and everything on the wire stay
+    float32; an algorithm's own loss term is added outside, in float32."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.get(key, "fp32") == "bf16")
+
+
 def train_local(
     model: nn.Module,
     images: np.ndarray,
@@ -157,8 +168,9 @@ def _train_steps(
             x = normalizer(images[idx], gen).contiguous(memory_format=torch.channels_last)
             y = labels_t[idx]
             optimizer.zero_grad(set_to_none=True)
-            logits = model(x)
-            loss = criterion(logits, y)
+            with autocast(cfg):
+                logits = model(x)
+                loss = criterion(logits, y)
             extra = hook.loss(model)
             if extra is not None:
                 loss = loss + extra
@@ -206,8 +218,10 @@ def evaluate(
     labels: np.ndarray,
     normalizer: Normalizer,
     batch_size: int = 1000,
+    precision: str = "fp32",
 ) -> EvalResult:
-    """Loss, accuracy (and top-5 where there are more than 5 classes) in large batches."""
+    """Loss, accuracy (and top-5 where there are more than 5 classes) in large batches
+    (``precision="bf16"``: the forward pass under bfloat16 autocast, the loss in float32)."""
     model.eval()
     n = len(labels)
     labels_t = torch.from_numpy(np.array(labels, dtype=np.int64))
@@ -218,7 +232,8 @@ def evaluate(
     for start in range(0, n, batch_size):
         x = normalizer(images[start : start + batch_size]).contiguous(memory_format=torch.channels_last)
         y = labels_t[start : start + batch_size]
-        logits = model(x)
+        with autocast({"precision": precision}):
+            logits = model(x).float()
         num_classes = logits.shape[1]
         total_loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
         preds[start : start + len(y)] = logits.argmax(1).numpy()
@@ -275,6 +290,10 @@ def config_problems(c: Checks) -> None:
     if c.has("client.max_steps"):
         c.in_range("client.max_steps", 0, integer=True)
     c.boolean("client.noop")
+    if c.has("client.precision"):
+        c.one_of("client.precision", PRECISIONS)
+    if c.has("server.eval_precision"):
+        c.one_of("server.eval_precision", PRECISIONS)
     c.one_of("server.lr_schedule", LR_SCHEDULES)
     c.in_range("server.lr_step_size", 1, integer=True)
     c.in_range("server.lr_gamma", 0, 1, lo_open=True)

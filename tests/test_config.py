@@ -56,6 +56,8 @@ def test_run_config_round_trip_is_flat_scalars() -> None:
         ("partition.test_fraction=0 server.fraction_evaluate=0.5", "partition.test_fraction"),
         ("partition.test_fraction=0 server.fraction_evaluate=0 server.fed_eval=with_train", "partition.test_fraction"),
         ("server.fed_eval=both", "server.fed_eval"),
+        ("client.precision=fp16", "client.precision"),
+        ("server.eval_precision=int8", "server.eval_precision"),
     ],
 )
 def test_invalid_values_name_the_key_and_the_range(override: str, key: str) -> None:

@@ -170,3 +170,28 @@ def test_channels_last_training_matches_the_default_layout_and_hands_back_contig
     for (key, a), b in zip(fast.state_dict().items(), plain.state_dict().values(), strict=True):
         assert a.is_contiguous(), key
         torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-3)
+
+
+def test_bf16_autocast_trains_float32_weights_close_to_the_fp32_path() -> None:
+    """client.precision=bf16: the forward pass in bfloat16, the weights, the optimizer state and
+    what is sent stay float32; the result stays close to the fp32 path's."""
+    from fedconv import task
+    from fedconv.config import compose
+    from fedconv.datasets import load_dataset
+    from fedconv.models import build_model, transmitted_state
+    from fedconv.training import evaluate, train_local
+
+    cfg = compose(["dataset=digits"])
+    ds = load_dataset(cfg["dataset"])
+    results = {}
+    for precision in ("fp32", "bf16"):
+        model = build_model(cfg["model"], ds.input_shape, ds.num_classes, seed=0)
+        r = train_local(model, ds.train_x[:600], ds.train_y[:600], task.normalizer(cfg, ds, True),
+                        {**cfg["client"], "precision": precision}, lr=0.05, epochs=2, seed=0)
+        assert {v.dtype for v in transmitted_state(model).values()} == {torch.float32}
+        ev = evaluate(model, ds.test_x, ds.test_y, task.normalizer(cfg, ds, False), precision=precision)
+        fp32_eval = evaluate(model, ds.test_x, ds.test_y, task.normalizer(cfg, ds, False))
+        assert (ev.predictions == fp32_eval.predictions).mean() > 0.97  # bf16 inference: same answers, nearly
+        results[precision] = (r.loss, ev.accuracy)
+    assert abs(results["bf16"][0] - results["fp32"][0]) < 0.1, results
+    assert abs(results["bf16"][1] - results["fp32"][1]) < 0.05, results
