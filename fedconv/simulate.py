@@ -105,16 +105,25 @@ def _saved_config(out: Path) -> dict[str, Any]:
     return plain(path)
 
 
+# Keys added after runs were saved without them, with the value that means "as before".
+ADDED_KEYS = {"client.precision": "fp32", "server.eval_precision": "fp32", "server.fed_eval": "separate"}
+
+
 def _results_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """The config minus what cannot change a run's numbers: ``resume``, where the run dir
     lives (``output_dir``: a sweep folder that was moved or copied is the same sweep), and
     how virtual nodes are laid out (``simulation.nodes``: a pool and one node per client
     give the same run, and runs saved before the option existed do not have it). No
-    compression either way is the same as a config saved before the group existed."""
+    compression either way, and any of :data:`ADDED_KEYS` at its default, are the same as a
+    config saved before they existed."""
     out = {**cfg, "resume": "", "output_dir": ""}
     out["simulation"] = {k: v for k, v in cfg.get("simulation", {}).items() if k != "nodes"}
     if all(d.get("codec", "none") == "none" for d in (out.get("compression") or {}).values()):
         out.pop("compression", None)
+    for key, default in ADDED_KEYS.items():  # a key at its default is the same as a key not there yet
+        group, leaf = key.split(".")
+        if group in out and out[group].get(leaf, default) == default:
+            out[group] = {k: v for k, v in out[group].items() if k != leaf}
     return out
 
 

@@ -350,10 +350,13 @@ def test_report_labels_tell_keys_with_the_same_last_part_apart() -> None:
     assert short_names(["strategy.mu", "mu"]) == {"strategy.mu": "strategy.mu", "mu": "mu"}
 
 
-def test_a_run_saved_before_the_compression_group_is_the_same_config_as_one_without_compression() -> None:
+def test_a_run_saved_before_new_keys_existed_is_the_same_config_as_one_with_their_defaults() -> None:
     from fedconv.simulate import _results_config
 
     today = compose([])
     before = {k: v for k, v in today.items() if k != "compression"}
+    before["client"] = {k: v for k, v in today["client"].items() if k != "precision"}
+    before["server"] = {k: v for k, v in today["server"].items() if k not in ("fed_eval", "eval_precision")}
     assert _results_config(before) == _results_config(today)
+    assert _results_config(before) != _results_config(compose(["client.precision=bf16"]))
     assert _results_config(before) != _results_config(compose(["compression=int8"]))
