@@ -34,6 +34,7 @@ from fedconv.models import (
     transmitted_state,
 )
 from fedconv.partitioning import histogram_record, partition_record
+from fedconv.progress import RoundProgress
 from fedconv.rounds import FederatedRounds, RoundPolicy
 from fedconv.training import classification_report, evaluate, folded_for_inference, lr_for_round
 
@@ -184,6 +185,13 @@ class RunRecorder:
         self.rows: list[dict[str, Any]] = []
         self.final_state: dict[str, torch.Tensor] | None = None
         self.resumed_from: int | None = None
+        self.progress: RoundProgress | None = None  # the console: lines, and a bar on a terminal
+
+    def console(self, line: str) -> None:
+        if self.progress is None:
+            _console(line)
+        else:
+            self.progress.line(line)
 
     def end_round(self, server_round: int, arrays: ArrayRecord) -> None:
         """After a round: central evaluation, one rounds.csv row, then the checkpoint."""
@@ -310,13 +318,15 @@ class RunRecorder:
         if record.skipped:
             fails += (f"  SKIPPED: {record.clients_ok} valid replies < server.min_train_replies="
                       f"{self.strategy.policy.min_train_replies}, global model unchanged")
-        _console(
+        self.console(
             f"[round {server_round:>3}/{self.rounds}] {acc_s}  "
             f"down {record.bytes_down / 1e6:.2f} MB  up {record.bytes_up / 1e6:.2f} MB  "
             f"{row['round_seconds']:.1f}s{fails}"
         )
         for failure in record.failures:
-            _console(f"    client failure: {failure[:300]}")
+            self.console(f"    client failure: {failure[:300]}")
+        if self.progress is not None:
+            self.progress.round_done(server_round, acc, self.bytes_total / 1e6)
 
     def summary(self, status: str, model: torch.nn.Module) -> dict[str, Any]:
         evaluated = [r for r in self.rows if r.get("central_accuracy") is not None]
@@ -438,6 +448,7 @@ def serve(grid: Grid, context: Context) -> None:
     # start-up heap (torch, Flower, the dataset) frozen out of the collector's reach, each
     # collection scans only what the rounds allocate.
     gc.freeze()
+    recorder.progress = RoundProgress(recorder.rounds, done=first_round - 1)
     try:
         run_rounds(strategy, grid, arrays, first_round, int(server["rounds"]), timeout, recorder.end_round)
         status = "completed" if len(recorder.rows) == recorder.rounds else "failed"
@@ -447,6 +458,7 @@ def serve(grid: Grid, context: Context) -> None:
         status = "interrupted"
         raise
     finally:
+        recorder.progress.close()
         if recorder.final_state is not None:
             run_dir.save_weights(out / run_dir.WEIGHTS, recorder.final_state)
         summary = recorder.summary(status, model)
