@@ -211,7 +211,7 @@ def virtual_nodes(cfg: Mapping[str, Any]) -> int:
 EXECUTION_KEYS = frozenset({
     "name", "output_dir", "resume", "verbose", "dataset.data_dir", "dataset.cache_dir", "dataset.download",
     "simulation.nodes", "simulation.client_state_dir", "simulation.ray.address", "simulation.ray.num_cpus",
-    "simulation.ray.include_dashboard", "server.connect_timeout",
+    "simulation.ray.include_dashboard", "server.connect_timeout", "logger.tensorboard",
 })
 
 
@@ -297,12 +297,12 @@ def _cohort_problems(c: Checks) -> None:
 
 def problems(cfg: Mapping[str, Any]) -> list[str]:
     """Every invalid value, one line each: each group checked by the module that owns it."""
-    from fedconv import algorithms, compression, datasets, faults, models, partitioning, training
+    from fedconv import algorithms, compression, datasets, faults, models, partitioning, tracking, training
 
     c = Checks(cfg)
     for check in (datasets.config_problems, models.config_problems, partitioning.config_problems,
                   algorithms.config_problems, training.config_problems, faults.config_problems,
-                  compression.config_problems, config_problems):
+                  compression.config_problems, tracking.config_problems, config_problems):
         check(c)
     if not c.problems:
         _cohort_problems(c)

@@ -7,6 +7,7 @@ entry point (Flower's processes do not share the caller's working directory).
 from __future__ import annotations
 
 import gc
+import json
 import math
 import platform
 import sys
@@ -36,6 +37,7 @@ from fedconv.models import (
 from fedconv.partitioning import histogram_record, partition_record
 from fedconv.progress import RoundProgress
 from fedconv.rounds import FederatedRounds, RoundPolicy
+from fedconv.tracking import Tracking
 from fedconv.training import classification_report, evaluate, folded_for_inference, lr_for_round
 
 app = ServerApp()
@@ -186,6 +188,7 @@ class RunRecorder:
         self.final_state: dict[str, torch.Tensor] | None = None
         self.resumed_from: int | None = None
         self.progress: RoundProgress | None = None  # the console: lines, and a bar on a terminal
+        self.tracking = Tracking([])  # TensorBoard etc., fed with each rounds.csv row
 
     def console(self, line: str) -> None:
         if self.progress is None:
@@ -304,6 +307,7 @@ class RunRecorder:
             "compression_up": _ratio(record.bytes_up, record.bytes_up_raw),
         }
         run_dir.append_row(self.out / run_dir.ROUNDS, run_dir.ROUND_COLUMNS, row)
+        self.tracking.round(row)
         for client_row in record.client_rows:
             run_dir.append_row(self.out / run_dir.CLIENTS, run_dir.CLIENT_COLUMNS, client_row)
         self.rows.append(row)
@@ -449,6 +453,9 @@ def serve(grid: Grid, context: Context) -> None:
     # collection scans only what the rounds allocate.
     gc.freeze()
     recorder.progress = RoundProgress(recorder.rounds, done=first_round - 1)
+    clients = json.loads((out / run_dir.PARTITION).read_text()).get("clients", [])
+    recorder.tracking = Tracking.for_run(cfg, out, first_round,
+                                         np.array([c.get("label_histogram", []) for c in clients]))
     try:
         run_rounds(strategy, grid, arrays, first_round, int(server["rounds"]), timeout, recorder.end_round)
         status = "completed" if len(recorder.rows) == recorder.rounds else "failed"
@@ -463,6 +470,7 @@ def serve(grid: Grid, context: Context) -> None:
             run_dir.save_weights(out / run_dir.WEIGHTS, recorder.final_state)
         summary = recorder.summary(status, model)
         run_dir.write_json(out / run_dir.SUMMARY, summary)
+        recorder.tracking.end(summary)
     def accuracy(value: Any) -> str:
         return f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else "n/a"
 

@@ -116,7 +116,7 @@ def _results_config(cfg: dict[str, Any]) -> dict[str, Any]:
     give the same run, and runs saved before the option existed do not have it). No
     compression either way, and any of :data:`ADDED_KEYS` at its default, are the same as a
     config saved before they existed."""
-    out = {**cfg, "resume": "", "output_dir": ""}
+    out = {**{k: v for k, v in cfg.items() if k != "logger"}, "resume": "", "output_dir": ""}  # where rounds go
     out["simulation"] = {k: v for k, v in cfg.get("simulation", {}).items() if k != "nodes"}
     if all(d.get("codec", "none") == "none" for d in (out.get("compression") or {}).values()):
         out.pop("compression", None)
@@ -131,7 +131,7 @@ def _results_config(cfg: dict[str, Any]) -> dict[str, Any]:
 # rounds it has (extending a run); never a value that the completed rounds depended on.
 RESUME_OVERRIDES = (
     "server.rounds", "server.round_timeout", "server.connect_timeout", "verbose", "simulation.nodes",
-    "simulation.ray.address", "simulation.ray.num_cpus", "simulation.ray.include_dashboard",
+    "simulation.ray.address", "simulation.ray.num_cpus", "simulation.ray.include_dashboard", "logger.tensorboard",
 )
 
 

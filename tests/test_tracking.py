@@ -1,0 +1,79 @@
+"""Tracking sinks: TensorBoard's event files hold what rounds.csv holds, a resumed run does
+not repeat a step, and a failing sink never stops the run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import rows, simulate
+from fedconv.tracking import TensorBoardSink, Tracking, heatmap, scalar_name
+
+
+def events(folder: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0, "images": 0})
+    acc.Reload()
+    return acc
+
+
+def test_a_resumed_run_replaces_the_steps_it_redoes(tmp_path: Path) -> None:
+    cfg = {"seed": 0, "logger": {"tensorboard": True}}
+    first = TensorBoardSink(tmp_path, cfg, 1, np.array([[3, 0], [1, 1]]))
+    for r in (1, 2, 3):  # round 3's events were written, then the run died before its checkpoint
+        first.round({"round": r, "central_accuracy": 0.1 * r, "bytes_up": 100 * r, "fed_cohort": "evaluate"})
+    first.writer.close()
+    resumed = TensorBoardSink(tmp_path, cfg, 3, None)  # resumes after the checkpoint of round 2
+    for r in (3, 4):
+        resumed.round({"round": r, "central_accuracy": 0.5 + 0.1 * r, "bytes_up": 100 * r})
+    resumed.end({"rounds_completed": 4, "status": "completed"})
+    acc = events(tmp_path / "tensorboard")
+    got = [(e.step, round(e.value, 6)) for e in acc.Scalars("accuracy/central_accuracy")]
+    assert got == [(1, 0.1), (2, 0.2), (3, 0.8), (4, 0.9)]
+    assert [e.step for e in acc.Scalars("bytes/bytes_up")] == [1, 2, 3, 4]
+    assert "partition/label_histogram" in acc.Tags()["images"]
+
+
+def test_tags_group_the_columns_and_the_heatmap_normalises_each_client() -> None:
+    assert scalar_name("central_accuracy") == "accuracy/central_accuracy"
+    assert scalar_name("bytes_total_cum") == "bytes/bytes_total_cum"
+    assert scalar_name("round_seconds") == "time/round_seconds"
+    assert scalar_name("clients_ok") == "clients/clients_ok"
+    img = heatmap(np.array([[4, 2], [0, 0]]), cell=2)
+    assert img.shape == (4, 4) and img[0, 0] == 1.0 and img[0, 2] == 0.5 and img[2:].max() == 0
+
+
+def test_a_failing_sink_is_reported_once_and_dropped(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "tensorboard").write_text("a file where the event folder should be")
+    tracking = Tracking.for_run({"logger": {"tensorboard": True}}, tmp_path, 1)
+    assert tracking.sinks == []
+    assert "logger.tensorboard failed" in capsys.readouterr().err
+
+    class Broken:
+        name = "tensorboard"
+        calls = 0
+
+        def round(self, row: dict) -> None:
+            Broken.calls += 1
+            raise OSError("No space left on device")
+
+    tracking = Tracking([Broken()])  # type: ignore[list-item]
+    for r in (1, 2, 3):
+        tracking.round({"round": r})
+    assert Broken.calls == 1 and capsys.readouterr().err.count("No space left on device") == 1
+
+
+@pytest.mark.slow
+def test_a_run_logs_every_round_to_tensorboard(tmp_path: Path) -> None:
+    proc = simulate("dataset=digits", "simulation.num_clients=3", "server.fraction_train=1.0", "server.rounds=3",
+                    "partition.alpha=1.0", "logger.tensorboard=true", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    acc = events(tmp_path / "tensorboard")
+    table = rows(tmp_path)
+    for column in ("central_accuracy", "fed_accuracy", "bytes_up", "clients_ok"):
+        got = [(e.step, e.value) for e in acc.Scalars(scalar_name(column))]
+        assert got == [(int(r["round"]), pytest.approx(float(r[column]), rel=1e-6)) for r in table], column
+    assert "partition/label_histogram" in acc.Tags()["images"]
+    assert {"config", "summary"} <= {t.split("/")[0] for t in acc.Tags()["tensors"]}
