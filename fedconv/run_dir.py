@@ -52,6 +52,7 @@ ROUND_COLUMNS = [
     "compression_down",  # bytes sent / bytes the same arrays take uncompressed (train + eval downlink)
     "compression_up",
 ]
+ROUND_TEXT_COLUMNS = ("fed_cohort",)  # every other rounds.csv cell is a number or empty
 CLIENT_COLUMNS = ["round", "phase", "partition_id", "num_examples", "loss", "accuracy", "status"]
 
 CONFIG = "config.yaml"

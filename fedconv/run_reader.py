@@ -66,7 +66,7 @@ def read_run(path: Path) -> Run:
     config: dict[str, Any] = {}
     try:
         config = _read_config(path)
-        rounds = _read_table(path / run_dir.ROUNDS, REQUIRED_ROUND_COLUMNS, text_columns=())
+        rounds = _read_table(path / run_dir.ROUNDS, REQUIRED_ROUND_COLUMNS, text_columns=run_dir.ROUND_TEXT_COLUMNS)
         clients = _read_table(path / run_dir.CLIENTS, run_dir.CLIENT_COLUMNS, text_columns=("phase", "status"))
         summary = _read_summary(path / run_dir.SUMMARY)
         _check_rounds(rounds)

@@ -30,6 +30,7 @@ def make_run(path: Path, *, strategy: str, seed: int, accs: list[float], mu: flo
         run_dir.append_row(path / run_dir.ROUNDS, run_dir.ROUND_COLUMNS, {
             "round": i, "central_accuracy": acc, "central_loss": 1 - acc, "train_loss": 2.0 / i,
             "bytes_total_cum": int(i * mb_per_round * 1e6), "clients_sampled": 10, "clients_ok": 10,
+            "fed_cohort": "evaluate", "fed_model_round": i,  # a text column among the numbers
         })
     for pid, acc in enumerate(client_accs or []):
         run_dir.append_row(path / run_dir.CLIENTS, run_dir.CLIENT_COLUMNS, {
