@@ -185,13 +185,15 @@ def test_bf16_autocast_trains_float32_weights_close_to_the_fp32_path() -> None:
     ds = load_dataset(cfg["dataset"])
     results = {}
     for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)  # dropout draws from torch's global generator: the same draws for both
         model = build_model(cfg["model"], ds.input_shape, ds.num_classes, seed=0)
-        r = train_local(model, ds.train_x[:600], ds.train_y[:600], task.normalizer(cfg, ds, True),
+        r = train_local(model, ds.train_x, ds.train_y, task.normalizer(cfg, ds, True),
                         {**cfg["client"], "precision": precision}, lr=0.05, epochs=2, seed=0)
         assert {v.dtype for v in transmitted_state(model).values()} == {torch.float32}
         ev = evaluate(model, ds.test_x, ds.test_y, task.normalizer(cfg, ds, False), precision=precision)
         fp32_eval = evaluate(model, ds.test_x, ds.test_y, task.normalizer(cfg, ds, False))
         assert (ev.predictions == fp32_eval.predictions).mean() > 0.97  # bf16 inference: same answers, nearly
         results[precision] = (r.loss, ev.accuracy)
-    assert abs(results["bf16"][0] - results["fp32"][0]) < 0.1, results
-    assert abs(results["bf16"][1] - results["fp32"][1]) < 0.05, results
+    # Measured here with seeds 0-2: losses within 0.003, test accuracy within 1.7 points.
+    assert abs(results["bf16"][0] - results["fp32"][0]) < 0.05, results
+    assert abs(results["bf16"][1] - results["fp32"][1]) < 0.04, results
