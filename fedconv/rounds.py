@@ -98,6 +98,7 @@ class FederatedRounds:
         self.evaluate_with_train = evaluate_with_train
         self.stateful = algorithm.client_state or self.link.up.error_feedback  # a partition keeps state between rounds
         self._x: dict[str, np.ndarray] = {}  # the shared model sent this round: the uplink's reference
+        self._up_names: frozenset[str] = frozenset()  # the arrays the uplink codec encodes this round
         self.local_names = frozenset(local_names)  # never sent (FedBN's BatchNorm layers)
         self._global = ArrayRecord()
         self.current: RoundRecord | None = None
@@ -163,12 +164,11 @@ class FederatedRounds:
         codec = self.link.up
         if not codec.active or self._arrays_key not in reply.content.array_records:
             return reply, None
-        names = encoded_names(self._sent_spec, self.model_buffers, codec)
         record = reply.content.array_records[self._arrays_key]
         if list(record.keys()) != [PAYLOAD]:
             return reply, f"compressed update: expected the one array '{PAYLOAD}', got {list(record.keys())[:3]}"
         try:
-            model = decode_arrays(record[PAYLOAD].numpy(), self._sent_spec, codec, names,
+            model = decode_arrays(record[PAYLOAD].numpy(), self._sent_spec, codec, self._up_names,
                                   self.link.up_key(server_round, pid), self._x)
         except PayloadError as exc:
             return reply, f"compressed update: {exc}"
@@ -217,6 +217,7 @@ class FederatedRounds:
         self._sent_spec = array_spec(arrays)
         self._specs = self._specs_of(self._sent_spec)  # once per round, not per reply
         self._x = {k: a.numpy() for k, a in arrays.items()} if self.link.up.active else {}
+        self._up_names = encoded_names(self._sent_spec, self.model_buffers, self.link.up)
         wire = self._downlink(arrays, self.link.down_key(server_round))
         sent = self.strategy.configure_train(server_round, self._strategy_view(arrays), config,
                                              _cohort_grid(grid, phase))
