@@ -123,9 +123,11 @@ class Codec:
         the payload cannot be one (``rng``: the encoder's, for randk's positions)."""
         if payload.dtype != np.uint8 or payload.ndim != 1:
             raise PayloadError(f"payload is {payload.dtype}{list(payload.shape)}, expected a 1-D uint8 array")
+        if not self.active:
+            raise PayloadError(f"codec '{self.codec}' decodes nothing")
+        _expect_length(payload, self.payload_bytes(shape))  # every codec's length follows from the shape
         n = math.prod(shape)
         if self.codec in ("fp16", "bf16"):
-            _expect_length(payload, 2 * n)
             out = payload.view("<f2").astype(F32) if self.codec == "fp16" else _from_bf16(payload.view("<u2"))
             return _finite(out, "values").reshape(shape)
         if self.codec in ("int8", "int4"):
@@ -134,7 +136,6 @@ class Codec:
             return self._decode_topk(payload, shape)
         if self.codec == "randk":
             idx = self._random_indices(n, rng)
-            _expect_length(payload, 4 * len(idx))
             out = np.zeros(n, dtype=F32)
             out[idx] = _finite(payload.view(F32), "values")
             return out.reshape(shape)
@@ -193,7 +194,6 @@ class Codec:
 
     def _decode_affine(self, payload: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         g, n = self.groups(shape), math.prod(shape)
-        _expect_length(payload, self.payload_bytes(shape))
         lo = _finite(_from_bf16(payload[: 2 * g].view("<u2")), "lo")
         scale = _finite(_from_bf16(payload[2 * g : 4 * g].view("<u2")), "scale")
         if (scale < 0).any():
@@ -221,7 +221,6 @@ class Codec:
     def _decode_topk(self, payload: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         n = math.prod(shape)
         k = self.k(n)
-        _expect_length(payload, 4 * k + position_bytes(n, k))
         values = _finite(payload[: 4 * k].view(F32), "values")
         idx = _decode_positions(payload[4 * k :], n, k)
         out = np.zeros(n, dtype=F32)
@@ -247,7 +246,6 @@ class Codec:
     def _decode_qsgd(self, payload: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         n, s, d = math.prod(shape), self.levels, self.bucket
         b = -(-n // d)
-        _expect_length(payload, 4 * b + n)
         norms = _finite(payload[: 4 * b].view(F32), "norms")
         if (norms < 0).any():
             raise PayloadError("negative norm")
