@@ -8,10 +8,12 @@ is ever unpickled on load).
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +87,7 @@ def existing_run(out: Path) -> str:
 
 
 SWEEP_INDEX = "sweep.json"
+SWEEP_LOCK = ".sweep.lock"
 
 
 def read_sweep_index(sweep_dir: Path) -> dict[str, Any]:
@@ -104,6 +107,39 @@ def read_sweep_index(sweep_dir: Path) -> dict[str, Any]:
             job["run_dir"] = str(sweep_dir / run)
     index["sweep_dir"] = str(sweep_dir)
     return index
+
+
+@contextmanager
+def sweep_lock(sweep_dir: Path) -> Iterator[None]:
+    """Hold the sweep's index lock: jobs of a sweep that run at once (Hydra's Ray or submitit
+    launchers, Optuna trials in parallel, two sweeps into one folder) read-modify-write
+    ``sweep.json`` one at a time, so no entry is lost. A POSIX record lock (``fcntl.lockf``)
+    on ``.sweep.lock``: it also holds across machines on an NFS share (SLURM), and the OS
+    drops it when a job dies."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with open(sweep_dir / SWEEP_LOCK, "a") as f:
+        fcntl.lockf(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(f, fcntl.LOCK_UN)
+
+
+def update_sweep_index(sweep_dir: Path, entry: dict[str, Any]) -> None:
+    """Record one job in sweep.json: one entry per run dir with its overrides, job number and
+    status, under :func:`sweep_lock`.
+
+    Keyed by run dir, not job number: a later sweep into the same folder (more seeds, one
+    strategy) numbers its jobs from 0 again and must not replace the earlier jobs' entries.
+    """
+    with sweep_lock(sweep_dir):
+        index = read_sweep_index(sweep_dir)
+        dirs = [j["run_dir"] for j in index["jobs"]]
+        if entry["run_dir"] in dirs:
+            index["jobs"][dirs.index(entry["run_dir"])] = entry
+        else:
+            index["jobs"].append(entry)
+        write_json(sweep_dir / SWEEP_INDEX, index)
 
 
 def _jsonable(value: Any) -> Any:

@@ -36,21 +36,6 @@ register_resolvers()
 _TASK_STARTED = False  # set when a job starts; a Hydra exit before that is a config error
 
 
-def _update_sweep_index(sweep_dir: Path, entry: dict[str, Any]) -> None:
-    """sweep.json: one entry per run dir with its overrides, job number and status.
-
-    Keyed by run dir, not job number: a later sweep into the same folder (more seeds, one
-    strategy) numbers its jobs from 0 again and must not replace the earlier jobs' entries.
-    """
-    index = run_dir.read_sweep_index(sweep_dir)
-    dirs = [j["run_dir"] for j in index["jobs"]]
-    if entry["run_dir"] in dirs:
-        index["jobs"][dirs.index(entry["run_dir"])] = entry
-    else:
-        index["jobs"].append(entry)
-    run_dir.write_json(sweep_dir / run_dir.SWEEP_INDEX, index)
-
-
 def _write_failure(out: Path, cfg: dict[str, Any], status: str, error: str) -> None:
     """Make sure a run that did not complete never looks like it did."""
     path = out / run_dir.SUMMARY
@@ -261,14 +246,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         print(f"skipping {out}: it holds a completed run of this config", flush=True)
         summary = json.loads((out / run_dir.SUMMARY).read_text())
         if sweep_dir is not None:
-            _update_sweep_index(sweep_dir, {**job, "status": "completed",
+            run_dir.update_sweep_index(sweep_dir, {**job, "status": "completed",
                                             "final_central_accuracy": summary.get("final_central_accuracy")})
         return summary
     resuming = action == "resume"
     out.mkdir(parents=True, exist_ok=True)
     run_dir.write_config(out, resolved)  # on resume: where the run lives now, and its rounds
     if sweep_dir is not None:
-        _update_sweep_index(sweep_dir, {**job, "status": "running"})
+        run_dir.update_sweep_index(sweep_dir, {**job, "status": "running"})
     print(f"fedconv run -> {out}" + (" (resuming from its checkpoint)" if resuming else ""), flush=True)
     started = time.perf_counter()
     status, error = "failed", ""
@@ -300,7 +285,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             _write_failure(out, resolved, status, error)
         summary = json.loads((out / run_dir.SUMMARY).read_text())
         if sweep_dir is not None:
-            _update_sweep_index(
+            run_dir.update_sweep_index(
                 sweep_dir,
                 {
                     **job,
