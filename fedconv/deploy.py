@@ -32,7 +32,7 @@ import tomli_w
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from fedconv import run_dir, task
+from fedconv import run_dir, task, tracking
 from fedconv.config import (
     EXIT_BAD_CONFIG,
     ConfigError,
@@ -111,6 +111,7 @@ def resolve(cfg: DictConfig, out: Path) -> dict[str, Any]:
     if problems:
         raise ConfigError("\n".join(problems))
     resolved["output_dir"] = str(out)  # client.threads stays as set: 0 = every core of each board
+    tracking.absolute_tracking_uri(resolved)
     return resolved
 
 

@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from fedconv import run_dir
+from fedconv import run_dir, tracking
 from fedconv.config import (
     EXIT_BAD_CONFIG,
     ConfigError,
@@ -54,6 +54,7 @@ def resolve(cfg: DictConfig, out: Path) -> dict[str, Any]:
     resolved = plain(cfg)
     validate(resolved)
     resolved["output_dir"] = str(out)
+    tracking.absolute_tracking_uri(resolved)
     client = resolved["client"]
     if int(client["threads"]) == 0:  # a virtual client uses exactly its CPU budget
         client["threads"] = max(1, int(resolved["simulation"]["client_resources"]["num_cpus"]))
@@ -117,6 +118,7 @@ def _results_config(cfg: dict[str, Any]) -> dict[str, Any]:
 RESUME_OVERRIDES = (
     "server.rounds", "server.round_timeout", "server.connect_timeout", "verbose", "simulation.nodes",
     "simulation.ray.address", "simulation.ray.num_cpus", "simulation.ray.include_dashboard", "logger.tensorboard",
+    "logger.mlflow", "logger.mlflow_tracking_uri",
 )
 
 

@@ -3,14 +3,16 @@ not repeat a step, and a failing sink never stops the run."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from mlflow.tracking import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import rows, simulate
-from fedconv.tracking import TensorBoardSink, Tracking, heatmap, scalar_name
+from fedconv.tracking import TRACKING_IDS, MlflowSink, TensorBoardSink, Tracking, heatmap, scalar_name
 
 
 def events(folder: Path) -> EventAccumulator:
@@ -77,3 +79,66 @@ def test_a_run_logs_every_round_to_tensorboard(tmp_path: Path) -> None:
         assert got == [(int(r["round"]), pytest.approx(float(r[column]), rel=1e-6)) for r in table], column
     assert "partition/label_histogram" in acc.Tags()["images"]
     assert {"config", "summary"} <= {t.split("/")[0] for t in acc.Tags()["tensors"]}
+
+
+def mlflow_run(folder: Path) -> tuple[MlflowClient, str]:
+    ids = json.loads((folder / TRACKING_IDS).read_text())["mlflow"]
+    return MlflowClient(ids["tracking_uri"]), ids["run_id"]
+
+
+def test_a_resumed_mlflow_run_continues_without_repeating_a_step(tmp_path: Path) -> None:
+    cfg = {"name": "t", "seed": 0, "strategy": {"name": "fedavg"},
+           "logger": {"mlflow": True, "mlflow_tracking_uri": str(tmp_path / "mlruns")}}
+    run = tmp_path / "run"
+    run.mkdir()
+    first = MlflowSink(run, cfg, 1)
+    for r in (1, 2, 3):  # round 3 reached MLflow, then the run died before its checkpoint
+        first.round({"round": r, "central_accuracy": 0.1 * r, "clients_sampled": 2, "fed_cohort": "evaluate",
+                     "fed_loss": None})
+    resumed = MlflowSink(run, cfg, 3)  # resumes after the checkpoint of round 2
+    assert resumed.run_id == first.run_id
+    for r in (3, 4):
+        resumed.round({"round": r, "central_accuracy": 0.1 * r, "clients_sampled": 2})
+    resumed.end({"status": "completed"})
+    client, run_id = mlflow_run(run)
+    steps = [(m.step, round(m.value, 6)) for m in client.get_metric_history(run_id, "central_accuracy")]
+    assert sorted(steps) == [(1, 0.1), (2, 0.2), (3, 0.3), (4, 0.4)]
+    got = client.get_run(run_id)
+    assert got.info.status == "FINISHED" and got.data.tags["status"] == "completed"
+    assert got.data.params["strategy.name"] == "fedavg" and "fed_loss" not in got.data.metrics
+
+
+@pytest.mark.slow
+def test_an_unwritable_mlflow_store_warns_once_and_the_run_completes(tmp_path: Path) -> None:
+    (tmp_path / "not_a_folder").write_text("x")
+    proc = simulate("dataset=digits", "simulation.num_clients=3", "server.fraction_train=1.0", "server.rounds=2",
+                    "logger.mlflow=true", f"logger.mlflow_tracking_uri={tmp_path / 'not_a_folder' / 'mlruns'}",
+                    f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stderr.count("logger.mlflow failed") == 1
+    assert [r["round"] for r in rows(tmp_path / "run")] == ["1", "2"]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_a_sweep_logs_a_parent_mlflow_run_with_a_child_per_job(tmp_path: Path) -> None:
+    store = tmp_path / "mlruns"
+    proc = simulate("-m", "dataset=digits", "simulation.num_clients=3", "server.fraction_train=1.0",
+                    "server.rounds=3", "seed=0,1", "name=mlf", "logger.mlflow=true",
+                    f"logger.mlflow_tracking_uri={store}", f"hydra.sweep.dir={tmp_path / 'sweep'}", timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    index = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    client, parent = mlflow_run(tmp_path / "sweep")
+    experiment = client.get_experiment_by_name("mlf")
+    children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert len(children) == 2 and client.get_run(parent).info.status == "FINISHED"
+    for job in index["jobs"]:
+        run = Path(job["run_dir"])
+        _, run_id = mlflow_run(run)
+        assert run_id in {c.info.run_id for c in children}
+        history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "central_accuracy"))
+        assert history == [(int(r["round"]), pytest.approx(float(r["central_accuracy"]))) for r in rows(run)]
+        got = client.get_run(run_id)
+        assert got.data.tags["seed"] == str(json.loads((run / "summary.json").read_text())["seed"])
+        assert {a.path for a in client.list_artifacts(run_id)} >= {"rounds.csv", "summary.json", "partition.json",
+                                                                    "model.safetensors"}
