@@ -178,6 +178,9 @@ NODE_MODES = ("pool", "per_client")
 
 
 FED_EVAL_MODES = ("separate", "with_train")
+# summary.json numbers a sweep job may return to Hydra's sweeper (``objective``)
+OBJECTIVES = ("final_central_accuracy", "best_central_accuracy", "final_central_loss", "bytes_total",
+              "wall_seconds")
 
 
 def with_train_eval(cfg: Mapping[str, Any]) -> bool:
@@ -251,6 +254,8 @@ def config_problems(c: Checks) -> None:
     and the checks across groups; the other groups are checked by their own modules."""
     c.in_range("seed", 0, 2**32 - 1, integer=True)
     c.boolean("verbose")
+    if c.has("objective"):
+        c.one_of("objective", OBJECTIVES)
     c.in_range("server.rounds", 1, integer=True)
     c.in_range("server.fraction_train", 0, 1, lo_open=True)
     c.in_range("server.fraction_evaluate", 0, 1)

@@ -13,6 +13,14 @@ sweep run every job in one process, and hands both apps a real ``context.run_con
 ``flwr.simulation.run_simulation`` (the public function) is deprecated in flwr 1.42 and
 hands the apps an empty run config, so it is not used. Moving to ``flwr run`` against a
 local SuperLink means replacing this file only.
+
+A job of a sweep launched by ``hydra/launcher=ray`` runs inside a Ray worker of a shared
+cluster, beside other jobs. Flower sizes its actor pool to the whole cluster and creates the
+actors one by one, so concurrent jobs each get part of their pool and wait on the rest held
+by the others: a deadlock (seen here: 4 jobs on 2 CPUs, 1 of 4 finished). There, and only
+there, the pool is :class:`ReservedActorPool`: sized to the job's largest cohort and reserved
+all at once as a Ray placement group, so a job either holds every CPU its clients need or
+queues until it can.
 """
 
 from __future__ import annotations
@@ -23,7 +31,8 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +119,58 @@ def start_ray(init_args: Mapping[str, Any]) -> None:
                 signal.signal(sig, handler)
 
 
-def run_simulation(run_config: Mapping[str, Any], num_supernodes: int, backend: Mapping[str, Any], verbose: bool) -> None:
-    """Run the fedconv ServerApp against ``num_supernodes`` virtual SuperNodes on Ray."""
+def in_ray_worker() -> bool:
+    """Is this process a Ray worker (a job of ``hydra/launcher=ray``), not a Ray driver?"""
+    if "ray" not in sys.modules:
+        return False
+    import ray
+
+    return bool(ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE)
+
+
+def reserved_actor_pool_class(max_actors: int) -> type:
+    """Flower's ``BasicActorPool``, sized to at most ``max_actors`` and reserved all at once."""
+    import ray
+    from flwr.simulation.ray_transport.ray_actor import BasicActorPool
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    class ReservedActorPool(BasicActorPool):
+        def __init__(self, actor_type: Any, client_resources: dict[str, Any], actor_kwargs: dict[str, Any]) -> None:
+            super().__init__(actor_type, client_resources, actor_kwargs)
+            self.actors_capacity = max(1, min(self.actors_capacity, max_actors))
+            bundle = {"CPU": float(client_resources.get("num_cpus", 1))}
+            if float(client_resources.get("num_gpus", 0)) > 0:
+                bundle["GPU"] = float(client_resources["num_gpus"])
+            self.group = placement_group([bundle] * self.actors_capacity, strategy="PACK")
+            ray.get(self.group.ready())  # queue here while other jobs hold the cluster
+            strategy = PlacementGroupSchedulingStrategy(self.group)
+            self.create_actor_fn = lambda: actor_type.options(
+                **client_resources, scheduling_strategy=strategy).remote(**(actor_kwargs or {}))
+
+        def terminate_all_actors(self) -> None:
+            remove_placement_group(self.group)  # ends the job's actors and frees its reservation
+
+    return ReservedActorPool
+
+
+@contextmanager
+def reserved_actors(max_actors: int) -> Iterator[None]:
+    """Flower's Ray backend builds a :func:`reserved_actor_pool_class` pool meanwhile."""
+    from flwr.server.superlink.fleet.vce.backend import raybackend
+
+    original = raybackend.BasicActorPool
+    raybackend.BasicActorPool = reserved_actor_pool_class(max_actors)  # type: ignore[misc,assignment]
+    try:
+        yield
+    finally:
+        raybackend.BasicActorPool = original  # type: ignore[misc]
+
+
+def run_simulation(run_config: Mapping[str, Any], num_supernodes: int, backend: Mapping[str, Any], verbose: bool,
+                   max_actors: int = 0) -> None:
+    """Run the fedconv ServerApp against ``num_supernodes`` virtual SuperNodes on Ray.
+    Inside a Ray worker (a launcher's job) at most ``max_actors`` actors, reserved at once."""
     from flwr.app import Context, RecordDict
     from flwr.common.constant import RUN_ID_NUM_BYTES, SUPERLINK_NODE_ID, TASK_ID_NUM_BYTES
     from flwr.server.superlink.linkstate.utils import generate_rand_int_from_bytes
@@ -142,7 +201,9 @@ def run_simulation(run_config: Mapping[str, Any], num_supernodes: int, backend: 
         run_id=run_id, node_id=0, node_config={}, state=RecordDict(), run_config=dict(run_config)
     )
     start_ray(backend["init_args"])
-    with tempfile.TemporaryDirectory(prefix="fedconv-app-") as app_dir:
+    shared_cluster = in_ray_worker()
+    with tempfile.TemporaryDirectory(prefix="fedconv-app-") as app_dir, \
+            (reserved_actors(max_actors or num_supernodes) if shared_cluster else nullcontext()):
         write_app_dir(Path(app_dir), run_config)
         _run_simulation(
             num_supernodes=num_supernodes,

@@ -22,6 +22,7 @@ from fedconv.config import (
     EXIT_BAD_CONFIG,
     ConfigError,
     assign,
+    cohort_sizes,
     config_errors_exit_2,
     plain,
     register_resolvers,
@@ -102,7 +103,7 @@ def _results_config(cfg: dict[str, Any]) -> dict[str, Any]:
     give the same run, and runs saved before the option existed do not have it). No
     compression either way, and any of :data:`ADDED_KEYS` at its default, are the same as a
     config saved before they existed."""
-    out = {**{k: v for k, v in cfg.items() if k != "logger"}, "resume": "", "output_dir": ""}  # where rounds go
+    out = {**{k: v for k, v in cfg.items() if k not in ("logger", "objective")}, "resume": "", "output_dir": ""}
     out["simulation"] = {k: v for k, v in cfg.get("simulation", {}).items() if k != "nodes"}
     if all(d.get("codec", "none") == "none" for d in (out.get("compression") or {}).values()):
         out.pop("compression", None)
@@ -118,7 +119,7 @@ def _results_config(cfg: dict[str, Any]) -> dict[str, Any]:
 RESUME_OVERRIDES = (
     "server.rounds", "server.round_timeout", "server.connect_timeout", "verbose", "simulation.nodes",
     "simulation.ray.address", "simulation.ray.num_cpus", "simulation.ray.include_dashboard", "logger.tensorboard",
-    "logger.mlflow", "logger.mlflow_tracking_uri",
+    "logger.mlflow", "logger.mlflow_tracking_uri", "objective",
 )
 
 
@@ -266,6 +267,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             virtual_nodes(resolved),
             runtime.backend_config(resolved["simulation"], bool(resolved["verbose"])),
             bool(resolved["verbose"]),
+            max_actors=max(cohort_sizes(resolved)),
         )
         summary_path = out / run_dir.SUMMARY
         if summary_path.exists():
@@ -317,9 +319,10 @@ def _shutdown_ray() -> None:
 
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    """One job; returns its ``objective`` (what Hydra's Optuna sweeper optimizes)."""
     summary = run(cfg)
-    acc = summary.get("final_central_accuracy")
-    return float(acc) if acc is not None else None
+    value = summary.get(str(cfg.get("objective") or "final_central_accuracy"))
+    return float(value) if value is not None else None
 
 
 def cli() -> None:

@@ -5,9 +5,24 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+import yaml
+
+from conftest import rows, simulate
 from fedconv import run_dir
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _write_entries(sweep_dir: str, worker: int, count: int) -> None:
@@ -31,3 +46,73 @@ def test_concurrent_jobs_lose_no_index_entry(tmp_path: Path) -> None:
     dirs = sorted(j["run_dir"] for j in index["jobs"])
     assert dirs == sorted(f"{tmp_path}/w{w}_{i}" for w in range(workers) for i in range(count))
     assert {j["status"] for j in index["jobs"]} == {"completed"}
+
+
+SMALL = ("dataset=digits", "simulation.num_clients=3", "server.fraction_train=0.34", "server.fraction_evaluate=0",
+         "server.rounds=2")
+
+
+def completed_jobs(sweep: Path) -> dict[str, str]:
+    index = json.loads((sweep / run_dir.SWEEP_INDEX).read_text())
+    return {Path(j["run_dir"]).name: j["status"] for j in index["jobs"]}
+
+
+def assert_two_complete_runs_then_skipped(sweep: Path, *launcher: str) -> None:
+    proc = simulate("-m", *launcher, *SMALL, "seed=0,1", f"hydra.sweep.dir={sweep}", timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = completed_jobs(sweep)
+    assert len(jobs) == 2 and set(jobs.values()) == {"completed"}, jobs
+    for name in jobs:
+        assert [r["round"] for r in rows(sweep / name)] == ["1", "2"]
+        assert json.loads((sweep / name / "summary.json").read_text())["status"] == "completed"
+    again = simulate("-m", *launcher, *SMALL, "seed=0,1", f"hydra.sweep.dir={sweep}", timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    log = again.stdout + again.stderr + "".join(p.read_text() for p in sweep.rglob("*_log.out"))
+    assert sorted(n for n in jobs if f"skipping {sweep / n}" in log) == sorted(jobs)
+
+
+@pytest.mark.slow
+def test_a_sweep_on_submitit_local_runs_each_job_in_its_own_process(tmp_path: Path) -> None:
+    assert_two_complete_runs_then_skipped(tmp_path / "sweep", "hydra/launcher=submitit_local")
+
+
+@pytest.fixture
+def local_ray_cluster() -> Iterator[str]:
+    """A 2-CPU Ray cluster on 127.0.0.1, started as a user would (``ray start --head``)."""
+    ray = str(Path(sys.executable).with_name("ray"))
+    port = free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+                    "--include-dashboard=false", "--disable-usage-stats"], check=True, env=env,
+                   capture_output=True, timeout=120)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_a_sweep_on_a_ray_cluster_runs_its_jobs_there(tmp_path: Path, local_ray_cluster: str) -> None:
+    assert_two_complete_runs_then_skipped(tmp_path / "sweep", "hydra/launcher=ray_cluster",
+                                          f"hydra.launcher.ray.init.address={local_ray_cluster}")
+
+
+@pytest.mark.slow
+def test_an_optuna_search_records_its_best_trial_and_resumes(tmp_path: Path) -> None:
+    search = ("-m", "+experiment=optuna_fedprox", *SMALL, "server.fraction_train=1.0",
+              f"hydra.sweep.dir={tmp_path}")
+    first = simulate(*search, "hydra.sweeper.n_trials=2", timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    resumed = simulate(*search, "hydra.sweeper.n_trials=3", timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert resumed.stdout.count("skipping ") == 2  # the seeded sampler asks the same two trials first
+    jobs = completed_jobs(tmp_path)
+    assert len(jobs) == 3 and set(jobs.values()) == {"completed"}
+    best = {name: json.loads((tmp_path / name / "summary.json").read_text())["best_central_accuracy"]
+            for name in jobs}
+    results = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    assert results["best_value"] == pytest.approx(max(best.values()))
+    winner = json.loads((tmp_path / max(best, key=lambda n: best[n]) / "summary.json").read_text())
+    saved = yaml.safe_load((tmp_path / max(best, key=lambda n: best[n]) / "config.yaml").read_text())
+    assert results["best_params"]["strategy.mu"] == pytest.approx(saved["strategy"]["mu"])
+    assert winner["status"] == "completed"
