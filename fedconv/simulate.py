@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from fedconv import run_dir, tracking
+from fedconv import run_dir, sweep_progress, tracking
 from fedconv.config import (
     EXIT_BAD_CONFIG,
     ConfigError,
@@ -246,6 +246,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         print(f"{prefix}: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_CONFIG)
     if action == "skip":
+        sweep_progress.job_outcome("skipped")
         print(f"skipping {out}: it holds a completed run of this config", flush=True)
         summary = json.loads((out / run_dir.SUMMARY).read_text())
         if sweep_dir is not None:
@@ -283,6 +284,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         error = f"{type(exc).__name__}: {exc}"
         print(f"run failed: {error}", file=sys.stderr)
     finally:
+        sweep_progress.job_outcome(status)
         stopping.run_ended()
         _shutdown_ray()
         if status != "completed":

@@ -63,3 +63,14 @@ def test_a_terminal_shows_the_bar_and_the_same_lines(tmp_path: Path) -> None:
     plain = simulate(*SMALL, f"hydra.run.dir={tmp_path / 'plain'}")
     assert plain.returncode == 0 and "\x1b[" not in plain.stdout and "━" not in plain.stdout
     assert [r["central_accuracy"] for r in rows(tmp_path / "tty")] == [r["central_accuracy"] for r in rows(tmp_path / "plain")]
+
+
+def test_a_sweep_counts_its_jobs_and_estimates_from_those_that_ran() -> None:
+    from omegaconf import OmegaConf
+
+    from fedconv.sweep_progress import eta, sweep_size
+
+    grid = OmegaConf.create({"hydra": {"overrides": {"task": ["seed=0,1,2", "strategy=fedavg,fedprox", "a=1"]}}})
+    assert sweep_size(grid) == 6
+    assert sweep_size(OmegaConf.create({"hydra": {"sweeper": {"n_trials": 12}, "overrides": {"task": []}}})) == 12
+    assert eta([60.0, 120.0], 3) == "4m30s" and eta([4000.0], 1) == "1h06m" and eta([], 2) == "-"

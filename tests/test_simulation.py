@@ -160,6 +160,8 @@ def test_two_job_sweep_writes_two_runs_and_an_index(tmp_path: Path) -> None:
         assert json.loads((run / "summary.json").read_text())["status"] == "completed"
     prox = yaml.safe_load((Path(index["jobs"][1]["run_dir"]) / "config.yaml").read_text())
     assert prox["strategy"] == {"name": "fedprox", "mu": 0.01, "stragglers": "aggregate"}
+    assert "[sweep] job 1/2 completed: 1 completed, 0 skipped, 0 failed; ETA " in proc.stdout
+    assert "[sweep] job 2/2 completed: 2 completed, 0 skipped, 0 failed; ETA -" in proc.stdout
     # A second, different sweep into the same folder (another seed) numbers its job 0 again:
     # the index gains an entry and keeps the first sweep's two.
     more = simulate("-m", *SMALL, "server.rounds=2", "strategy=fedavg", "seed=1", f"hydra.sweep.dir={tmp_path}")
@@ -167,6 +169,8 @@ def test_two_job_sweep_writes_two_runs_and_an_index(tmp_path: Path) -> None:
     after = json.loads((tmp_path / "sweep.json").read_text())["jobs"]
     assert after[:2] == index["jobs"] and len(after) == 3
     assert after[2]["job"] == 0 and "seed=1" in after[2]["overrides"] and after[2]["status"] == "completed"
+    again = simulate("-m", *SMALL, "server.rounds=2", "strategy=fedavg,fedprox", f"hydra.sweep.dir={tmp_path}")
+    assert "[sweep] job 2/2 skipped: 0 completed, 2 skipped, 0 failed" in again.stdout
     # The report over the sweep folder: FedAvg over its two seeds, FedProx over its one.
     report = subprocess.run([sys.executable, "-m", "fedconv.report", str(tmp_path)], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The README's "Tracking" picture: a three-seed sweep of the default config (8 rounds) logged
+# to MLflow, MLflow's own UI served on 127.0.0.1, and headless Chromium's screenshot of the
+# experiment's chart view (every job's central accuracy per round, nested under the sweep's
+# parent run). Re-runnable: the sweep skips completed jobs; the server is stopped at the end.
+#   bash experiments/tracking_screenshot.sh            # -> docs/img/mlflow_sweep.png
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+root=${TRACKING_ROOT:-results/sweeps/tracking_demo}
+port=${MLFLOW_PORT:-5055}
+out=${OUT:-docs/img/mlflow_sweep.png}
+"$PY" -m fedconv.simulate -m name=tracking_demo server.rounds=8 seed=0,1,2 logger.mlflow=true \
+  logger.tensorboard=true "logger.mlflow_tracking_uri=$root/mlruns" "hydra.sweep.dir=$root/sweep"
+store="sqlite:///$(realpath "$root/mlruns")/mlflow.db"
+mlflow_bin="$(dirname "$("$PY" -c 'import sys; print(sys.executable)')")/mlflow"
+"$mlflow_bin" ui --backend-store-uri "$store" --host 127.0.0.1 --port "$port" > "$root/mlflow_ui.log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null || true; pkill -f "mlflow.server" 2>/dev/null || true' EXIT
+for _ in $(seq 1 60); do
+  curl -sf "http://127.0.0.1:$port/health" >/dev/null && break
+  sleep 1
+done
+experiment=$("$PY" -c "
+from mlflow.tracking import MlflowClient
+print(MlflowClient('$store').get_experiment_by_name('tracking_demo').experiment_id)")
+url="http://127.0.0.1:$port/#/experiments/$experiment?compareRunsMode=CHART"
+chromium --headless=new --no-sandbox --disable-gpu --hide-scrollbars --window-size=1500,950 \
+  --virtual-time-budget=20000 --screenshot="$out" "$url" 2>/dev/null
+echo "screenshot of $url -> $out"
