@@ -5,12 +5,13 @@ round time. Run on an otherwise idle machine, in the venv:
 
     python experiments/tracking_overhead.py results/runs/default/<timestamp>
 
-The start (MLflow's store, params) and the end (artifacts) happen once per run, not per
-round; they are printed too.
+The start (MLflow's store, params) and the end (the run's files as artifacts) happen once per
+run, not per round; they are printed too.
 """
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import sys
 import tempfile
@@ -33,7 +34,7 @@ def main(run: Path) -> None:
     print(f"{run}: {len(rows)} rounds, {len(rows[0])} columns, median round {round_seconds:.3f} s")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
-        out.mkdir()
+        shutil.copytree(run, out, ignore=shutil.ignore_patterns("tensorboard", "wandb", "tracking.json"))
         cfg["logger"] = {"mlflow": True, "tensorboard": True, "mlflow_tracking_uri": str(Path(tmp) / "mlruns")}
         for name, make in (("tensorboard", lambda: TensorBoardSink(out, cfg, 1, None)),
                            ("mlflow", lambda: MlflowSink(out, cfg, 1))):

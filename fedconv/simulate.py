@@ -119,7 +119,7 @@ def _results_config(cfg: dict[str, Any]) -> dict[str, Any]:
 RESUME_OVERRIDES = (
     "server.rounds", "server.round_timeout", "server.connect_timeout", "verbose", "simulation.nodes",
     "simulation.ray.address", "simulation.ray.num_cpus", "simulation.ray.include_dashboard", "logger.tensorboard",
-    "logger.mlflow", "logger.mlflow_tracking_uri", "objective",
+    "logger.mlflow", "logger.mlflow_tracking_uri", "logger.wandb", "objective",
 )
 
 

@@ -18,6 +18,12 @@ per-round row as rounds.csv (one place), after it is written.
   sqlite:///results/mlruns/mlflow.db`` shows it. The run id is kept in the run dir
   (``tracking.json``), so a resumed run continues the same MLflow run and logs only the
   rounds MLflow does not hold yet (a redone round has the same numbers: resume is exact).
+- ``logger.wandb=true``: a Weights & Biases run per fedconv run (project = ``name``, group =
+  the sweep's folder), **offline** unless the user sets ``WANDB_MODE`` (never a network call
+  by default; ``wandb sync <run dir>/wandb/offline-run-*`` uploads later): the flattened
+  config, every numeric column per round with ``step=round``, the summary at the end. Files
+  go under ``<run dir>/wandb``; a resumed run continues the same W&B run id and logs only
+  the rounds after the last one it logged (kept in ``tracking.json``).
 
 A sink that fails (disk full, a missing package) is reported once on stderr and dropped; the
 run, rounds.csv and the other sinks go on. Written here as glue only: TensorBoard's
@@ -36,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-SINKS = ("tensorboard", "mlflow")
+SINKS = ("tensorboard", "mlflow", "wandb")
 OPTIONS = {"mlflow_tracking_uri": ""}  # non-boolean keys of the logger group
 TRACKING_IDS = "tracking.json"  # in the run dir: which tracking runs hold this run
 MLFLOW_STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
@@ -200,6 +206,52 @@ class MlflowSink:
             self.client.set_terminated(self.parent, "FINISHED")
 
 
+class WandbSink:
+    name = "wandb"
+
+    def __init__(self, out: Path, cfg: Mapping[str, Any], first_round: int) -> None:
+        import os
+
+        os.environ.setdefault("WANDB_MODE", "offline")  # offline unless the user asks for more
+        os.environ.setdefault("WANDB_SILENT", "true")
+        import wandb
+
+        from fedconv import run_dir
+        from fedconv.config import flatten
+
+        ids = _read_ids(out).get("wandb") or {}
+        resume_id = str(ids["run_id"]) if first_round > 1 and ids.get("run_id") else None
+        sweep = out.parent.name if (out.parent / run_dir.SWEEP_INDEX).exists() else None
+        self.run = wandb.init(
+            project=str(cfg.get("name") or "default"), dir=str(out), name=out.name, group=sweep,
+            id=resume_id, resume="allow" if resume_id else None,
+            config=flatten(cfg), reinit="finish_previous",
+            tags=[t for t in (_get(cfg, "strategy", "name"), _get(cfg, "dataset", "name"),
+                              _get(cfg, "model", "name")) if t],
+            # fedconv prints its own lines and measures its own time: no console capture, no
+            # system-metrics sampler competing with the round for the CPU
+            settings=wandb.Settings(console="off", x_disable_stats=True, silent=True),
+        )
+        self.out = out
+        self.logged = int(ids.get("last_step", 0)) if resume_id else 0
+        _write_ids(out, "wandb", {"run_id": self.run.id, "last_step": self.logged})
+
+    def round(self, row: Mapping[str, Any]) -> None:
+        step = int(row["round"])
+        if step <= self.logged:  # logged before the run was stopped and resumed
+            return
+        metrics = {column: value for column, value in row.items()
+                   if column != "round" and isinstance(value, int | float) and not isinstance(value, bool)}
+        self.run.log(metrics, step=step)
+        self.logged = step
+        _write_ids(self.out, "wandb", {"run_id": self.run.id, "last_step": step})
+
+    def end(self, summary: Mapping[str, Any]) -> None:
+        self.run.summary.update({k: v for k, v in summary.items()
+                                 if isinstance(v, int | float | str) and not isinstance(v, bool)})
+        self.run.finish(exit_code=0 if summary.get("status") == "completed" else 1)
+
+
 def _get(cfg: Mapping[str, Any], group: str, key: str) -> str:
     return str((cfg.get(group) or {}).get(key, ""))
 
@@ -238,7 +290,8 @@ class Tracking:
         sinks: list[Any] = []
         logger = cfg.get("logger") or {}
         makers = {"tensorboard": lambda: TensorBoardSink(out, cfg, first_round, label_histogram),
-                  "mlflow": lambda: MlflowSink(out, cfg, first_round)}
+                  "mlflow": lambda: MlflowSink(out, cfg, first_round),
+                  "wandb": lambda: WandbSink(out, cfg, first_round)}
         for name, make in makers.items():
             if logger.get(name):
                 try:

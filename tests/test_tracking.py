@@ -4,6 +4,7 @@ not repeat a step, and a failing sink never stops the run."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import rows, simulate
-from fedconv.tracking import TRACKING_IDS, MlflowSink, TensorBoardSink, Tracking, heatmap, scalar_name
+from fedconv.tracking import TRACKING_IDS, MlflowSink, TensorBoardSink, Tracking, WandbSink, heatmap, scalar_name
 
 
 def events(folder: Path) -> EventAccumulator:
@@ -113,11 +114,15 @@ def test_an_unwritable_mlflow_store_warns_once_and_the_run_completes(tmp_path: P
     (tmp_path / "not_a_folder").write_text("x")
     proc = simulate("dataset=digits", "simulation.num_clients=3", "server.fraction_train=1.0", "server.rounds=2",
                     "logger.mlflow=true", f"logger.mlflow_tracking_uri={tmp_path / 'not_a_folder' / 'mlruns'}",
+                    "logger.wandb=true",
                     f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stderr.count("logger.mlflow failed") == 1
     assert [r["round"] for r in rows(tmp_path / "run")] == ["1", "2"]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
+    table = rows(tmp_path / "run")  # the other sink went on: W&B (offline) holds both rounds
+    assert [(step, pytest.approx(acc)) for _, step, acc in wandb_history(tmp_path / "run")] == [
+        (int(r["round"]), float(r["central_accuracy"])) for r in table]
 
 
 @pytest.mark.slow
@@ -142,3 +147,49 @@ def test_a_sweep_logs_a_parent_mlflow_run_with_a_child_per_job(tmp_path: Path) -
         assert got.data.tags["seed"] == str(json.loads((run / "summary.json").read_text())["seed"])
         assert {a.path for a in client.list_artifacts(run_id)} >= {"rounds.csv", "summary.json", "partition.json",
                                                                     "model.safetensors"}
+
+
+def wandb_history(run: Path) -> list[tuple[str, int, float]]:
+    """(offline run folder, step, central accuracy) of every history record W&B wrote: its
+    ``.wandb`` files are LevelDB-style logs of protobuf records (wandb 0.31 no longer ships a
+    Python reader), 7-byte header, 32 KiB blocks, each record with a 7-byte header."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    found = []
+    for path in sorted(run.glob("wandb/offline-run-*/run-*.wandb")):
+        data = path.read_bytes()
+        assert data[:4] == b":W&B"
+        pos, block, pending = 7, 32768, b""
+        while pos + 7 <= len(data):
+            if block - pos % block < 7:
+                pos += block - pos % block
+                continue
+            length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+            pending += data[pos + 7:pos + 7 + length]
+            pos += 7 + length
+            if kind in (1, 4):  # a whole record, or the last piece of one
+                record = pb.Record()
+                record.ParseFromString(pending)
+                pending = b""
+                if record.WhichOneof("record_type") == "history":
+                    items = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
+                    found.append((path.parent.name, int(items["_step"]), float(items["central_accuracy"])))
+    return found
+
+
+def test_wandb_runs_offline_and_a_resumed_run_repeats_no_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = {"name": "t", "seed": 0, "strategy": {"name": "fedavg"}, "logger": {"wandb": True}}
+    first = WandbSink(tmp_path, cfg, 1)
+    assert os.environ["WANDB_MODE"] == "offline"
+    for r in (1, 2, 3):  # round 3 reached W&B, then the run died before its checkpoint
+        first.round({"round": r, "central_accuracy": 0.1 * r, "fed_cohort": "evaluate"})
+    first.run.finish(exit_code=1)
+    resumed = WandbSink(tmp_path, cfg, 3)  # resumes after the checkpoint of round 2
+    assert resumed.run.id == first.run.id
+    for r in (3, 4):
+        resumed.round({"round": r, "central_accuracy": 0.1 * r})
+    resumed.end({"status": "completed", "final_central_accuracy": 0.4})
+    history = wandb_history(tmp_path)
+    assert sorted((step, round(acc, 6)) for _, step, acc in history) == [(1, 0.1), (2, 0.2), (3, 0.3), (4, 0.4)]
+    assert len({folder for folder, _, _ in history}) == 2  # W&B's offline folder per process start
