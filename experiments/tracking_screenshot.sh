@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The README's "Tracking" picture: a three-seed sweep of the default config (8 rounds) logged
-# to MLflow, MLflow's own UI served on 127.0.0.1, and headless Chromium's screenshot of the
-# experiment's chart view (every job's central accuracy per round, nested under the sweep's
-# parent run). Re-runnable: the sweep skips completed jobs; the server is stopped at the end.
+# to MLflow, MLflow's own UI served on 127.0.0.1, and headless Chromium's screenshot of its
+# compare page for the sweep's child runs (seed against final central accuracy, the runs'
+# details and params). Re-runnable: the sweep skips completed jobs; the server is stopped at the end.
 #   bash experiments/tracking_screenshot.sh            # -> docs/img/mlflow_sweep.png
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,10 +21,18 @@ for _ in $(seq 1 60); do
   curl -sf "http://127.0.0.1:$port/health" >/dev/null && break
   sleep 1
 done
-experiment=$("$PY" -c "
+query=$("$PY" - "$store" "$root" <<'PY'
+import json, sys, urllib.parse
 from mlflow.tracking import MlflowClient
-print(MlflowClient('$store').get_experiment_by_name('tracking_demo').experiment_id)")
-url="http://127.0.0.1:$port/#/experiments/$experiment?compareRunsMode=CHART"
-chromium --headless=new --no-sandbox --disable-gpu --hide-scrollbars --window-size=1500,950 \
+store, root = sys.argv[1], sys.argv[2]
+client = MlflowClient(store)
+experiment = client.get_experiment_by_name("tracking_demo").experiment_id
+parent = json.load(open(f"{root}/sweep/tracking.json"))["mlflow"]["run_id"]
+runs = [r.info.run_id for r in client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent}'")]
+print("runs=" + urllib.parse.quote(json.dumps(runs)) + "&experiments=" + urllib.parse.quote(json.dumps([experiment])))
+PY
+)
+url="http://127.0.0.1:$port/#/compare-runs?$query"
+chromium --headless=new --no-sandbox --disable-gpu --hide-scrollbars --window-size=1500,1300 \
   --virtual-time-budget=20000 --screenshot="$out" "$url" 2>/dev/null
 echo "screenshot of $url -> $out"

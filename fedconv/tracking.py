@@ -153,7 +153,9 @@ class MlflowSink:
         from mlflow.exceptions import MlflowException
 
         try:
-            return str(self.client.create_experiment(name, artifact_location=artifacts))
+            # a training experiment, so MLflow 3's UI opens on its runs, not on GenAI traces
+            return str(self.client.create_experiment(name, artifact_location=artifacts,
+                                                     tags={"mlflow.experimentKind": "custom_model_development"}))
         except MlflowException:  # another job of the sweep made it first
             made = self.client.get_experiment_by_name(name)
             if made is None:
