@@ -14,7 +14,7 @@ sweep run every job in one process, and hands both apps a real ``context.run_con
 hands the apps an empty run config, so it is not used. Moving to ``flwr run`` against a
 local SuperLink means replacing this file only.
 
-A job of a sweep launched by ``hydra/launcher=ray`` runs inside a Ray worker of a shared
+A job of a sweep launched by ``hydra/launcher=ray_cluster`` runs inside a Ray worker of a shared
 cluster, beside other jobs. Flower sizes its actor pool to the whole cluster and creates the
 actors one by one, so concurrent jobs each get part of their pool and wait on the rest held
 by the others: a deadlock (seen here: 4 jobs on 2 CPUs, 1 of 4 finished). There, and only
@@ -120,7 +120,7 @@ def start_ray(init_args: Mapping[str, Any]) -> None:
 
 
 def in_ray_worker() -> bool:
-    """Is this process a Ray worker (a job of ``hydra/launcher=ray``), not a Ray driver?"""
+    """Is this process a Ray worker (a job of ``hydra/launcher=ray_cluster``), not a Ray driver?"""
     if "ray" not in sys.modules:
         return False
     import ray
