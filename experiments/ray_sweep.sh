@@ -7,6 +7,7 @@
 # the median of each. Run on an otherwise idle machine, from the repo root in the venv.
 #   bash experiments/ray_sweep.sh                 # 3 repetitions, 4 jobs, 2 CPUs
 #   REPS=1 SEEDS=0,1,2,3,4,5,6,7 CPUS=8 bash experiments/ray_sweep.sh
+#   SEEDS=0,1,2,3,4,5,6,7,8,9,10,11 bash experiments/ray_sweep.sh dataset=digits   # + overrides
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -16,7 +17,7 @@ cpus=${CPUS:-2}
 root=${RAY_SWEEP_ROOT:-results/sweeps/ray_sweep_bench}
 job=(name=ray_sweep_bench server.fraction_train=0.05 server.min_train_clients=1 server.fraction_evaluate=0.05
      server.min_evaluate_clients=1 simulation.client_resources.num_cpus=1 "simulation.ray.num_cpus=$cpus"
-     "seed=$seeds")
+     "seed=$seeds" "$@")
 rm -rf "$root"
 mkdir -p "$root"
 for rep in $(seq 1 "$reps"); do
