@@ -210,6 +210,8 @@ def test_a_signalled_run_stops_as_interrupted_keeps_its_rounds_and_resumes(tmp_p
 def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, strategy: str) -> None:
     overrides = [*BASE, "simulation.num_clients=4", "server.rounds=4", "server.fraction_evaluate=0.5",
                  "faults.slow_partitions=1", "faults.slow_seconds=2", f"strategy={strategy}"]
+    if strategy == "fedavgm":  # and the tracking sinks continue their runs without a step twice
+        overrides += ["logger.tensorboard=true", "logger.mlflow=true", f"logger.mlflow_tracking_uri={tmp_path / 'ml'}"]
     ok(simulate(*overrides, f"hydra.run.dir={tmp_path / 'whole'}"))
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -249,6 +251,17 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, strate
     assert final["status"] == "completed" and final["rounds_completed"] == 4 and final["resumed_from_round"] in (2, 3)
     whole_summary = json.loads((tmp_path / "whole" / "summary.json").read_text())
     assert final["final_central_accuracy"] == whole_summary["final_central_accuracy"]
+    if strategy == "fedavgm":
+        from mlflow.tracking import MlflowClient
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        expected = [(int(r["round"]), pytest.approx(float(r["central_accuracy"]))) for r in whole]
+        ids = json.loads((killed / "tracking.json").read_text())["mlflow"]
+        history = MlflowClient(ids["tracking_uri"]).get_metric_history(ids["run_id"], "central_accuracy")
+        assert sorted((m.step, m.value) for m in history) == expected
+        events = EventAccumulator(str(killed / "tensorboard"), size_guidance={"scalars": 0})
+        events.Reload()
+        assert [(e.step, e.value) for e in events.Scalars("accuracy/central_accuracy")] == expected
 
 
 def test_robust_strategies_resist_poisoned_updates_that_pass_the_checks(tmp_path: Path) -> None:
