@@ -251,7 +251,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         summary = json.loads((out / run_dir.SUMMARY).read_text())
         if sweep_dir is not None:
             run_dir.update_sweep_index(sweep_dir, {**job, "status": "completed",
-                                            "final_central_accuracy": summary.get("final_central_accuracy")})
+                                                   "final_central_accuracy": summary.get("final_central_accuracy")})
         return summary
     resuming = action == "resume"
     out.mkdir(parents=True, exist_ok=True)

@@ -43,11 +43,25 @@ from typing import Any
 import numpy as np
 
 SINKS = ("tensorboard", "mlflow", "wandb")
-OPTIONS = {"mlflow_tracking_uri": ""}  # non-boolean keys of the logger group
+OPTIONS = ("mlflow_tracking_uri",)  # non-boolean keys of the logger group
 TRACKING_IDS = "tracking.json"  # in the run dir: which tracking runs hold this run
 MLFLOW_STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 GROUPS = {"accuracy": "accuracy", "loss": "loss", "bytes": "bytes", "clients": "clients", "seconds": "time",
           "compression": "bytes", "lr": "train", "stragglers": "clients", "round_skipped": "clients"}
+
+
+def numeric_columns(row: Mapping[str, Any]) -> dict[str, int | float]:
+    """The row's numbers by column, as every sink logs them at ``step=round`` (text columns,
+    empty cells and the round itself left out)."""
+    return {column: value for column, value in row.items()
+            if column != "round" and isinstance(value, int | float) and not isinstance(value, bool)}
+
+
+def sweep_dir(out: Path) -> Path | None:
+    """The sweep folder a run dir belongs to (its parent holds sweep.json), or None."""
+    from fedconv import run_dir
+
+    return out.parent if (out.parent / run_dir.SWEEP_INDEX).exists() else None
 
 
 def scalar_name(column: str) -> str:
@@ -75,9 +89,8 @@ class TensorBoardSink:
 
     def round(self, row: Mapping[str, Any]) -> None:
         step = int(row["round"])
-        for column, value in row.items():
-            if column != "round" and isinstance(value, int | float) and not isinstance(value, bool):
-                self.writer.add_scalar(scalar_name(column), value, step)
+        for column, value in numeric_columns(row).items():
+            self.writer.add_scalar(scalar_name(column), value, step)
         self.writer.flush()
 
     def end(self, summary: Mapping[str, Any]) -> None:
@@ -91,15 +104,20 @@ def absolute_tracking_uri(resolved: dict[str, Any]) -> None:
     the ServerApp happens to run."""
     logger = resolved.get("logger") or {}
     uri = str(logger.get("mlflow_tracking_uri") or "")
-    if uri and "://" not in uri and not uri.startswith("databricks"):
+    if uri and not _is_uri(uri):
         logger["mlflow_tracking_uri"] = str(Path(uri).resolve())
+
+
+def _is_uri(value: str) -> bool:
+    """An MLflow store URI (``sqlite:///...``, ``http://...``, ``databricks``), not a folder."""
+    return "://" in value or value.startswith("databricks")
 
 
 def mlflow_store(uri: str) -> tuple[str, str | None]:
     """``logger.mlflow_tracking_uri`` as (tracking URI, artifact folder): a plain folder is
     an SQLite store with its artifacts beside it; a URI is used as it is (its server decides
     where artifacts go)."""
-    if "://" in uri or uri.startswith("databricks"):
+    if _is_uri(uri):
         return uri, None
     folder = Path(uri or "results/mlruns").resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -167,8 +185,8 @@ class MlflowSink:
         when this run is not a sweep job (no sweep.json beside its run dir)."""
         from fedconv import run_dir
 
-        sweep = self.out.parent
-        if not (sweep / run_dir.SWEEP_INDEX).exists():
+        sweep = sweep_dir(self.out)
+        if sweep is None:
             return None
         with run_dir.sweep_lock(sweep):
             ids = _read_ids(sweep).get("mlflow") or {}
@@ -189,9 +207,8 @@ class MlflowSink:
         if step <= self.logged:  # logged before the run was stopped and resumed
             return
         now = int(time.time() * 1000)
-        metrics = [Metric(column, float(value), now, step) for column, value in row.items()
-                   if column != "round" and isinstance(value, int | float) and not isinstance(value, bool)
-                   and math.isfinite(value)]
+        metrics = [Metric(column, float(value), now, step) for column, value in numeric_columns(row).items()
+                   if math.isfinite(value)]
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def end(self, summary: Mapping[str, Any]) -> None:
@@ -218,14 +235,14 @@ class WandbSink:
         os.environ.setdefault("WANDB_SILENT", "true")
         import wandb
 
-        from fedconv import run_dir
         from fedconv.config import flatten
 
         ids = _read_ids(out).get("wandb") or {}
         resume_id = str(ids["run_id"]) if first_round > 1 and ids.get("run_id") else None
-        sweep = out.parent.name if (out.parent / run_dir.SWEEP_INDEX).exists() else None
+        sweep = sweep_dir(out)
         self.run = wandb.init(
-            project=str(cfg.get("name") or "default"), dir=str(out), name=out.name, group=sweep,
+            project=str(cfg.get("name") or "default"), dir=str(out), name=out.name,
+            group=sweep.name if sweep else None,
             id=resume_id, resume="allow" if resume_id else None,
             config=flatten(cfg), reinit="finish_previous",
             tags=[t for t in (_get(cfg, "strategy", "name"), _get(cfg, "dataset", "name"),
@@ -242,9 +259,7 @@ class WandbSink:
         step = int(row["round"])
         if step <= self.logged:  # logged before the run was stopped and resumed
             return
-        metrics = {column: value for column, value in row.items()
-                   if column != "round" and isinstance(value, int | float) and not isinstance(value, bool)}
-        self.run.log(metrics, step=step)
+        self.run.log(numeric_columns(row), step=step)
         self.logged = step
         _write_ids(self.out, "wandb", {"run_id": self.run.id, "last_step": step})
 
