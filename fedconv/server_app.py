@@ -22,7 +22,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedconv import __version__, algorithms, checkpoint, client_state, compression, records, run_dir, stopping, task
+from fedconv import __version__, algorithms, checkpoint, client_state, compression, records, run_dir, stopping, task, timeline
 from fedconv.cohorts import Cohorts
 from fedconv.config import cohort_sizes, from_run_config, virtual_nodes, with_train_eval
 from fedconv.ledger import short_reason
@@ -366,6 +366,8 @@ class RunRecorder:
             "nodes": self.cfg["simulation"].get("nodes", "per_client"),
             "virtual_nodes": virtual_nodes(self.cfg),
             "versions": _versions(),
+            # seconds from the command's (or sweep job's) start to each milestone before round 1
+            "startup_seconds": timeline.marks(),
         }
 
 
@@ -384,6 +386,7 @@ def main(grid: Grid, context: Context) -> None:
 
 def serve(grid: Grid, context: Context) -> None:
     """Discover the nodes, run the rounds, write the run directory."""
+    timeline.mark("server_app")
     cfg = from_run_config(context.run_config)
     # `flwr run .` of the repo's own app has no output_dir: write under the ServerApp's cwd.
     out = Path(str(cfg.get("output_dir") or Path.cwd() / "results" / "flwr-runs" / str(context.run_id)))
@@ -403,6 +406,7 @@ def serve(grid: Grid, context: Context) -> None:
         # warm it up), the server knows the partitions (made once per machine, from the disk
         # cache) and names one in every message.
         warmed = discover_partitions(grid, virtual_nodes(cfg), connect_timeout, pool=True)
+        timeline.mark("nodes_ready")
         pool = sorted(warmed, key=lambda node: warmed[node].partition_id)
         parts = task.partitions(cfg, num_clients)
         record = partition_record(np.asarray(ds.train_y), parts, ds.num_classes)
@@ -413,6 +417,7 @@ def serve(grid: Grid, context: Context) -> None:
         sizes = {pid: len(t) for pid, t in enumerate(parts.train)}
     else:
         reports = discover_partitions(grid, num_clients, connect_timeout)
+        timeline.mark("nodes_ready")
         run_dir.write_json(out / run_dir.PARTITION, reported_partitions(reports, ds.num_classes))
         owners = {node: rep.partition_id for node, rep in reports.items()}
         cohorts = Cohorts.owned(owners, seed=seed, train_per_round=train_k, eval_per_round=eval_k)
@@ -456,6 +461,7 @@ def serve(grid: Grid, context: Context) -> None:
     clients = json.loads((out / run_dir.PARTITION).read_text()).get("clients", [])
     recorder.tracking = Tracking.for_run(cfg, out, first_round,
                                          np.array([c.get("label_histogram", []) for c in clients]))
+    timeline.mark("first_round")
     try:
         run_rounds(strategy, grid, arrays, first_round, int(server["rounds"]), timeout, recorder.end_round)
         status = "completed" if len(recorder.rows) == recorder.rounds else "failed"

@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from fedconv import run_dir, sweep_progress, tracking
+from fedconv import run_dir, sweep_progress, timeline, tracking
 from fedconv.config import (
     EXIT_BAD_CONFIG,
     ConfigError,
@@ -35,6 +35,7 @@ from fedconv.config import (
 register_resolvers()
 
 _TASK_STARTED = False  # set when a job starts; a Hydra exit before that is a config error
+_JOBS_STARTED = 0  # jobs this process has begun (a sweep runs them one after another)
 
 
 def _write_failure(out: Path, cfg: dict[str, Any], status: str, error: str) -> None:
@@ -221,8 +222,10 @@ def prepare(cfg: DictConfig, out: Path, choices: dict[str, Any], overrides: list
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run (or continue, or skip when completed) one simulation job; returns its summary."""
-    global _TASK_STARTED
+    global _TASK_STARTED, _JOBS_STARTED
     _TASK_STARTED = True
+    timeline.begin(from_process_start=_JOBS_STARTED == 0)
+    _JOBS_STARTED += 1
     from fedconv import runtime, stopping
     from fedconv.checkpoint import CheckpointError
     from fedconv.datasets import DatasetError
@@ -239,8 +242,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     try:
         resolved, action = prepare(cfg, out, dict(hc.runtime.choices), list(hc.overrides.task))
         if action != "skip":
+            backend = runtime.backend_config(resolved["simulation"], bool(resolved["verbose"]))
+            # Ray's processes start (and its workers import torch) while this one loads the data
+            timeline.mark("config")
+            runtime.start_ray(backend["init_args"], background=True, preload=runtime.preload_workers(backend))
             check_inputs(resolved, out if action == "resume" else None)
+            timeline.mark("inputs")
     except (ConfigError, DatasetError, PartitionError, ModelConfigError, CheckpointError) as exc:
+        runtime.shutdown_ray()
         run_dir.discard_if_empty(out)
         prefix = "config error" if isinstance(exc, ConfigError) else "error"
         print(f"{prefix}: {exc}", file=sys.stderr)
@@ -266,7 +275,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         runtime.run_simulation(
             to_run_config({**resolved, "resume": str(out) if resuming else ""}),
             virtual_nodes(resolved),
-            runtime.backend_config(resolved["simulation"], bool(resolved["verbose"])),
+            backend,
             bool(resolved["verbose"]),
             max_actors=max(cohort_sizes(resolved)),
         )
@@ -286,7 +295,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     finally:
         sweep_progress.job_outcome(status)
         stopping.run_ended()
-        _shutdown_ray()
+        runtime.shutdown_ray()
         if status != "completed":
             _write_failure(out, resolved, status, error)
         summary = json.loads((out / run_dir.SUMMARY).read_text())
@@ -307,16 +316,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if status != "completed" and not multirun:
         sys.exit(1)
     return summary
-
-
-def _shutdown_ray() -> None:
-    """No Ray state may leak from one sweep job into the next."""
-    try:
-        import ray
-    except ImportError:
-        return
-    if ray.is_initialized():
-        ray.shutdown()
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
