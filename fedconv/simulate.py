@@ -94,7 +94,8 @@ def _saved_config(out: Path) -> dict[str, Any]:
 
 
 # Keys added after runs were saved without them, with the value that means "as before".
-ADDED_KEYS = {"client.precision": "fp32", "server.eval_precision": "fp32", "server.fed_eval": "separate"}
+ADDED_KEYS = {"client.precision": "fp32", "client.compile": False, "server.eval_precision": "fp32",
+              "server.fed_eval": "separate"}
 
 
 def _results_config(cfg: dict[str, Any]) -> dict[str, Any]:

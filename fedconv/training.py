@@ -111,6 +111,19 @@ def autocast(cfg: Mapping[str, Any], key: str = "precision") -> torch.autocast:
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.get(key, "fp32") == "bf16")
 
 
+def compiled(model: nn.Module) -> nn.Module:
+    """``torch.compile(model)`` (inductor; on CPU, C++ kernels for the elementwise work around
+    oneDNN's convolutions), made once per model object: a worker process keeps its model and
+    so compiles once, and inductor's on-disk cache (``TORCHINDUCTOR_CACHE_DIR``, by default
+    under /tmp) spares later processes most of the cost. The compiled module shares the
+    model's parameters, so loading weights into the model is enough."""
+    found = model.__dict__.get("_fedconv_compiled")
+    if found is None:
+        found = torch.compile(model)
+        object.__setattr__(model, "_fedconv_compiled", found)  # not a submodule: no state_dict entry
+    return found
+
+
 def train_local(
     model: nn.Module,
     images: np.ndarray,
@@ -157,6 +170,7 @@ def _train_steps(
     seen = 0
     steps = 0
     labels_t = torch.from_numpy(np.array(labels, dtype=np.int64))
+    forward = compiled(model) if cfg.get("compile", False) else model
     for _ in range(epochs):
         order = rng.permutation(n)
         for start in range(0, n, batch):
@@ -169,7 +183,7 @@ def _train_steps(
             y = labels_t[idx]
             optimizer.zero_grad(set_to_none=True)
             with autocast(cfg):
-                logits = model(x)
+                logits = forward(x)
                 loss = criterion(logits, y)
             extra = hook.loss(model)
             if extra is not None:
@@ -292,6 +306,8 @@ def config_problems(c: Checks) -> None:
     c.boolean("client.noop")
     if c.has("client.precision"):
         c.one_of("client.precision", PRECISIONS)
+    if c.has("client.compile"):
+        c.boolean("client.compile")
     if c.has("server.eval_precision"):
         c.one_of("server.eval_precision", PRECISIONS)
     c.one_of("server.lr_schedule", LR_SCHEDULES)

@@ -355,8 +355,9 @@ def test_a_run_saved_before_new_keys_existed_is_the_same_config_as_one_with_thei
 
     today = compose([])
     before = {k: v for k, v in today.items() if k != "compression"}
-    before["client"] = {k: v for k, v in today["client"].items() if k != "precision"}
+    before["client"] = {k: v for k, v in today["client"].items() if k not in ("precision", "compile")}
     before["server"] = {k: v for k, v in today["server"].items() if k not in ("fed_eval", "eval_precision")}
     assert _results_config(before) == _results_config(today)
     assert _results_config(before) != _results_config(compose(["client.precision=bf16"]))
+    assert _results_config(before) != _results_config(compose(["client.compile=true"]))
     assert _results_config(before) != _results_config(compose(["compression=int8"]))

@@ -57,6 +57,7 @@ def test_run_config_round_trip_is_flat_scalars() -> None:
         ("partition.test_fraction=0 server.fraction_evaluate=0 server.fed_eval=with_train", "partition.test_fraction"),
         ("server.fed_eval=both", "server.fed_eval"),
         ("client.precision=fp16", "client.precision"),
+        ("client.compile=maybe", "client.compile"),
         ("server.eval_precision=int8", "server.eval_precision"),
     ],
 )

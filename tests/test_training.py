@@ -197,3 +197,34 @@ def test_bf16_autocast_trains_float32_weights_close_to_the_fp32_path() -> None:
     # Measured here with seeds 0-2: losses within 0.003, test accuracy within 1.7 points.
     assert abs(results["bf16"][0] - results["fp32"][0]) < 0.05, results
     assert abs(results["bf16"][1] - results["fp32"][1]) < 0.04, results
+
+
+@pytest.mark.slow
+def test_compiled_training_step_gives_the_eager_predictions() -> None:
+    """client.compile=true trains the model's own parameters through torch.compile: after the
+    same local epoch (no dropout, so no random draws) the weights and the test-set predictions
+    match the eager path's within float tolerance, and nothing compiled leaks into the state."""
+    from fedconv import task
+    from fedconv.config import compose
+    from fedconv.datasets import load_dataset
+    from fedconv.models import build_model
+    from fedconv.training import evaluate, train_local
+
+    cfg = compose(["dataset=digits", "model.dropout=0"])
+    ds = load_dataset(cfg["dataset"])
+    x, y = ds.train_x[:600], ds.train_y[:600]
+    models, losses = {}, {}
+    for compile_ in (False, True):
+        model = build_model(cfg["model"], ds.input_shape, ds.num_classes, seed=0)
+        r = train_local(model, x, y, task.normalizer(cfg, ds, True), {**cfg["client"], "compile": compile_},
+                        lr=0.05, epochs=1, seed=0)
+        models[compile_], losses[compile_] = model, r.loss
+    assert "_fedconv_compiled" in models[True].__dict__ and "_fedconv_compiled" not in models[False].__dict__
+    assert list(models[True].state_dict()) == list(models[False].state_dict())
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+    for (key, a), b in zip(models[True].state_dict().items(), models[False].state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=key)
+    norm = task.normalizer(cfg, ds, False)
+    compiled_preds = evaluate(models[True], ds.test_x, ds.test_y, norm).predictions
+    eager_preds = evaluate(models[False], ds.test_x, ds.test_y, norm).predictions
+    assert (compiled_preds == eager_preds).mean() > 0.99
