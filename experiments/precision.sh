@@ -18,7 +18,7 @@ variants=${VARIANTS:-fp32 bf16 compiled}
 root=${PRECISION_ROOT:-results/runs/precision_bench}
 rm -rf "$root"
 mkdir -p "$root"
-export TORCHINDUCTOR_CACHE_DIR="$PWD/$root/inductor-cache"
+export TORCHINDUCTOR_CACHE_DIR="$(cd "$root" && pwd)/inductor-cache"
 for rep in $(seq 1 "$reps"); do
   for variant in $variants; do
     case $variant in
