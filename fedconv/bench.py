@@ -4,11 +4,15 @@
    epochs, batch size, optimizer, model) and central evaluation in plain PyTorch, one
    worker process per core, data loaded once: ``T_limit``;
 2. fedconv: the same config through ``python -m fedconv.simulate`` (Flower + Ray): ``T_sim``
-   with and without start-up, and ``T_sim / T_limit``;
+   with and without start-up, and ``T_sim / T_limit``; the start-up's parts from the run's
+   own marks (summary.json ``startup_seconds``); the same config on the bf16 path and (not
+   with ``--quick``) the compiled path: training throughput and final accuracy;
 3. framework overhead: clients that do no work, 10 and 100 per round: seconds per round;
 4. scale: 100 / 1,000 / 10,000 clients, 10 per round: seconds per round, start-up, peak memory;
 5. edge client: one client's local round on one thread (600 samples);
-6. central evaluation: the ServerApp's per-round evaluation of the test set.
+6. central evaluation: the ServerApp's per-round evaluation of the test set;
+7. (not with ``--quick``) a 12-job sweep of a small digits job: its wall time against 12 times
+   one job, its peak memory against one job's, and the number of Ray instances it used.
 
 Each measurement runs ``--repeats`` times (default 3); medians are reported. Results go
 to ``results/bench/<timestamp>/bench.json`` and ``bench.png`` and are printed as a table.
@@ -33,6 +37,10 @@ from fedconv import atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ["+experiment=bench"]
+BF16 = ["client.precision=bf16", "server.eval_precision=bf16"]
+SWEEP_JOBS = 12
+STARTUP_PARTS = (("config", "config composed"), ("ray", "Ray up"), ("nodes_ready", "clients warm"),
+                 ("first_round", "first round"))
 
 
 # --------------------------------------------------------------- process-tree memory
@@ -165,19 +173,57 @@ def measure_sim(overrides: list[str], interval: float = 1.0) -> dict[str, Any]:
             raise RuntimeError(f"simulation failed: {' '.join(overrides)}\n{tail}")
         with open(f"{tmp}/run/rounds.csv") as f:
             rows = list(csv.DictReader(f))
+        with open(f"{tmp}/run/client_metrics.csv") as f:
+            trained = sum(int(r["num_examples"]) for r in csv.DictReader(f)  # per local epoch
+                          if r["phase"] == "train" and r["status"] == "ok")
         summary = json.loads(Path(f"{tmp}/run/summary.json").read_text())
     per_round = [float(r["round_seconds"]) for r in rows]
     inner = per_round[1:-1] or per_round  # the first and last rounds carry warm-up / final work
     rounds_s = float(rows[-1]["elapsed_seconds"])
+    marks = summary.get("startup_seconds") or {}
+    first_round = float(marks.get("first_round", 0.0))
     return {
         "total_s": proc["wall_s"],
         "rounds_s": rounds_s,
         "startup_s": proc["wall_s"] - rounds_s,
+        # the start-up's parts, from the run's own marks (seconds since the command started)
+        **{f"startup_{name}_s": float(at) for name, at in marks.items()},
+        "shutdown_s": max(0.0, proc["wall_s"] - first_round - rounds_s) if first_round else 0.0,
+        "train_examples_per_s": trained / rounds_s,
         "round_s_median": statistics.median(inner),
         "peak_pss_mib": proc["peak_pss_mib"],
         "peak_rss_mib": proc["peak_rss_mib"],
         "final_accuracy": summary["final_central_accuracy"],
         "accuracies": [float(r["central_accuracy"]) for r in rows if r["central_accuracy"] != ""],
+    }
+
+
+# ------------------------------------------------------------------------------ sweep
+
+# A start-up-bound job (digits, 1 training and 1 evaluating client per round), as
+# experiments/ray_sweep.sh runs it: what a sweep of many small jobs pays per job.
+SWEEP_JOB = ["dataset=digits", "server.fraction_train=0.05", "server.min_train_clients=1",
+             "server.fraction_evaluate=0.05", "server.min_evaluate_clients=1"]
+
+
+def measure_sweep(overrides: list[str], jobs: int, interval: float = 1.0) -> dict[str, Any]:
+    """One ``-m`` sweep of ``jobs`` seeds on Hydra's basic launcher (one process, one Ray
+    for all jobs): wall time, peak tree memory, and how many Ray instances its jobs ran on."""
+    with tempfile.TemporaryDirectory(prefix="fedconv-bench-") as tmp:
+        argv = [sys.executable, "-m", "fedconv.simulate", "-m", *overrides, f"seed={','.join(map(str, range(jobs)))}",
+                f"hydra.sweep.dir={tmp}/sweep"]
+        with open(f"{tmp}/log", "w") as log:
+            proc = run_sampled(argv, interval, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        if proc["returncode"] != 0:
+            raise RuntimeError(f"sweep failed: {' '.join(overrides)}\n{Path(f'{tmp}/log').read_text()[-2000:]}")
+        summaries = [json.loads(p.read_text()) for p in Path(f"{tmp}/sweep").glob("*/summary.json")]
+    if len(summaries) != jobs or {s["status"] for s in summaries} != {"completed"}:
+        raise RuntimeError(f"sweep: {len(summaries)} of {jobs} jobs completed")
+    return {
+        "wall_s": proc["wall_s"],
+        "peak_pss_mib": proc["peak_pss_mib"],
+        "jobs": jobs,
+        "ray_instances": len({s.get("ray", {}).get("node_id") for s in summaries}),
     }
 
 
@@ -279,6 +325,10 @@ def run_benchmark(repeats: int, quick: bool) -> dict[str, Any]:
     res["sim"] = repeat(measure_sim, repeats, BENCH + rounds)
     res["ratio_rounds"] = res["sim"]["rounds_s"] / res["limit"]["rounds_s"]
     res["ratio_total"] = res["sim"]["total_s"] / res["limit"]["total_s"]
+    print("[bench] numeric paths ...", flush=True)
+    res["paths"] = {"bf16": repeat(measure_sim, repeats, [*BENCH, *rounds, *BF16])}
+    if not quick:  # the compile itself (once per worker process) does not fit the quick budget
+        res["paths"]["compiled"] = repeat(measure_sim, repeats, [*BENCH, *rounds, "client.compile=true"])
     print("[bench] framework overhead ...", flush=True)
     # 10 zero-work clients per round out of 100 is also the scale series' first point: one measurement.
     res["overhead"] = {
@@ -290,6 +340,10 @@ def run_benchmark(repeats: int, quick: bool) -> dict[str, Any]:
         str(n): res["overhead"]["10"] if n == 100 else repeat(measure_sim, repeats, scale_config(n))
         for n in scale_sizes
     }
+    if not quick:
+        print(f"[bench] {SWEEP_JOBS}-job sweep ...", flush=True)
+        single = repeat(measure_sim, repeats, SWEEP_JOB)
+        res["sweep"] = {"single": single, "sweep": repeat(measure_sweep, repeats, SWEEP_JOB, SWEEP_JOBS)}
     print("[bench] central evaluation ...", flush=True)
     res["central_eval"] = repeat(measure_central_eval, repeats)
     print("[bench] edge client ...", flush=True)
@@ -313,6 +367,22 @@ def table(res: dict[str, Any]) -> str:
         f"| overhead per round, 10 zero-work clients | {res['overhead']['10']['round_s_median']:.3f} s |",
         f"| overhead per round, 100 zero-work clients | {res['overhead']['100']['round_s_median']:.3f} s |",
     ]
+    parts = ", ".join(f"{label} {sim[f'startup_{key}_s']:.1f} s" for key, label in STARTUP_PARTS
+                      if f"startup_{key}_s" in sim)
+    lines.append(f"| start-up of T_sim (seconds since the command started) | {parts}; shutdown {sim['shutdown_s']:.1f} s |")
+    for name, path in res.get("paths", {}).items():
+        lines.append(
+            f"| {name} path: training examples/s (fp32), final accuracy (fp32) | "
+            f"{path['train_examples_per_s']:.0f} ({sim['train_examples_per_s']:.0f}), "
+            f"{path['final_accuracy']:.4f} ({sim['final_accuracy']:.4f}) |"
+        )
+    if "sweep" in res:
+        one, sweep = res["sweep"]["single"], res["sweep"]["sweep"]
+        lines.append(
+            f"| {int(sweep['jobs'])}-job digits sweep: wall (jobs × one job), peak PSS (one job), Ray instances | "
+            f"{sweep['wall_s']:.1f} s ({int(sweep['jobs']) * one['total_s']:.1f} s), "
+            f"{sweep['peak_pss_mib']:.0f} MiB ({one['peak_pss_mib']:.0f} MiB), {int(sweep['ray_instances'])} |"
+        )
     for n, row in res["scale"].items():
         lines.append(
             f"| scale {int(n):,} clients (10 per round, zero-work): s/round, start-up, peak PSS | "

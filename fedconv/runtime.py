@@ -21,25 +21,24 @@ by the others: a deadlock (seen here: 4 jobs on 2 CPUs, 1 of 4 finished). There,
 there, the pool is :class:`ReservedActorPool`: sized to the job's largest cohort and reserved
 all at once as a Ray placement group, so a job either holds every CPU its clients need or
 queues until it can.
+
+When Ray starts, and how it is kept between the jobs of a sweep: :mod:`fedconv.ray_session`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator, Mapping
-from concurrent.futures import Future
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
-from fedconv import timeline
+from fedconv import ray_session, timeline
 
 CLIENT_APP = "fedconv.client_app:app"
 SERVER_APP = "fedconv.server_app:app"
@@ -98,145 +97,6 @@ class _ClientErrorsInRoundLog(logging.Filter):
         return not (record.levelno == logging.ERROR and record.pathname.endswith(("vce_api.py", "raybackend.py")))
 
 
-# Modules every local Ray worker imports as it starts, during ``ray.init``: the ClientApp
-# (torch, Flower) and torch's compiler front end, which the first ``torch.optim`` optimizer
-# imports (≈ 1.5 s here). Ray prestarts one worker per CPU and Flower's actors take them, so
-# the imports overlap this process's own start-up instead of delaying the first round.
-WORKER_PRELOAD = ("fedconv.client_app", "torch._dynamo")
-
-_starting: Future[None] | None = None
-_handlers: dict[int, Any] = {}
-_release = threading.Event()
-
-
-class _NotMainThreadWarning(logging.Filter):
-    """``ray.init`` off the main thread warns that it set no SIGTERM handler: fedconv wants none."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "SIGTERM handler is not set" not in record.getMessage()
-
-
-@contextmanager
-def _lean_head_node(log_to_driver: bool) -> Iterator[None]:
-    """A local Ray node without the autoscaler's monitor (a single machine never scales) and,
-    unless worker logs go to this console, without the log monitor: two Python processes
-    fewer to start on a small machine (and ≈ 1 s less to shut down). ``ray.init`` takes
-    neither setting, so its ``RayParams`` get them here; a Ray without them is left as is."""
-    from ray._private import parameter
-
-    original = parameter.RayParams.__init__
-
-    def init(self: Any, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        if hasattr(self, "no_monitor") and hasattr(self, "include_log_monitor"):
-            self.no_monitor = True
-            self.include_log_monitor = bool(log_to_driver)
-
-    parameter.RayParams.__init__ = init  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        parameter.RayParams.__init__ = original  # type: ignore[method-assign]
-
-
-def _init_ray(init_args: Mapping[str, Any], preload: bool) -> None:
-    import ray
-
-    pythonpath = os.pathsep.join(sys.path)
-    if os.environ.get("PYTHONPATH"):
-        pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
-    os.environ["PYTHONPATH"] = pythonpath
-    args = {"include_dashboard": False, **init_args}
-    if args.get("address"):  # workers of another machine's raylet: give them the import path
-        ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **args)
-        return
-    # A local node's workers inherit this environment (and so the import path) from the
-    # raylet; without a runtime_env they are the prestarted, preloaded workers.
-    if preload:
-        args["_system_config"] = {"preload_python_modules": list(WORKER_PRELOAD)}
-    with _lean_head_node(bool(args.get("log_to_driver"))):
-        ray.init(**args)
-
-
-def _ray_thread(init_args: Mapping[str, Any], preload: bool, started: Future[None]) -> None:
-    """Start Ray, then stay alive until it is shut down: Ray starts its node's processes with
-    PR_SET_PDEATHSIG, which kills them when the *thread* that started them ends."""
-    try:
-        _init_ray(init_args, preload)
-    except BaseException as exc:  # noqa: BLE001 - handed to the thread that waits for Ray
-        started.set_exception(exc)
-        return
-    started.set_result(None)
-    _release.wait()
-
-
-def start_ray(init_args: Mapping[str, Any], *, background: bool = False, preload: bool = True) -> None:
-    """Start Ray as Flower's backend would (``RayBackend.init_ray``, which then skips its own
-    ``ray.init``) and give this process its signal handlers back: ``ray.init`` installs a
-    SIGTERM handler that exits at once and Ray's core worker one that aborts the process, so
-    a batch scheduler's stop would end a run without its summary (see :mod:`fedconv.stopping`).
-
-    ``background=True`` only begins: ``ray.init`` runs on a helper thread while this process
-    goes on importing and loading data, and the next ``start_ray`` call waits for it.
-    ``preload`` makes the local workers import :data:`WORKER_PRELOAD` as they start (worth it
-    when Flower's actors take every prestarted worker: clients of at most one CPU).
-    """
-    global _starting
-    import ray
-
-    if _starting is None:
-        if ray.is_initialized():
-            return
-        if threading.current_thread() is threading.main_thread():
-            _handlers.update({sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)})
-        ray_logger = logging.getLogger("ray._private.worker")
-        if not any(isinstance(f, _NotMainThreadWarning) for f in ray_logger.filters):
-            ray_logger.addFilter(_NotMainThreadWarning())
-        _release.clear()
-        _starting = Future()
-        threading.Thread(target=_ray_thread, args=(init_args, preload, _starting), name="ray", daemon=True).start()
-    if background:
-        return
-    _wait_for_start()
-
-
-def _wait_for_start() -> None:
-    """Wait for a ``ray.init`` under way (raising its error) and restore the signal handlers."""
-    global _starting
-    if _starting is None:
-        return
-    starting, _starting = _starting, None
-    try:
-        starting.result()
-    finally:
-        if threading.current_thread() is threading.main_thread():
-            for sig, handler in _handlers.items():
-                if handler is not None:
-                    signal.signal(sig, handler)
-        _handlers.clear()
-
-
-def shutdown_ray() -> None:
-    """No Ray state may leak from one sweep job into the next (a start under way included)."""
-    try:
-        _wait_for_start()
-    except Exception:  # noqa: BLE001 - Ray never came up: nothing to shut down
-        pass
-    if "ray" not in sys.modules:
-        return
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    _release.set()
-
-
-def preload_workers(backend: Mapping[str, Any]) -> bool:
-    """Preload only where Flower's actors take every prestarted worker (one per CPU): clients
-    of at most one CPU. With bigger clients most workers would hold torch for nothing."""
-    return float(backend["client_resources"]["num_cpus"]) <= 1
-
-
 def in_ray_worker() -> bool:
     """Is this process a Ray worker (a job of ``hydra/launcher=ray_cluster``), not a Ray driver?"""
     if "ray" not in sys.modules:
@@ -286,9 +146,10 @@ def reserved_actors(max_actors: int) -> Iterator[None]:
 
 
 def run_simulation(run_config: Mapping[str, Any], num_supernodes: int, backend: Mapping[str, Any], verbose: bool,
-                   max_actors: int = 0) -> None:
+                   max_actors: int = 0, keep_actors: bool = False) -> None:
     """Run the fedconv ServerApp against ``num_supernodes`` virtual SuperNodes on Ray.
-    Inside a Ray worker (a launcher's job) at most ``max_actors`` actors, reserved at once."""
+    Inside a Ray worker (a launcher's job) at most ``max_actors`` actors, reserved at once;
+    ``keep_actors``: Ray and the idle actors outlive the run (:mod:`fedconv.ray_session`)."""
     from flwr.app import Context, RecordDict
     from flwr.common.constant import RUN_ID_NUM_BYTES, SUPERLINK_NODE_ID, TASK_ID_NUM_BYTES
     from flwr.server.superlink.linkstate.utils import generate_rand_int_from_bytes
@@ -318,11 +179,13 @@ def run_simulation(run_config: Mapping[str, Any], num_supernodes: int, backend: 
     context = Context(
         run_id=run_id, node_id=0, node_config={}, state=RecordDict(), run_config=dict(run_config)
     )
-    start_ray(backend["init_args"], preload=preload_workers(backend))
+    ray_session.start(backend["init_args"], preload=ray_session.preload_workers(backend))
     timeline.mark("ray")
-    shared_cluster = in_ray_worker()
-    with tempfile.TemporaryDirectory(prefix="fedconv-app-") as app_dir, \
-            (reserved_actors(max_actors or num_supernodes) if shared_cluster else nullcontext()):
+    if in_ray_worker():
+        pool: Any = reserved_actors(max_actors or num_supernodes)
+    else:
+        pool = ray_session.kept_actors() if keep_actors else nullcontext()
+    with tempfile.TemporaryDirectory(prefix="fedconv-app-") as app_dir, pool:
         write_app_dir(Path(app_dir), run_config)
         _run_simulation(
             num_supernodes=num_supernodes,

@@ -22,7 +22,19 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedconv import __version__, algorithms, checkpoint, client_state, compression, records, run_dir, stopping, task, timeline
+from fedconv import (
+    __version__,
+    algorithms,
+    checkpoint,
+    client_state,
+    compression,
+    ray_session,
+    records,
+    run_dir,
+    stopping,
+    task,
+    timeline,
+)
 from fedconv.cohorts import Cohorts
 from fedconv.config import cohort_sizes, from_run_config, virtual_nodes, with_train_eval
 from fedconv.ledger import short_reason
@@ -368,6 +380,7 @@ class RunRecorder:
             "versions": _versions(),
             # seconds from the command's (or sweep job's) start to each milestone before round 1
             "startup_seconds": timeline.marks(),
+            "ray": ray_session.describe(),
         }
 
 

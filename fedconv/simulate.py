@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from fedconv import run_dir, sweep_progress, timeline, tracking
+from fedconv import ray_session, run_dir, sweep_progress, timeline, tracking
 from fedconv.config import (
     EXIT_BAD_CONFIG,
     ConfigError,
@@ -36,6 +36,7 @@ register_resolvers()
 
 _TASK_STARTED = False  # set when a job starts; a Hydra exit before that is a config error
 _JOBS_STARTED = 0  # jobs this process has begun (a sweep runs them one after another)
+_BAD_INPUT_JOBS: list[str] = []  # sweep jobs of this process refused for their config or data
 
 
 def _write_failure(out: Path, cfg: dict[str, Any], status: str, error: str) -> None:
@@ -246,15 +247,23 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             backend = runtime.backend_config(resolved["simulation"], bool(resolved["verbose"]))
             # Ray's processes start (and its workers import torch) while this one loads the data
             timeline.mark("config")
-            runtime.start_ray(backend["init_args"], background=True, preload=runtime.preload_workers(backend))
+            ray_session.start(backend["init_args"], background=True, preload=ray_session.preload_workers(backend))
             check_inputs(resolved, out if action == "resume" else None)
             timeline.mark("inputs")
     except (ConfigError, DatasetError, PartitionError, ModelConfigError, CheckpointError) as exc:
-        runtime.shutdown_ray()
+        ray_session.shutdown()
         run_dir.discard_if_empty(out)
         prefix = "config error" if isinstance(exc, ConfigError) else "error"
         print(f"{prefix}: {exc}", file=sys.stderr)
-        sys.exit(EXIT_BAD_CONFIG)
+        if not multirun:
+            sys.exit(EXIT_BAD_CONFIG)
+        # One job's bad input must not end the sweep: say so, record it, go on with the next
+        # job; the sweep exits 2 at the end (cli) when Hydra ran its jobs in this process.
+        _BAD_INPUT_JOBS.append(str(out))
+        sweep_progress.job_outcome("failed")
+        if sweep_dir is not None:
+            run_dir.update_sweep_index(sweep_dir, {**job, "status": "bad_input", "error": f"{prefix}: {exc}"})
+        return {"status": "bad_input", "error": f"{prefix}: {exc}"}
     if action == "skip":
         sweep_progress.job_outcome("skipped")
         print(f"skipping {out}: it holds a completed run of this config", flush=True)
@@ -271,6 +280,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     print(f"fedconv run -> {out}" + (" (resuming from its checkpoint)" if resuming else ""), flush=True)
     started = time.perf_counter()
     status, error = "failed", ""
+    keep_ray = multirun and not runtime.in_ray_worker()
     stopping.run_started()
     try:
         runtime.run_simulation(
@@ -279,6 +289,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             backend,
             bool(resolved["verbose"]),
             max_actors=max(cohort_sizes(resolved)),
+            keep_actors=keep_ray,
         )
         summary_path = out / run_dir.SUMMARY
         if summary_path.exists():
@@ -296,7 +307,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     finally:
         sweep_progress.job_outcome(status)
         stopping.run_ended()
-        runtime.shutdown_ray()
+        # the next job of a sweep run in this process reuses Ray and the actors of one that completed
+        ray_session.end_job(keep=keep_ray and status == "completed")
         if status != "completed":
             _write_failure(out, resolved, status, error)
         summary = json.loads((out / run_dir.SUMMARY).read_text())
@@ -339,6 +351,10 @@ def cli() -> None:
         config_errors_exit_2(main, lambda: _TASK_STARTED)
     except KeyboardInterrupt:
         stopping.quit_now()
+    if _BAD_INPUT_JOBS:
+        print(f"{len(_BAD_INPUT_JOBS)} sweep job(s) refused for their config or data (see above): "
+              + ", ".join(_BAD_INPUT_JOBS), file=sys.stderr)
+        sys.exit(EXIT_BAD_CONFIG)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ per batch, so a client never holds a float copy of its whole partition.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,13 +111,13 @@ def autocast(cfg: Mapping[str, Any], key: str = "precision") -> torch.autocast:
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.get(key, "fp32") == "bf16")
 
 
-def compiled(model: nn.Module) -> nn.Module:
+def compiled(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """``torch.compile(model)`` (inductor; on CPU, C++ kernels for the elementwise work around
     oneDNN's convolutions), made once per model object: a worker process keeps its model and
     so compiles once, and inductor's on-disk cache (``TORCHINDUCTOR_CACHE_DIR``, by default
     under /tmp) spares later processes most of the cost. The compiled module shares the
     model's parameters, so loading weights into the model is enough."""
-    found = model.__dict__.get("_fedconv_compiled")
+    found: Callable[[torch.Tensor], torch.Tensor] | None = model.__dict__.get("_fedconv_compiled")
     if found is None:
         found = torch.compile(model)
         object.__setattr__(model, "_fedconv_compiled", found)  # not a submodule: no state_dict entry

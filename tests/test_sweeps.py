@@ -116,3 +116,41 @@ def test_an_optuna_search_records_its_best_trial_and_resumes(tmp_path: Path) -> 
     saved = yaml.safe_load((tmp_path / max(best, key=lambda n: best[n]) / "config.yaml").read_text())
     assert results["best_params"]["strategy.mu"] == pytest.approx(saved["strategy"]["mu"])
     assert winner["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_a_sweep_keeps_one_ray_and_its_actors_and_matches_separate_runs(tmp_path: Path) -> None:
+    """Hydra's basic launcher runs the jobs in one process: Ray starts once and each job takes
+    over the previous job's warm actors, with rounds.csv identical to separate processes."""
+    sweep = tmp_path / "sweep"
+    proc = simulate("-m", *SMALL, "seed=0,1,2", f"hydra.sweep.dir={sweep}", timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    index = json.loads((sweep / run_dir.SWEEP_INDEX).read_text())["jobs"]
+    runs = [Path(j["run_dir"]) for j in index]
+    summaries = [json.loads((run / "summary.json").read_text()) for run in runs]
+    assert [s["status"] for s in summaries] == ["completed"] * 3
+    assert len({s["ray"]["node_id"] for s in summaries}) == 1  # one Ray instance for the sweep
+    assert [s["ray"]["actors_reused"] > 0 for s in summaries] == [False, True, True]
+    for seed, run in enumerate(runs):
+        alone = tmp_path / f"alone{seed}"
+        single = simulate(*SMALL, f"seed={seed}", f"hydra.run.dir={alone}", timeout=600)
+        assert single.returncode == 0, single.stdout[-3000:] + single.stderr[-3000:]
+        in_sweep = [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in rows(run)]
+        assert in_sweep == [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in rows(alone)], seed
+
+
+@pytest.mark.slow
+def test_a_sweep_job_with_bad_input_does_not_stop_the_next(tmp_path: Path) -> None:
+    """A job refused for its config says so in one line; the sweep goes on with the next job
+    (on the same Ray as the job before) and exits 2 at the end."""
+    sweep = tmp_path / "sweep"
+    proc = simulate("-m", *SMALL, "client.lr=0.05,-1,0.1", f"hydra.sweep.dir={sweep}", timeout=600)
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = json.loads((sweep / run_dir.SWEEP_INDEX).read_text())["jobs"]
+    assert [j["status"] for j in jobs] == ["completed", "bad_input", "completed"]
+    assert "client.lr" in jobs[1]["error"] and not Path(jobs[1]["run_dir"]).exists()
+    assert proc.stderr.count("config error: client.lr=-1: must be in (0, inf)") == 1
+    assert f"1 sweep job(s) refused for their config or data (see above): {jobs[1]['run_dir']}" in proc.stderr
+    assert "[sweep] job 3/3 completed: 2 completed, 0 skipped, 1 failed" in proc.stdout
+    for job in (jobs[0], jobs[2]):
+        assert [r["round"] for r in rows(Path(job["run_dir"]))] == ["1", "2"]
