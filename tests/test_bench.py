@@ -33,6 +33,9 @@ def test_simulation_measurement_and_noop_clients() -> None:
     res = measure_sim([*DIGITS, "client.noop=true", "server.eval_every=1000", "server.fraction_evaluate=0"])
     assert res["total_s"] > res["rounds_s"] > 0 and res["round_s_median"] > 0
     assert res["peak_pss_mib"] > 50
+    # the start-up's parts come from the run's own marks, in order, before the rounds
+    marks = [res[f"startup_{k}_s"] for k in ("config", "inputs", "ray", "server_app", "nodes_ready", "first_round")]
+    assert marks == sorted(marks) and 0 < marks[0] and marks[-1] < res["total_s"] - res["rounds_s"]
     # no-op clients return the global model: the only central evaluation (the last round) is
     # the untrained model's
     assert len(res["accuracies"]) == 1 and res["accuracies"][0] < 0.3
@@ -62,3 +65,37 @@ def test_central_evaluation_is_timed_on_the_whole_test_set() -> None:
     require_fashion_mnist()
     res = measure_central_eval()  # the benchmark config: Fashion-MNIST's 10,000 test images
     assert res["images"] == 10_000 and res["seconds"] > 0 and res["threads"] >= 1
+
+
+def _sim_row(seconds: float, accuracy: float) -> dict[str, float]:
+    return {"total_s": seconds + 9, "rounds_s": seconds, "startup_s": 9.0, "round_s_median": seconds / 20,
+            "final_accuracy": accuracy, "peak_pss_mib": 1500.0, "train_examples_per_s": 60000 / seconds,
+            "startup_config_s": 1.5, "startup_ray_s": 4.5, "startup_nodes_ready_s": 7.5, "startup_first_round_s": 7.6,
+            "shutdown_s": 1.4, "repeats": 3}
+
+
+def test_the_table_shows_start_up_paths_and_sweep_rows() -> None:
+    from fedconv.bench import table
+
+    res = {
+        "machine": {"cores": 2, "cpu": "cpu", "torch": "2"}, "config": ["+experiment=bench"],
+        "limit": {"rounds_s": 40.0, "total_s": 45.0, "final_accuracy": 0.6, "repeats": 3},
+        "sim": _sim_row(44.0, 0.6), "ratio_rounds": 1.1, "ratio_total": 1.19,
+        "paths": {"bf16": _sim_row(36.0, 0.59), "compiled": _sim_row(52.0, 0.6)},
+        "overhead": {"10": {"round_s_median": 0.2}, "100": {"round_s_median": 0.9}},
+        "scale": {"100": {"round_s_median": 0.2, "startup_s": 9.0, "peak_pss_mib": 1400.0}},
+        "sweep": {"single": _sim_row(10.0, 0.9), "sweep": {"wall_s": 150.0, "peak_pss_mib": 1700.0, "jobs": 12,
+                                                             "ray_instances": 1}},
+        "central_eval": {"seconds": 1.0, "images": 10000, "threads": 2},
+        "edge": {"seconds": 1.1, "peak_rss_mib": 480.0},
+    }
+    text = table(res)
+    assert "| start-up of T_sim (seconds since the command started) | config composed 1.5 s, Ray up 4.5 s, " \
+           "clients warm 7.5 s, first round 7.6 s; shutdown 1.4 s |" in text
+    assert "| bf16 path: training examples/s (fp32), final accuracy (fp32) | 1667 (1364), 0.5900 (0.6000) |" in text
+    assert "| compiled path: training examples/s (fp32), final accuracy (fp32) | 1154 (1364), 0.6000 (0.6000) |" in text
+    assert "| 12-job digits sweep: wall (jobs × one job), peak PSS (one job), Ray instances | " \
+           "150.0 s (228.0 s), 1700 MiB (1500 MiB), 1 |" in text
+    del res["paths"], res["sweep"], res["overhead"]["100"]  # --quick
+    quick = table(res)
+    assert "path:" not in quick and "sweep" not in quick and "100 zero-work" not in quick
