@@ -251,7 +251,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             check_inputs(resolved, out if action == "resume" else None)
             timeline.mark("inputs")
     except (ConfigError, DatasetError, PartitionError, ModelConfigError, CheckpointError) as exc:
-        ray_session.shutdown()
+        ray_session.end_job(keep=multirun)  # Ray is fine: the sweep's next job may use it
         run_dir.discard_if_empty(out)
         prefix = "config error" if isinstance(exc, ConfigError) else "error"
         print(f"{prefix}: {exc}", file=sys.stderr)

@@ -154,3 +154,5 @@ def test_a_sweep_job_with_bad_input_does_not_stop_the_next(tmp_path: Path) -> No
     assert "[sweep] job 3/3 completed: 2 completed, 0 skipped, 1 failed" in proc.stdout
     for job in (jobs[0], jobs[2]):
         assert [r["round"] for r in rows(Path(job["run_dir"]))] == ["1", "2"]
+    first, last = (json.loads((Path(j["run_dir"]) / "summary.json").read_text())["ray"] for j in (jobs[0], jobs[2]))
+    assert first["node_id"] == last["node_id"] and last["actors_reused"] > 0
