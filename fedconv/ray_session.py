@@ -78,7 +78,15 @@ def _lean_head_node(log_to_driver: bool) -> Iterator[None]:
         parameter.RayParams.__init__ = original  # type: ignore[method-assign]
 
 
+def quiet_environment() -> None:
+    """Set before Ray starts, so that Ray's processes and workers inherit it too."""
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silence a Ray FutureWarning
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # no phoning home from offline machines
+    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+
+
 def _init_ray(init_args: Mapping[str, Any], preload: bool) -> None:
+    quiet_environment()
     import ray
 
     pythonpath = os.pathsep.join(sys.path)
@@ -95,14 +103,14 @@ def _init_ray(init_args: Mapping[str, Any], preload: bool) -> None:
         ray.init(**args)
 
 
-def _ray_thread(init_args: Mapping[str, Any], preload: bool, started: Future[None]) -> None:
+def _ray_thread(init_args: Mapping[str, Any], preload: bool, started: Future[None], release: threading.Event) -> None:
     try:
         _init_ray(init_args, preload)
     except BaseException as exc:  # noqa: BLE001 - handed to the thread that waits for Ray
         started.set_exception(exc)
         return
     started.set_result(None)
-    _release.wait()  # Ray's processes live as long as this thread
+    release.wait()  # Ray's processes live as long as this thread
 
 
 def start(init_args: Mapping[str, Any], *, background: bool = False, preload: bool = True) -> None:
@@ -116,7 +124,7 @@ def start(init_args: Mapping[str, Any], *, background: bool = False, preload: bo
     earlier job is reused when the settings are the same, and restarted when they are not;
     one started by someone else (a launcher's job inside a Ray worker) is used as it is.
     """
-    global _starting, _owned
+    global _starting, _owned, _release
     import ray
 
     settings = json.dumps({"init_args": dict(init_args), "preload": preload}, sort_keys=True, default=str)
@@ -130,10 +138,11 @@ def start(init_args: Mapping[str, Any], *, background: bool = False, preload: bo
         ray_logger = logging.getLogger("ray._private.worker")
         if not any(isinstance(f, _NotMainThreadWarning) for f in ray_logger.filters):
             ray_logger.addFilter(_NotMainThreadWarning())
-        _release.clear()
+        _release = threading.Event()  # one per Ray instance: its thread ends when Ray is shut down
         _owned = settings
         _starting = Future()
-        threading.Thread(target=_ray_thread, args=(init_args, preload, _starting), name="ray", daemon=True).start()
+        threading.Thread(target=_ray_thread, args=(init_args, preload, _starting, _release), name="ray",
+                         daemon=True).start()
     if not background:
         _wait_for_start()
 

@@ -28,7 +28,6 @@ When Ray starts, and how it is kept between the jobs of a sweep: :mod:`fedconv.r
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -166,9 +165,7 @@ def run_simulation(run_config: Mapping[str, Any], num_supernodes: int, backend: 
     flwr_logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
     if not verbose and not any(isinstance(f, _ClientErrorsInRoundLog) for f in flwr_logger.filters):
         flwr_logger.addFilter(_ClientErrorsInRoundLog())
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silence a Ray FutureWarning
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # no phoning home from offline machines
-    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    ray_session.quiet_environment()
     run_id = generate_rand_int_from_bytes(RUN_ID_NUM_BYTES)
     run = Run.create_empty(run_id=run_id)
     run.primary_task_id = generate_rand_int_from_bytes(TASK_ID_NUM_BYTES)

@@ -244,12 +244,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     try:
         resolved, action = prepare(cfg, out, dict(hc.runtime.choices), list(hc.overrides.task))
         if action != "skip":
-            backend = runtime.backend_config(resolved["simulation"], bool(resolved["verbose"]))
-            # Ray's processes start (and its workers import torch) while this one loads the data
             timeline.mark("config")
-            ray_session.start(backend["init_args"], background=True, preload=ray_session.preload_workers(backend))
             check_inputs(resolved, out if action == "resume" else None)
             timeline.mark("inputs")
+            backend = runtime.backend_config(resolved["simulation"], bool(resolved["verbose"]))
+            # bad input is refused before Ray starts; Ray's processes then start (and its workers
+            # import torch) while this process imports Flower's simulation engine
+            ray_session.start(backend["init_args"], background=True, preload=ray_session.preload_workers(backend))
     except (ConfigError, DatasetError, PartitionError, ModelConfigError, CheckpointError) as exc:
         ray_session.end_job(keep=multirun)  # Ray is fine: the sweep's next job may use it
         run_dir.discard_if_empty(out)
