@@ -1,7 +1,8 @@
 """This process's Ray instance: started early, kept between the jobs of a sweep, shut down once.
 
-- **Start-up beside the data load**: ``ray.init`` runs on a helper thread from the moment a
-  job's config is valid, while this process imports torch and loads the data. Ray starts its
+- **Start-up beside the engine's imports**: ``ray.init`` runs on a helper thread from the moment
+  a job's config and data are checked (bad input is refused before Ray starts), while this
+  process imports Flower's simulation engine. Ray starts its
   node's processes with PR_SET_PDEATHSIG, which kills them when the *thread* that started them
   ends, so that thread stays alive until Ray is shut down.
 - **Warm workers from the start**: a local node gets no ``runtime_env`` (its workers inherit
