@@ -78,5 +78,8 @@ class RoundRecord:
                     "loss": metrics.get(f"{prefix}_loss"),
                     "accuracy": metrics.get(f"{prefix}_accuracy"),
                     "status": status,
+                    "work_seconds": metrics.get("work-seconds"),
+                    "process_seconds": metrics.get("process-seconds"),
+                    "warm_worker": metrics.get("warm-worker"),
                 }
             )

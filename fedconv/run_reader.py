@@ -67,7 +67,7 @@ def read_run(path: Path) -> Run:
     try:
         config = _read_config(path)
         rounds = _read_table(path / run_dir.ROUNDS, REQUIRED_ROUND_COLUMNS, text_columns=run_dir.ROUND_TEXT_COLUMNS)
-        clients = _read_table(path / run_dir.CLIENTS, run_dir.CLIENT_COLUMNS, text_columns=("phase", "status"))
+        clients = _read_table(path / run_dir.CLIENTS, run_dir.CLIENT_REQUIRED, text_columns=("phase", "status"))
         summary = _read_summary(path / run_dir.SUMMARY)
         _check_rounds(rounds)
         if summary is not None:

@@ -39,7 +39,7 @@ import tomli_w
 
 from fedconv import ray_session, timeline
 
-CLIENT_APP = "fedconv.client_app:app"
+CLIENT_APP = "fedconv.board_app:app"  # a deployed message: the warm worker or in-process
 SERVER_APP = "fedconv.server_app:app"
 
 

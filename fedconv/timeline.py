@@ -44,3 +44,8 @@ def mark(name: str) -> None:
 
 def marks() -> dict[str, float]:
     return dict(_marks)
+
+
+def process_age() -> float:
+    """Seconds since this process started (Linux: from /proc; elsewhere 0)."""
+    return max(0.0, time.monotonic() - _process_start())

@@ -45,6 +45,13 @@ def wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float =
     raise AssertionError(f"SuperLink not listening on {port}: {log.read_text()[-3000:]}")
 
 
+def wait_for_text(log: Path, text: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.1)
+
+
 class Processes:
     """Starts Flower's daemons in their own sessions; stops them and all their children."""
 
@@ -133,21 +140,27 @@ def test_three_authenticated_supernodes_train_and_an_unregistered_one_is_refused
     export_partitions(compose(["dataset=digits", "simulation.num_clients=3"]), tmp_path / "devices")
     node_configs = {i: f"partition-id={i} num-partitions=3" for i in range(4)}
     node_configs[2] = f'partition-id=2 data-dir="{tmp_path / "devices" / "device-2"}"'
+    # Boards 0-2 each run a warm worker (board 2's on the lean install) and name its socket.
     nodes = {}
     for i in range(4):
+        env = (lean_board_env(tmp_path, flwr_env(tmp_path / "supernode-2-home")) if i == 2
+               else flwr_env(tmp_path / f"supernode-{i}-home"))
+        if i < 3:
+            sock = tmp_path / f"worker-{i}" / "worker.sock"
+            worker_log = tmp_path / f"worker-{i}.log"
+            worker = processes.start([sys.executable, "-m", "fedconv.warm_worker", "--socket", str(sock)], worker_log, env)
+            wait_for_text(worker_log, "serving", worker)
+            node_configs[i] += f' worker-socket="{sock}"'
         nodes[i] = processes.start(
             ["flower-supernode", "--superlink", f"127.0.0.1:{port}", "--root-certificates", str(keys.ca_cert),
              "--auth-supernode-private-key", str(keys.supernode_keys[i]), "--port", str(free_port()),
              "--node-config", node_configs[i]],
-            tmp_path / f"supernode-{i}.log",
-            (lean_board_env(tmp_path, flwr_env(tmp_path / "supernode-2-home")) if i == 2
-             else flwr_env(tmp_path / f"supernode-{i}-home")),
+            tmp_path / f"supernode-{i}.log", {**env, "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.25"},
         )
     run = tmp_path / "run"
     t0 = time.perf_counter()
     proc = deploy(*federation, "dataset=digits", "server.rounds=2", "server.fraction_train=1.0",
-                  "server.fraction_evaluate=1.0", "client.threads=1", "server.connect_timeout=120",
-                  f"hydra.run.dir={run}")
+                  "client.threads=1", "server.connect_timeout=120", f"hydra.run.dir={run}")
     wall = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "[round   2/2]" in proc.stdout and "done: completed" in proc.stdout
@@ -157,7 +170,14 @@ def test_three_authenticated_supernodes_train_and_an_unregistered_one_is_refused
     for r in rows:
         assert int(r["clients_sampled"]) == 3 and int(r["clients_ok"]) == 3 and int(r["clients_failed"]) == 0
         assert int(r["bytes_down"]) > 0 and int(r["bytes_up"]) > 0 and r["central_accuracy"] != ""
-        assert int(r["eval_clients_ok"]) == 3
+        # deploy's default server.fed_eval=with_train: one exchange a round, evaluated by the trainers
+        assert int(r["eval_clients_ok"]) == 3 and int(r["bytes_eval_down"]) == 0 and r["fed_cohort"] == "train"
+        # a regression guard, not the benchmark (experiments/edge_loopback.py): ≈ 6 s here on 2 idle cores
+        assert float(r["round_seconds"]) < 20, r["round_seconds"]
+    with (run / "client_metrics.csv").open() as f:
+        trained = [c for c in csv.DictReader(f) if c["phase"] == "train"]
+    assert len(trained) == 6 and {c["warm_worker"] for c in trained} == {"1"}  # every message on a warm worker
+    assert all(0 < float(c["work_seconds"]) < float(c["process_seconds"]) for c in trained)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["rounds_completed"] == 2
     partition = json.loads((run / "partition.json").read_text())
