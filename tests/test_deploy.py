@@ -141,15 +141,17 @@ def test_three_authenticated_supernodes_train_and_an_unregistered_one_is_refused
     node_configs = {i: f"partition-id={i} num-partitions=3" for i in range(4)}
     node_configs[2] = f'partition-id=2 data-dir="{tmp_path / "devices" / "device-2"}"'
     # Boards 0-2 each run a warm worker (board 2's on the lean install) and name its socket.
-    nodes = {}
+    nodes: dict[int, subprocess.Popen] = {}
+    workers: dict[int, subprocess.Popen] = {}
     for i in range(4):
         env = (lean_board_env(tmp_path, flwr_env(tmp_path / "supernode-2-home")) if i == 2
                else flwr_env(tmp_path / f"supernode-{i}-home"))
         if i < 3:
             sock = tmp_path / f"worker-{i}" / "worker.sock"
             worker_log = tmp_path / f"worker-{i}.log"
-            worker = processes.start([sys.executable, "-m", "fedconv.warm_worker", "--socket", str(sock)], worker_log, env)
-            wait_for_text(worker_log, "serving", worker)
+            workers[i] = processes.start([sys.executable, "-m", "fedconv.warm_worker", "--socket", str(sock)],
+                                         worker_log, env)
+            wait_for_text(worker_log, "serving", workers[i])
             node_configs[i] += f' worker-socket="{sock}"'
         nodes[i] = processes.start(
             ["flower-supernode", "--superlink", f"127.0.0.1:{port}", "--root-certificates", str(keys.ca_cert),
@@ -159,11 +161,29 @@ def test_three_authenticated_supernodes_train_and_an_unregistered_one_is_refused
         )
     run = tmp_path / "run"
     t0 = time.perf_counter()
-    proc = deploy(*federation, "dataset=digits", "server.rounds=2", "server.fraction_train=1.0",
-                  "client.threads=1", "server.connect_timeout=120", f"hydra.run.dir={run}")
+    run_proc = subprocess.Popen(
+        [sys.executable, "-m", "fedconv.deploy", *federation, "dataset=digits", "server.rounds=2",
+         "server.fraction_train=1.0", "client.threads=1", "server.connect_timeout=120", f"hydra.run.dir={run}"],
+        cwd=ROOT, stdout=(tmp_path / "deploy.log").open("w"), stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        # Board 0's worker dies between the rounds: its round-2 message runs in the ClientApp
+        # process instead. (Round 2's message reaches the worker no sooner than a fresh
+        # flwr-clientapp process has started, ≥ 1 s after the round-1 row; the kill follows
+        # the row within 0.05 s.)
+        deadline = time.monotonic() + 300
+        while run_proc.poll() is None and time.monotonic() < deadline:
+            if (run / "rounds.csv").exists() and len((run / "rounds.csv").read_text().splitlines()) >= 2:
+                workers[0].kill()
+                break
+            time.sleep(0.05)
+        assert run_proc.wait(timeout=300) == 0, (tmp_path / "deploy.log").read_text()[-3000:]
+    finally:
+        if run_proc.poll() is None:
+            run_proc.kill()
     wall = time.perf_counter() - t0
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "[round   2/2]" in proc.stdout and "done: completed" in proc.stdout
+    stdout = (tmp_path / "deploy.log").read_text()
+    assert "[round   2/2]" in stdout and "done: completed" in stdout
     with (run / "rounds.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [int(r["round"]) for r in rows] == [1, 2]
@@ -176,8 +196,10 @@ def test_three_authenticated_supernodes_train_and_an_unregistered_one_is_refused
         assert float(r["round_seconds"]) < 20, r["round_seconds"]
     with (run / "client_metrics.csv").open() as f:
         trained = [c for c in csv.DictReader(f) if c["phase"] == "train"]
-    assert len(trained) == 6 and {c["warm_worker"] for c in trained} == {"1"}  # every message on a warm worker
-    assert all(0 < float(c["work_seconds"]) < float(c["process_seconds"]) for c in trained)
+    assert len(trained) == 6 and all(0 < float(c["work_seconds"]) < float(c["process_seconds"]) for c in trained)
+    warm = {(int(c["round"]), int(c["partition_id"])): c["warm_worker"] for c in trained if c["status"] == "ok"}
+    assert warm == {(1, 0): "1", (1, 1): "1", (1, 2): "1", (2, 0): "0", (2, 1): "1", (2, 2): "1"}
+    assert f"no warm worker at {tmp_path / 'worker-0' / 'worker.sock'}" in (tmp_path / "supernode-0.log").read_text()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["rounds_completed"] == 2
     partition = json.loads((run / "partition.json").read_text())
