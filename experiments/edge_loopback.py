@@ -17,6 +17,7 @@ Run it on an otherwise idle machine (it times). Figures: README "Deployment" and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -85,19 +86,18 @@ class Lab:
         return self
 
     def __exit__(self, *_: object) -> None:
-        family = []
+        """SIGTERM each process group (the daemon and the processes it started), then SIGKILL
+        whatever of a group is left after 10 s."""
         for proc in self.procs:
-            try:
-                family += [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-            except psutil.NoSuchProcess:
-                pass
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        _, alive = psutil.wait_procs(family, timeout=10)
-        for p in alive:
-            p.kill()
+        deadline = time.monotonic() + 10
+        for proc in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 def run_variant(v: Variant, rounds: int, tmp: Path) -> dict:
