@@ -25,7 +25,7 @@ OUT=${OUT:-$HERE/results}
 ROUNDS=${ROUNDS:-3}
 PY=${PY:-$REPO/.venv/bin/python}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
-TORCH_BOARD=${TORCH_BOARD:-torch==2.9.1}   # PyPI's aarch64 2.9.1 is a CPU build (2.10+ are CUDA builds)
+TORCH_BOARD=${TORCH_BOARD:-torch==2.9.1}   # PyPI's aarch64 2.9.1 is a CPU build (2.13.0 a CUDA build)
 BOARD_VENV=/opt/fedconv-venv
 STEP=${1:-all}
 
