@@ -141,8 +141,9 @@ def _peer_uid(conn: socket.socket) -> int:
 
 def _handle(conn: socket.socket) -> str:
     """Serve one request; returns a line for the worker's log."""
-    if _peer_uid(conn) != os.getuid():
-        return f"refused a connection from uid {_peer_uid(conn)}"
+    uid = _peer_uid(conn)
+    if uid != os.getuid():
+        return f"refused a connection from uid {uid}"
     conn.settimeout(_REQUEST_READ_TIMEOUT)
     header = json.loads(_recv_frame(conn))
     message_frame, context_frame = _recv_frame(conn), _recv_frame(conn)
