@@ -84,3 +84,19 @@ def publishing_dir(target: Path) -> Iterator[Path]:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     _fsync_dir(target.parent)
+
+
+def unwritable(path: Path) -> str | None:
+    """Why ``path`` cannot hold a run dir, or None when it can. Creates nothing that stays."""
+    missing = [p for p in [path, *path.parents] if not p.exists()]
+    first_new = missing[-1] if missing else None  # the top folder this check creates
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    finally:
+        if first_new is not None:
+            shutil.rmtree(first_new, ignore_errors=True)
+    return None

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import ipaddress
+import re
 import socket
 import sys
 from dataclasses import dataclass
@@ -76,6 +77,24 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedconv lab"),
                       x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def host_problem(host: str) -> str | None:
+    """Why ``host`` cannot be in a certificate's names (None: it can): an IP address, or a
+    DNS name of letters, digits and hyphens in dot-separated labels (RFC 1123)."""
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    name = host[:-1] if host.endswith(".") else host
+    if not name or len(name) > 253 or not all(_LABEL.fullmatch(label) for label in name.split(".")):
+        return (f"--host {host!r}: not an IP address or a host name (letters, digits and hyphens in dot-separated "
+                "labels of 1-63 characters, e.g. 192.168.1.10 or superlink.lab)")
+    return None
 
 
 def _san(hosts: list[str]) -> x509.SubjectAlternativeName:
@@ -163,6 +182,11 @@ def make_lab_keys(out: Path, hosts: list[str], supernodes: int, force: bool = Fa
     """Create (or complete) a lab's CA, SuperLink certificate and SuperNode key pairs."""
     if not hosts:
         raise ValueError("--host: give at least one address or name the SuperNodes will dial")
+    for host in hosts:
+        if problem := host_problem(host):
+            raise ValueError(problem)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: is a file; give a folder for the keys")
     _private_dir(out)
     keys = LabKeys(
         ca_cert=out / "ca.crt", ca_key=out / "ca.key",

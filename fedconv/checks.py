@@ -19,10 +19,12 @@ class Checks:
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         self.cfg = cfg
         self.problems: list[str] = []
+        self.seen: set[str] = set()  # every key a check looked at (tests: every declared key is checked)
 
     def get(self, key: str) -> Any:
         from fedconv.config import lookup
 
+        self.seen.add(key)
         return lookup(self.cfg, key)
 
     def has(self, key: str) -> bool:
@@ -36,11 +38,21 @@ class Checks:
             self.fail(key, f"must be {allowed}")
 
     def number(self, key: str) -> float | None:
+        """A finite number (NaN and infinities are never a setting), or None after a problem."""
         value = self.get(key)
         if isinstance(value, bool) or not isinstance(value, int | float):
             self.fail(key, "must be a number")
             return None
+        if not math.isfinite(value):
+            self.fail(key, "must be a finite number")
+            return None
         return float(value)
+
+    def text(self, key: str) -> None:
+        """A free-form string (a path, a name, a URI): anything but a number, a list or a group."""
+        value = self.get(key)
+        ok = value is None or isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+        self.need(key, ok, "a string")
 
     def in_range(self, key: str, lo: float, hi: float = INF, *, lo_open: bool = False, hi_open: bool | None = None,
                  integer: bool = False) -> None:

@@ -254,6 +254,13 @@ def config_problems(c: Checks) -> None:
     and the checks across groups; the other groups are checked by their own modules."""
     c.in_range("seed", 0, 2**32 - 1, integer=True)
     c.boolean("verbose")
+    for key in ("name", "output_dir", "resume", "simulation.client_state_dir"):
+        if c.has(key):
+            c.text(key)
+    if c.has("simulation.ray.address"):
+        c.text("simulation.ray.address")
+    if c.has("simulation.ray.num_cpus"):
+        c.in_range("simulation.ray.num_cpus", 0, integer=True)
     if c.has("objective"):
         c.one_of("objective", OBJECTIVES)
     c.in_range("server.rounds", 1, integer=True)
@@ -300,18 +307,31 @@ def _cohort_problems(c: Checks) -> None:
         )
 
 
-def problems(cfg: Mapping[str, Any]) -> list[str]:
-    """Every invalid value, one line each: each group checked by the module that owns it."""
+def checked(cfg: Mapping[str, Any]) -> Checks:
+    """Every group checked by the module that owns it; the :class:`Checks` that did it
+    (its ``seen`` keys say which keys a check read)."""
+    import math
+
     from fedconv import algorithms, compression, datasets, faults, models, partitioning, tracking, training
 
     c = Checks(cfg)
+    for key, value in flatten(cfg).items():  # NaN and infinities are never a setting, whatever the key
+        if isinstance(value, float) and not math.isfinite(value):
+            c.problems.append(f"{key}={value!r}: must be a finite number")
+    if c.problems:
+        return c
     for check in (datasets.config_problems, models.config_problems, partitioning.config_problems,
                   algorithms.config_problems, training.config_problems, faults.config_problems,
                   compression.config_problems, tracking.config_problems, config_problems):
         check(c)
     if not c.problems:
         _cohort_problems(c)
-    return c.problems
+    return c
+
+
+def problems(cfg: Mapping[str, Any]) -> list[str]:
+    """Every invalid value, one line each."""
+    return checked(cfg).problems
 
 
 def validate(cfg: Mapping[str, Any]) -> None:

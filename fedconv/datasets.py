@@ -11,10 +11,12 @@ import gzip
 import hashlib
 import io
 import json
+import math
 import os
 import pickle
 import tarfile
 import urllib.request
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,11 +100,23 @@ class ImageDataset:
 # --------------------------------------------------------------------------- IDX
 
 
+MAX_DECOMPRESSED = 4 << 30  # an image set's IDX payload; a gzip that inflates past this is refused
+
+
 def _open_maybe_gz(path: Path) -> bytes:
+    """The file's bytes (inflated for ``.gz``, in bounded chunks: a small file can claim
+    to inflate to any size)."""
     try:
-        raw = path.read_bytes()
-        return gzip.decompress(raw) if path.suffix == ".gz" else raw
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        if path.suffix != ".gz":
+            return path.read_bytes()
+        out = bytearray()
+        with gzip.open(path, "rb") as f:
+            while chunk := f.read(1 << 24):
+                out += chunk
+                if len(out) > MAX_DECOMPRESSED:
+                    raise DatasetError(f"{path}: inflates past {MAX_DECOMPRESSED >> 30} GiB; not an image set's IDX file")
+        return bytes(out)
+    except (OSError, EOFError, zlib.error) as exc:
         raise DatasetError(f"cannot read {path}: {exc} (truncated or not a gzip file?)") from exc
 
 
@@ -123,7 +137,7 @@ def parse_idx(path: Path, expected_ndim: int) -> np.ndarray:
     if len(data) < header:
         raise DatasetError(f"{path}: truncated IDX header")
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    expected = header + int(np.prod(dims))
+    expected = header + math.prod(dims)  # Python ints: dimensions whose product overflows 64 bits cannot wrap
     if len(data) != expected:
         raise DatasetError(
             f"{path}: wrong length {len(data)} bytes for dimensions {dims} "
@@ -192,19 +206,37 @@ class _CifarUnpickler(pickle.Unpickler):
         ("numpy", "dtype"),
     }
 
+    def __init__(self, data: bytes) -> None:
+        super().__init__(io.BytesIO(data), encoding="bytes")
+        self.limit = len(data)  # no array in the file can hold more bytes than the file itself
+
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"forbidden global {module}.{name}")
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"forbidden global {module}.{name}")
+        found = super().find_class(module, name)
+        if name != "_reconstruct":
+            return found
+        limit = self.limit
+
+        def bounded(subtype: Any, shape: Any, dtype: Any) -> Any:  # numpy allocates shape x dtype here
+            dims = shape if isinstance(shape, tuple) else (shape,)
+            if not all(isinstance(d, int) and d >= 0 for d in dims):
+                raise pickle.UnpicklingError(f"array shape {shape!r} is not a shape")
+            if math.prod(dims) * np.dtype(dtype).itemsize > limit:
+                raise pickle.UnpicklingError(f"asks for an array of shape {shape!r}, larger than the file's {limit} bytes")
+            return found(subtype, shape, dtype)
+
+        return bounded
 
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
-        batch = _CifarUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+        batch = _CifarUnpickler(path.read_bytes()).load()
         data = np.asarray(batch[b"data"], dtype=np.uint8)
         labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    except (OSError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as exc:
-        raise DatasetError(f"{path}: not a valid CIFAR-10 python batch ({exc})") from exc
+    except (OSError, EOFError, KeyError, IndexError, TypeError, ValueError, AttributeError, MemoryError,
+            pickle.UnpicklingError) as exc:
+        raise DatasetError(f"{path}: not a valid CIFAR-10 python batch ({type(exc).__name__}: {exc})") from None
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
         raise DatasetError(
             f"{path}: CIFAR-10 batch has data shape {data.shape} and {len(labels)} labels "
@@ -415,3 +447,13 @@ def config_problems(c: Checks) -> None:
     c.one_of("dataset.name", DATASETS)
     for key in ("dataset.augment", "dataset.download"):
         c.boolean(key)
+    for key in ("dataset.channels", "dataset.height", "dataset.width"):
+        c.in_range(key, 1, 4096, integer=True)
+    c.in_range("dataset.num_classes", 2, 100_000, integer=True)
+    for key in ("dataset.data_dir", "dataset.cache_dir"):
+        if c.has(key):
+            c.text(key)
+    if c.has("dataset.test_fraction"):  # digits: its own train/test split
+        c.in_range("dataset.test_fraction", 0, 1, lo_open=True, hi_open=True)
+    if c.has("dataset.split_seed"):
+        c.in_range("dataset.split_seed", 0, 2**32 - 1, integer=True)

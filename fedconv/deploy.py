@@ -16,7 +16,6 @@ an unregistered SuperNode is refused and exits).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -154,6 +153,28 @@ def write_connection(flwr_home: Path, fed: Mapping[str, Any]) -> None:
     (flwr_home / "config.toml").write_text(tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: conn}}))
 
 
+def public_key_problem(keys_dir: Path) -> str | None:
+    """Why the SuperNode keys in ``keys_dir`` cannot be registered (None: they can): the
+    folder is missing or holds no ``*.pub``, or a file is not an OpenSSH EC public key."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+
+    key_name = "federation.supernode_keys"
+    if not keys_dir.is_dir():
+        return f"{key_name}={keys_dir}: no such folder"
+    keys = sorted(keys_dir.glob("*.pub"))
+    if not keys:
+        return f"{key_name}={keys_dir}: holds no *.pub key (python -m fedconv.certs OUT --supernodes N makes them)"
+    for key in keys:
+        try:
+            public = load_ssh_public_key(key.read_bytes())
+        except (ValueError, OSError, UnicodeDecodeError) as exc:
+            return f"{key_name}: {key} is not an OpenSSH public key ({exc})"
+        if not isinstance(public, ec.EllipticCurvePublicKey):
+            return f"{key_name}: {key} is a {type(public).__name__}; SuperNodes authenticate with EC keys (fedconv.certs)"
+    return None
+
+
 def register_supernodes(keys_dir: Path, env: Mapping[str, str]) -> list[str]:
     """Register every ``*.pub`` in ``keys_dir`` (already registered keys are fine)."""
     lines = []
@@ -197,7 +218,10 @@ def wait_for_summary(out: Path, timeout: float = 30.0) -> dict[str, Any] | None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if (out / run_dir.SUMMARY).exists():
-            return json.loads((out / run_dir.SUMMARY).read_text())
+            try:
+                return run_dir.read_summary(out / run_dir.SUMMARY)
+            except run_dir.RunDirError:  # written a moment ago, or damaged: read it again
+                pass
         time.sleep(0.5)
     return None
 
@@ -215,6 +239,10 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
         sys.exit(EXIT_BAD_CONFIG)
     fed = resolved.pop("federation")
     mode = resolved.pop("mode")
+    if fed["supernode_keys"] and (problem := public_key_problem(Path(fed["supernode_keys"]))):
+        run_dir.discard_if_empty(out)
+        print(f"config error: {problem}", file=sys.stderr)
+        sys.exit(EXIT_BAD_CONFIG)
     if fed["insecure"]:
         print("WARNING: federation.insecure=true: TLS is off, model updates travel in clear text and "
               "SuperNodes are not authenticated. Use it on loopback only.", file=sys.stderr, flush=True)
@@ -239,8 +267,13 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
         env = flwr_env(flwr_home)
         write_connection(flwr_home, fed)
         if fed["supernode_keys"]:
-            for line in register_supernodes(Path(fed["supernode_keys"]), env):
-                print(line, flush=True)
+            try:
+                for line in register_supernodes(Path(fed["supernode_keys"]), env):
+                    print(line, flush=True)
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                run_dir.discard_if_empty(out)
+                print(f"error: {exc}", file=sys.stderr)
+                sys.exit(1)
         if mode == "register":
             run_dir.discard_if_empty(out)
             return None

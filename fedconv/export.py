@@ -31,7 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedconv import run_dir
+from fedconv import atomic, run_dir
+from fedconv.datasets import DatasetError
 from fedconv.training import Normalize
 
 Predict = Callable[[np.ndarray], np.ndarray]  # float32 [0, 1] images -> logits
@@ -46,10 +47,19 @@ def load_run_model(run: Path) -> tuple[dict[str, Any], Any, nn.Module]:
     for path in (cfg_path, weights):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing; export needs a completed run directory")
-    cfg = plain(cfg_path)
+    try:
+        cfg = plain(cfg_path)
+    except Exception as exc:  # OmegaConf/YAML raise many types; all mean "not a config"
+        raise run_dir.RunDirError(f"{cfg_path}: not a fedconv config ({str(exc).strip().splitlines()[0]})") from None
+    if not isinstance(cfg.get("dataset"), dict) or not isinstance(cfg.get("model"), dict):
+        raise run_dir.RunDirError(f"{cfg_path}: not a fedconv run's config (no dataset or model group)")
     ds = task.dataset(cfg)
     model = task.initial_model(cfg, ds)
-    task.load_global(model, run_dir.load_weights(weights))
+    state = run_dir.load_weights(weights)
+    try:
+        task.load_global(model, state)
+    except (ValueError, RuntimeError) as exc:
+        raise run_dir.RunDirError(f"{weights}: does not fit the run's model ({exc})") from None
     return cfg, ds, model.eval()
 
 
@@ -214,9 +224,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="int8 kernels: x86 here, qnnpack for ARM boards (default: this machine's)")
     parser.add_argument("--calibration-images", type=int, default=512)
     args = parser.parse_args(argv)
+    if args.calibration_images < 1:
+        print(f"error: --calibration-images={args.calibration_images}: must be >= 1", file=sys.stderr)
+        return 2
+    out = args.out or args.run / "export"
+    if args.run.is_dir() and (reason := (("it is a file" if out.exists() and not out.is_dir() else None)
+                                         or atomic.unwritable(out))):
+        print(f"error: --out {out}: cannot write the artifacts there ({reason})", file=sys.stderr)
+        return 2
     try:
         report = export(args.run, args.out or args.run / "export", args.runs, args.backend, args.calibration_images)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"{report['model']} on {report['dataset']} ({report['test_images']} test images), {report['machine']}")

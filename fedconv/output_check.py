@@ -9,32 +9,17 @@ exits 2, leaving nothing behind. fedconv's own ``output_dir`` is checked the sam
 
 from __future__ import annotations
 
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from fedconv.atomic import unwritable
 from fedconv.config import EXIT_BAD_CONFIG
 
-
-def unwritable(path: Path) -> str | None:
-    """Why ``path`` cannot hold a run dir, or None when it can. Creates nothing that stays."""
-    missing = [p for p in [path, *path.parents] if not p.exists()]
-    first_new = missing[-1] if missing else None  # the top folder this check creates
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as exc:
-        return exc.strerror or type(exc).__name__
-    finally:
-        if first_new is not None:
-            shutil.rmtree(first_new, ignore_errors=True)
-    return None
+__all__ = ["OutputDirCheck", "check", "unwritable"]
 
 
 def check(config: DictConfig, dir_key: str) -> None:

@@ -525,14 +525,31 @@ def render_html(result: dict[str, Any], images: list[Path]) -> str:
 
 
 def write_report(result: dict[str, Any], out: Path) -> list[Path]:
+    """Write the report into ``out``: made whole in a folder beside it first, then moved in
+    file by file (each a rename), so a failure on the way (a full disk) leaves no half report."""
+    import os
+    import tempfile
+
     out.mkdir(parents=True, exist_ok=True)
-    images = _plot(result, out)
-    atomic.write_text(out / "report.md", render_markdown(result, images))
-    atomic.write_text(out / "report.html", render_html(result, images))
-    table = [{k: v for k, v in r.items()} for r in result["rows"]]
-    run_dir.write_json(out / "report.json", {"target": result["target"], "rows": table, "excluded": result["excluded"],
-                                            "differences": result["differences"], "paired": result["paired"]})
-    return [out / "report.md", out / "report.html", out / "report.json", *images]
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.tmp-") as tmp:
+        staged = Path(tmp)
+        images = _plot(result, staged)
+        atomic.write_text(staged / "report.md", render_markdown(result, images))
+        atomic.write_text(staged / "report.html", render_html(result, images))
+        table = [{k: v for k, v in r.items()} for r in result["rows"]]
+        run_dir.write_json(staged / "report.json", {"target": result["target"], "rows": table,
+                                                    "excluded": result["excluded"],
+                                                    "differences": result["differences"], "paired": result["paired"]})
+        names = ["report.md", "report.html", "report.json", *(p.name for p in images)]
+        for name in names:
+            os.replace(staged / name, out / name)
+    return [out / name for name in names]
+
+
+def _unwritable(out: Path) -> str | None:
+    if out.exists() and not out.is_dir():
+        return "it is a file"
+    return atomic.unwritable(out)
 
 
 def _default_out(inputs: Sequence[str]) -> Path:
@@ -565,13 +582,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.target is not None and not 0 < args.target <= 1:
         print(f"error: --target={args.target}: must be in (0, 1]", file=sys.stderr)
         return 2
+    out = args.out or _default_out(args.inputs)
+    if reason := _unwritable(out):
+        print(f"error: --out {out}: cannot write the report there ({reason}); choose a writable folder", file=sys.stderr)
+        return 2
     try:
         result = compare(args.inputs, by=args.by, facet=args.facet, target=args.target, baseline=baseline)
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out = args.out or _default_out(args.inputs)
-    written = write_report(result, out)
+    try:
+        written = write_report(result, out)
+    except OSError as exc:
+        print(f"error: writing the report in {out} failed ({exc.strerror or exc}); the runs are untouched and "
+              "no report was written", file=sys.stderr)
+        return 1
     print(render_markdown(result, [p for p in written if p.suffix == ".png"]).split("\n## Plots")[0])
     print(f"report: {out / 'report.html'}  ({len(written)} files in {out})")
     return 0

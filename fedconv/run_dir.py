@@ -14,8 +14,9 @@ import json
 import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -70,20 +71,115 @@ WEIGHTS = "model.safetensors"
 CHECKPOINT = "checkpoint.safetensors"
 CLASS_REPORT = "classification.json"
 STATUSES = ("completed", "failed", "interrupted")
+LOCK = ".run.lock"  # held (flock) by the one process that writes this run dir, for the run's life
+BOOKKEEPING = (".hydra", LOCK)  # what a run dir holds that is not a result
+
+
+class RunDirError(ValueError):
+    """A run dir's file is unreadable or disagrees with the others; the message names the file."""
+
+
+class RunDirHeld(RunDirError):
+    """Another process writes this run dir now."""
+
+
+@dataclass
+class RunLock:
+    """The one writer's hold on a run dir: an exclusive ``flock`` on ``.run.lock`` that the
+    OS drops when the process dies (however it dies), so a crash never leaves a stale lock.
+    A command that is refused before its run starts leaves the folder as it found it (a
+    lock file it had to create goes again); one that runs writes who holds it
+    (:meth:`claim`) for the next one to see."""
+
+    path: Path
+    file: IO[str]
+    created: bool
+    claimed: bool = False
+
+    def claim(self) -> None:
+        """Record the holder (pid, host, start time, command) in the lock file."""
+        import os
+        import socket
+        import sys
+        import time
+
+        self.file.seek(0)
+        self.file.truncate()
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        self.file.write(f"pid {os.getpid()} on {socket.gethostname()} since {started}: {' '.join(sys.argv)[:300]}\n")
+        self.file.flush()
+        self.claimed = True
+
+    def release(self) -> None:
+        if self.file.closed:
+            return
+        if self.created and not self.claimed:
+            self.path.unlink(missing_ok=True)
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
+
+
+def _holder(path: Path) -> str:
+    """Who holds the lock: the process the kernel names (``/proc/locks``, this host), else
+    what the holder wrote in the file."""
+    import os
+
+    try:
+        inode = os.stat(path).st_ino
+        for line in Path("/proc/locks").read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 5 and fields[1] == "FLOCK" and int(fields[5].rsplit(":", 1)[1]) == inode:
+                pid = int(fields[4])
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                return f"pid {pid}: {command.strip()[:300]}"
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return path.read_text().strip() or "another process"
+    except OSError:
+        return "another process"
+
+
+def hold(out: Path) -> RunLock:
+    """Take ``out`` for this process (creating the folder for a new run); :class:`RunDirHeld`
+    naming the holder when another process has it. Nothing else in ``out`` is touched."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK
+    created = not path.exists()
+    f = open(path, "a+")  # noqa: SIM115 - held until release(); never truncated before the lock is ours
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise RunDirHeld(f"{out}: another fedconv process writes this run dir ({_holder(path)}); "
+                         "wait for it to end, or stop it") from None
+    return RunLock(path, f, created)
+
+
+def read_summary(path: Path) -> dict[str, Any]:
+    """summary.json as a dict; :class:`RunDirError` naming the file when it is not one."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunDirError(f"{path}: unreadable ({type(exc).__name__}: {exc}); "
+                          "the run dir is damaged: restore the file or start a new run") from None
+    if not isinstance(data, dict):
+        raise RunDirError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def discard_if_empty(out: Path) -> None:
     """Remove a run dir that holds nothing but Hydra's bookkeeping (no fake results)."""
     import shutil
 
-    if out.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in out.iterdir()):
+    if out.is_dir() and all(p.name in BOOKKEEPING or p.suffix == ".log" for p in out.iterdir()):
         shutil.rmtree(out, ignore_errors=True)
 
 
 def existing_run(out: Path) -> str:
     """What ``out`` holds already: "none", a "completed" run, or a "partial" one."""
     summary = out / SUMMARY
-    if summary.exists() and json.loads(summary.read_text()).get("status") == "completed":
+    if summary.exists() and read_summary(summary).get("status") == "completed":
         return "completed"
     if any((out / name).exists() for name in (SUMMARY, ROUNDS, CHECKPOINT)):
         return "partial"
@@ -202,14 +298,24 @@ def _typed(value: str) -> Any:
         return value
 
 
-def _complete_rows(path: Path, last_round: int) -> list[dict[str, str]]:
+def _complete_rows(path: Path, last_round: int, unique: bool = True) -> list[dict[str, str]]:
     """The rows of rounds <= ``last_round`` that have every cell (a crash mid-write leaves a
     short last line)."""
     if not path.exists():
         return []
-    with path.open(newline="") as f:
-        rows = [r for r in csv.DictReader(f) if None not in r.values() and None not in r]
-    return [r for r in rows if r.get("round", "").isdigit() and int(r["round"]) <= last_round]
+    try:
+        with path.open(newline="") as f:
+            rows = [r for r in csv.DictReader(f) if None not in r.values() and None not in r]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise RunDirError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
+    kept = [r for r in rows if r.get("round", "").isdigit() and int(r["round"]) <= last_round]
+    seen: set[str] = set()
+    for r in kept if unique else ():
+        if r["round"] in seen:
+            raise RunDirError(f"{path}: holds round {r['round']} twice (two processes wrote this run); "
+                              "it cannot continue: start a new run")
+        seen.add(r["round"])
+    return kept
 
 
 def complete_rounds(path: Path, last_round: int) -> int:
@@ -222,7 +328,7 @@ def truncate_rows(path: Path, columns: list[str], last_round: int) -> list[dict[
     returns them with numbers parsed."""
     if not path.exists():
         return []
-    kept = _complete_rows(path, last_round)
+    kept = _complete_rows(path, last_round, unique=columns == ROUND_COLUMNS)
     buf = io.StringIO()
     writer = csv.writer(buf)  # the same dialect as append_row
     writer.writerow(columns)
@@ -242,6 +348,10 @@ def save_weights(path: Path, state: Mapping[str, Any]) -> None:
 
 
 def load_weights(path: Path) -> dict[str, Any]:
+    """A safetensors state dict; :class:`RunDirError` naming the file when it is not one."""
     from safetensors.torch import load_file
 
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for a bad header or length
+        raise RunDirError(f"{path}: unreadable weights ({type(exc).__name__}: {exc})") from None

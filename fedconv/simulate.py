@@ -6,22 +6,21 @@ flattens the config into Flower's run config and hands it to :mod:`fedconv.runti
 
 from __future__ import annotations
 
-import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from fedconv import ray_session, run_dir, sweep_progress, timeline, tracking
+from fedconv import ray_session, resume, run_dir, sweep_progress, timeline, tracking
 from fedconv.config import (
     EXIT_BAD_CONFIG,
     ConfigError,
-    assign,
     cohort_sizes,
     config_errors_exit_2,
     plain,
@@ -37,19 +36,31 @@ register_resolvers()
 _TASK_STARTED = False  # set when a job starts; a Hydra exit before that is a config error
 _JOBS_STARTED = 0  # jobs this process has begun (a sweep runs them one after another)
 _BAD_INPUT_JOBS: list[str] = []  # sweep jobs of this process refused for their config or data
+_HELD_JOBS: list[str] = []  # sweep jobs skipped because another process writes their run dir
+_FAILED_JOBS: list[str] = []  # sweep jobs that ran and did not complete
 
 
 def _write_failure(out: Path, cfg: dict[str, Any], status: str, error: str) -> None:
-    """Make sure a run that did not complete never looks like it did."""
+    """Make sure a run that did not complete never looks like it did. A disk that is full
+    (or gone) at this point loses only this note: say so in one line, keep the rest."""
     path = out / run_dir.SUMMARY
-    if path.exists():
-        summary = json.loads(path.read_text())
-    else:  # the ServerApp never wrote one: say what rounds.csv holds, so the two agree
-        done = run_dir.complete_rounds(out / run_dir.ROUNDS, int(cfg["server"]["rounds"]))
-        summary = {"seed": cfg.get("seed"), "rounds_completed": done}
-    if summary.get("status") != "completed" or status == "interrupted":
-        summary.update(status=status, error=error)
-        run_dir.write_json(path, summary)
+    try:
+        try:
+            summary = run_dir.read_summary(path) if path.exists() else None
+        except run_dir.RunDirError:
+            summary = None  # a damaged summary is rewritten from what rounds.csv holds
+        if summary is None:  # the ServerApp never wrote one: say what rounds.csv holds, so the two agree
+            try:
+                done = run_dir.complete_rounds(out / run_dir.ROUNDS, int(cfg["server"]["rounds"]))
+            except run_dir.RunDirError:
+                done = 0
+            summary = {"seed": cfg.get("seed"), "rounds_completed": done}
+        if summary.get("status") != "completed" or status == "interrupted":
+            summary.update(status=status, error=error)
+            run_dir.write_json(path, summary)
+    except OSError as exc:
+        print(f"error: could not record the run's {status} status in {path} ({exc.strerror or exc}); "
+              f"the rounds, rows and checkpoint already in {out} are intact", file=sys.stderr)
 
 
 def resolve(cfg: DictConfig, out: Path) -> dict[str, Any]:
@@ -66,32 +77,25 @@ def resolve(cfg: DictConfig, out: Path) -> dict[str, Any]:
 
 def check_inputs(resolved: dict[str, Any], resume_from: Path | None = None) -> None:
     """Load the data, make the partitions and build the model before Ray starts, so a
-    missing file or an impossible partition fails in one line (and, on resume, a checkpoint
-    that does not fit the model). The ServerApp runs in this process, so this also warms
-    its caches."""
-    from fedconv import checkpoint, task
+    missing file or an impossible partition fails in one line (and, on resume, every file
+    of the run dir is checked against the others and against this config:
+    :mod:`fedconv.resume`). The ServerApp runs in this process, so this also warms its caches."""
+    from fedconv import algorithms, checkpoint, resources, task
     from fedconv.datasets import declared_shape
 
     ds = task.dataset(resolved)
     declared = declared_shape(resolved["dataset"])
     if ds.input_shape != declared:
         raise ConfigError(f"dataset: files hold {ds.input_shape} images but the config declares {declared}")
+    resources.check(resolved, ds.input_shape, ds.num_classes)  # before a model too large for memory is built
     task.partitions(resolved, int(resolved["simulation"]["num_clients"]))
     model = task.initial_model(resolved, ds)
+    algorithms.model_problems(resolved, model)
     if resume_from is not None:
-        path = resume_from / run_dir.CHECKPOINT
-        weights = checkpoint.load(path).weights
-        try:
-            task.load_global(model, weights)
-        except (ValueError, RuntimeError) as exc:
-            raise checkpoint.CheckpointError(f"{path}: does not fit the run's model ({exc})") from exc
-
-
-def _saved_config(out: Path) -> dict[str, Any]:
-    path = out / run_dir.CONFIG
-    if not path.is_file():
-        raise ConfigError(f"resume={out}: no {run_dir.CONFIG} there; resume takes the run dir of an earlier run")
-    return plain(path)
+        ckpt = checkpoint.load(resume_from / run_dir.CHECKPOINT)
+        resume.check_checkpoint(resume_from, resolved, ckpt, model)
+        resume.check_summary(resume_from, resolved, ckpt.server_round)
+        resume.check_rows(resume_from, ckpt.server_round, int(resolved["server"]["rounds"]))
 
 
 # Keys added after runs were saved without them, with the value that means "as before".
@@ -117,82 +121,28 @@ def _results_config(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# What ``resume=`` may change: where and how the rest of the run executes, and how many
-# rounds it has (extending a run); never a value that the completed rounds depended on.
-RESUME_OVERRIDES = (
-    "server.rounds", "server.round_timeout", "server.connect_timeout", "verbose", "simulation.nodes",
-    "simulation.ray.address", "simulation.ray.num_cpus", "simulation.ray.include_dashboard", "logger.tensorboard",
-    "logger.mlflow", "logger.mlflow_tracking_uri", "logger.wandb", "objective",
-)
-
-
-def _override_key(override: str) -> str:
-    """``+a.b=1`` / ``~a.b`` / ``a.b=1`` -> ``a.b``."""
-    return override.split("=", 1)[0].lstrip("+~")
-
-
-def _resume_config(cfg: DictConfig, out: Path, overrides: list[str]) -> dict[str, Any]:
-    """The saved config of the run in ``out``, rooted at ``out`` (a run dir that was moved or
-    copied continues where it is now, never where it was made), with the allowed overrides."""
-    from fedconv.output_check import unwritable
-
-    if not out.is_dir():
-        raise ConfigError(f"resume={out}: no such run directory")
-    if reason := unwritable(out):
-        raise ConfigError(f"resume={out}: cannot write there ({reason}); copy the run dir somewhere writable")
-    resolved = _saved_config(out)
-    resolved.update(output_dir=str(out), resume="")
-    keys = [k for k in map(_override_key, overrides) if k != "resume" and not k.startswith("hydra.")]
-    refused = [k for k in keys if k not in RESUME_OVERRIDES]
-    if refused:
-        raise ConfigError(
-            f"resume={out}: {', '.join(refused)} cannot change when a run resumes (its rounds so far used the "
-            f"saved value); allowed: {', '.join(RESUME_OVERRIDES)}; start a new run for another config"
-        )
-    saved_rounds = int(resolved["server"]["rounds"])
-    for key in keys:
-        assign(resolved, key, OmegaConf.select(cfg, key))
-    validate(resolved)
-    rounds = resolved["server"]["rounds"]
-    if rounds != saved_rounds and resolved["server"]["lr_schedule"] == "cosine":
-        raise ConfigError(
-            f"server.rounds={rounds}: cannot change on resume with server.lr_schedule=cosine (the schedule spans "
-            f"all {saved_rounds} rounds, so the rounds already run would have had other learning rates)"
-        )
-    return resolved
-
-
-def resume_checkpoint(out: Path, rounds: int) -> int:
-    """Check, reading only, that ``out`` can continue: its checkpoint loads and its rounds.csv
-    holds every round up to it. Returns the checkpoint's round."""
+def _checkpoint_round(out: Path) -> int:
     from fedconv import checkpoint
 
-    ckpt = checkpoint.load(out / run_dir.CHECKPOINT)
-    done = run_dir.complete_rounds(out / run_dir.ROUNDS, ckpt.server_round)
-    if done < ckpt.server_round:
-        raise checkpoint.CheckpointError(
-            f"{out / run_dir.ROUNDS} holds {done} complete rounds but {run_dir.CHECKPOINT} is of round {ckpt.server_round}"
-        )
-    if rounds < ckpt.server_round:
-        raise ConfigError(f"server.rounds={rounds}: must be >= the {ckpt.server_round} rounds this run completed")
-    return ckpt.server_round
+    return checkpoint.load(out / run_dir.CHECKPOINT).server_round
 
 
 def prepare(cfg: DictConfig, out: Path, choices: dict[str, Any], overrides: list[str]) -> tuple[dict[str, Any], str]:
-    """The validated config of this job and what to do: "new", "resume" or "skip".
+    """The validated config of this job and what to do: "new", "resume" or "skip". Reads
+    only: nothing in ``out`` changes here.
 
     ``resume=<run dir>`` continues that run with its saved config (and the overrides in
-    :data:`RESUME_OVERRIDES`; any other is refused). Otherwise a run dir that already holds a
-    run of the same config (a sweep re-run) is skipped when it completed and continued from
-    its checkpoint when it did not; one with a different config is refused.
+    :data:`fedconv.resume.RESUME_OVERRIDES`; any other is refused). Otherwise a run dir that
+    already holds a run of the same config (a sweep re-run) is skipped when it completed and
+    continued from its checkpoint when it did not; one with a different config is refused.
     """
     if cfg.resume:
-        resolved = _resume_config(cfg, out, overrides)
+        resolved = resume.resume_config(cfg, out, overrides)
         if not (out / run_dir.CHECKPOINT).exists():
             if run_dir.existing_run(out) == "completed":  # runs saved before checkpoints existed
                 return resolved, "skip"
             raise ConfigError(f"resume={out}: no {run_dir.CHECKPOINT} (the run never completed a round)")
-        last = resume_checkpoint(out, int(resolved["server"]["rounds"]))
+        last = _checkpoint_round(out)
         if run_dir.existing_run(out) == "completed" and last == int(resolved["server"]["rounds"]):
             return resolved, "skip"
         return resolved, "resume"
@@ -206,7 +156,7 @@ def prepare(cfg: DictConfig, out: Path, choices: dict[str, Any], overrides: list
     existing = run_dir.existing_run(out)
     if existing == "none":
         return resolved, "new"
-    saved = _saved_config(out)
+    saved = resume.saved_config(out, key="output_dir")
     if _results_config(saved) != _results_config(resolved):
         raise ConfigError(
             f"output_dir={out}: holds a {'completed' if existing == 'completed' else 'unfinished'} run with a "
@@ -215,73 +165,130 @@ def prepare(cfg: DictConfig, out: Path, choices: dict[str, Any], overrides: list
     if existing == "completed":
         return resolved, "skip"
     if (out / run_dir.CHECKPOINT).exists():
-        resume_checkpoint(out, int(resolved["server"]["rounds"]))
         return resolved, "resume"
-    for name in (run_dir.ROUNDS, run_dir.CLIENTS, run_dir.SUMMARY):  # died before round 1 ended
-        (out / name).unlink(missing_ok=True)
-    return resolved, "new"
+    return resolved, "new"  # died before round 1 ended: run() clears its rows once the inputs pass
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run (or continue, or skip when completed) one simulation job; returns its summary."""
-    global _TASK_STARTED, _JOBS_STARTED
-    _TASK_STARTED = True
-    timeline.begin(from_process_start=_JOBS_STARTED == 0)
-    _JOBS_STARTED += 1
-    from fedconv import runtime, stopping
+def _bad_input_errors() -> tuple[type[Exception], ...]:
+    """What a job's input can be refused with (imported late: they bring torch)."""
     from fedconv.checkpoint import CheckpointError
     from fedconv.datasets import DatasetError
     from fedconv.models import ModelConfigError
     from fedconv.partitioning import PartitionError
 
+    return ConfigError, DatasetError, PartitionError, ModelConfigError, CheckpointError, run_dir.RunDirError
+
+
+@dataclass
+class Job:
+    """Where one job of this command writes, and its entry in a sweep's index."""
+
+    out: Path
+    multirun: bool
+    sweep_dir: Path | None
+    entry: dict[str, Any]
+
+    def index(self, **fields: Any) -> None:
+        if self.sweep_dir is not None:
+            run_dir.update_sweep_index(self.sweep_dir, {**self.entry, **fields})
+
+
+def _hold(cfg: DictConfig, job: Job) -> run_dir.RunLock | None:
+    """Take the run dir for this process (None: a ``resume=`` that names no folder, which
+    :func:`prepare` refuses). Raises :class:`~fedconv.run_dir.RunDirHeld` naming the holder."""
+    if cfg.resume and not job.out.is_dir():
+        return None
+    try:
+        return run_dir.hold(job.out)
+    except run_dir.RunDirHeld:
+        raise
+    except OSError as exc:
+        key = "resume" if cfg.resume else "output_dir"
+        raise ConfigError(f"{key}={job.out}: cannot write there ({exc.strerror or exc}); choose a writable folder") from None
+
+
+def _refused(job: Job, exc: Exception) -> dict[str, Any]:
+    """A job whose input was refused: one line; exit 2, or in a sweep on to the next job."""
+    ray_session.end_job(keep=job.multirun)  # Ray is fine: the sweep's next job may use it
+    if not isinstance(exc, run_dir.RunDirHeld):
+        run_dir.discard_if_empty(job.out)
+    prefix = "config error" if isinstance(exc, ConfigError) else "error"
+    if isinstance(exc, run_dir.RunDirHeld) and job.multirun:
+        print(f"skipping {exc}", file=sys.stderr)
+        _HELD_JOBS.append(str(job.out))
+        sweep_progress.job_outcome("skipped")
+        return {"status": "held", "error": str(exc)}  # the holder owns the job's sweep.json entry
+    print(f"{prefix}: {exc}", file=sys.stderr)
+    if not job.multirun:
+        sys.exit(EXIT_BAD_CONFIG)
+    # One job's bad input must not end the sweep: say so, record it, go on with the next
+    # job; the sweep exits 2 at the end (cli) when Hydra ran its jobs in this process.
+    _BAD_INPUT_JOBS.append(str(job.out))
+    sweep_progress.job_outcome("failed")
+    job.index(status="bad_input", error=f"{prefix}: {exc}")
+    return {"status": "bad_input", "error": f"{prefix}: {exc}"}
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run (or continue, or skip when completed) one simulation job; returns its summary.
+    The run dir is this process's for the job's life (:func:`fedconv.run_dir.hold`)."""
+    global _TASK_STARTED, _JOBS_STARTED
+    _TASK_STARTED = True
+    timeline.begin(from_process_start=_JOBS_STARTED == 0)
+    _JOBS_STARTED += 1
     hc = HydraConfig.get()
     out = Path(cfg.resume or cfg.output_dir or hc.runtime.output_dir).resolve()
     multirun = hc.mode == RunMode.MULTIRUN
-    job = {"job": hc.job.num if multirun else 0, "overrides": list(hc.overrides.task), "run_dir": str(out)}
-    sweep_dir = Path(hc.sweep.dir).resolve() if multirun else None
+    job = Job(out, multirun, Path(hc.sweep.dir).resolve() if multirun else None,
+              {"job": hc.job.num if multirun else 0, "overrides": list(hc.overrides.task), "run_dir": str(out)})
     if cfg.resume:  # Hydra made a fresh run dir for this command; the run lives elsewhere
         run_dir.discard_if_empty(Path(hc.runtime.output_dir))
+    lock = None
     try:
-        resolved, action = prepare(cfg, out, dict(hc.runtime.choices), list(hc.overrides.task))
-        if action != "skip":
+        try:
+            lock = _hold(cfg, job)
+            resolved, action = prepare(cfg, job.out, dict(hc.runtime.choices), list(hc.overrides.task))
+            if action == "skip":
+                return _skip(job)
             timeline.mark("config")
-            check_inputs(resolved, out if action == "resume" else None)
+            check_inputs(resolved, job.out if action == "resume" else None)
             timeline.mark("inputs")
-            backend = runtime.backend_config(resolved["simulation"], bool(resolved["verbose"]))
-            # bad input is refused before Ray starts; Ray's processes then start (and its workers
-            # import torch) while this process imports Flower's simulation engine
-            ray_session.start(backend["init_args"], background=True, preload=ray_session.preload_workers(backend))
-    except (ConfigError, DatasetError, PartitionError, ModelConfigError, CheckpointError) as exc:
-        ray_session.end_job(keep=multirun)  # Ray is fine: the sweep's next job may use it
-        run_dir.discard_if_empty(out)
-        prefix = "config error" if isinstance(exc, ConfigError) else "error"
-        print(f"{prefix}: {exc}", file=sys.stderr)
-        if not multirun:
-            sys.exit(EXIT_BAD_CONFIG)
-        # One job's bad input must not end the sweep: say so, record it, go on with the next
-        # job; the sweep exits 2 at the end (cli) when Hydra ran its jobs in this process.
-        _BAD_INPUT_JOBS.append(str(out))
-        sweep_progress.job_outcome("failed")
-        if sweep_dir is not None:
-            run_dir.update_sweep_index(sweep_dir, {**job, "status": "bad_input", "error": f"{prefix}: {exc}"})
-        return {"status": "bad_input", "error": f"{prefix}: {exc}"}
-    if action == "skip":
-        sweep_progress.job_outcome("skipped")
-        print(f"skipping {out}: it holds a completed run of this config", flush=True)
-        summary = json.loads((out / run_dir.SUMMARY).read_text())
-        if sweep_dir is not None:
-            run_dir.update_sweep_index(sweep_dir, {**job, "status": "completed",
-                                                   "final_central_accuracy": summary.get("final_central_accuracy")})
-        return summary
-    resuming = action == "resume"
-    out.mkdir(parents=True, exist_ok=True)
+        except _bad_input_errors() as exc:
+            return _refused(job, exc)
+        if lock is not None:
+            lock.claim()
+        return _execute(job, resolved, action)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _skip(job: Job) -> dict[str, Any]:
+    sweep_progress.job_outcome("skipped")
+    print(f"skipping {job.out}: it holds a completed run of this config", flush=True)
+    summary = run_dir.read_summary(job.out / run_dir.SUMMARY)
+    job.index(status="completed", final_central_accuracy=summary.get("final_central_accuracy"))
+    return summary
+
+
+def _execute(job: Job, resolved: dict[str, Any], action: str) -> dict[str, Any]:
+    """Start Ray, write the config, run the rounds; record how the run ended."""
+    from fedconv import runtime, stopping
+
+    out, resuming = job.out, action == "resume"
+    backend = runtime.backend_config(resolved["simulation"], bool(resolved["verbose"]))
+    # bad input was refused before Ray starts; Ray's processes now start (and its workers
+    # import torch) while this process imports Flower's simulation engine
+    ray_session.start(backend["init_args"], background=True, preload=ray_session.preload_workers(backend))
+    if action == "new":  # a run that died before round 1 ended leaves rows to clear
+        for name in (run_dir.ROUNDS, run_dir.CLIENTS, run_dir.SUMMARY):
+            (out / name).unlink(missing_ok=True)
     run_dir.write_config(out, resolved)  # on resume: where the run lives now, and its rounds
-    if sweep_dir is not None:
-        run_dir.update_sweep_index(sweep_dir, {**job, "status": "running"})
+    job.index(status="running")
     print(f"fedconv run -> {out}" + (" (resuming from its checkpoint)" if resuming else ""), flush=True)
     started = time.perf_counter()
     status, error = "failed", ""
-    keep_ray = multirun and not runtime.in_ray_worker()
+    keep_ray = job.multirun and not runtime.in_ray_worker()
     stopping.run_started()
     try:
         runtime.run_simulation(
@@ -294,7 +301,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )
         summary_path = out / run_dir.SUMMARY
         if summary_path.exists():
-            status = json.loads(summary_path.read_text())["status"]
+            status = run_dir.read_summary(summary_path).get("status", "failed")
         if stopping.requested() and status != "completed":  # the ServerApp kept its rounds
             status, error = "interrupted", stopping.reason()
         elif not summary_path.exists():
@@ -306,29 +313,37 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         error = f"{type(exc).__name__}: {exc}"
         print(f"run failed: {error}", file=sys.stderr)
     finally:
-        sweep_progress.job_outcome(status)
-        stopping.run_ended()
-        # the next job of a sweep run in this process reuses Ray and the actors of one that completed
-        ray_session.end_job(keep=keep_ray and status == "completed")
-        if status != "completed":
-            _write_failure(out, resolved, status, error)
-        summary = json.loads((out / run_dir.SUMMARY).read_text())
-        if sweep_dir is not None:
-            run_dir.update_sweep_index(
-                sweep_dir,
-                {
-                    **job,
-                    "status": summary.get("status"),
-                    "final_central_accuracy": summary.get("final_central_accuracy"),
-                    # this command's time for the job (Ray start-up and shutdown included; on
-                    # resume, this invocation only); summary.json's wall_seconds is the rounds'.
-                    "job_seconds": round(time.perf_counter() - started, 2),
-                },
-            )
+        summary = _ended(job, resolved, status, error, keep_ray, started)
     if stopping.requested():  # end the sweep too; the entry point exits 128 + signal
         raise KeyboardInterrupt(stopping.reason())
-    if status != "completed" and not multirun:
-        sys.exit(1)
+    if status != "completed":
+        if not job.multirun:
+            sys.exit(1)
+        _FAILED_JOBS.append(str(out))
+    return summary
+
+
+def _ended(job: Job, resolved: dict[str, Any], status: str, error: str, keep_ray: bool, started: float) -> dict[str, Any]:
+    """Record how a job ended (summary.json, sweep.json) and let Ray go or stay."""
+    from fedconv import stopping
+
+    sweep_progress.job_outcome(status)
+    stopping.run_ended()
+    # the next job of a sweep run in this process reuses Ray and the actors of one that completed
+    ray_session.end_job(keep=keep_ray and status == "completed")
+    if status != "completed":
+        _write_failure(job.out, resolved, status, error)
+    try:
+        summary = run_dir.read_summary(job.out / run_dir.SUMMARY)
+    except run_dir.RunDirError:
+        summary = {"status": status, "error": error}
+    # job_seconds: this command's time for the job (Ray start-up and shutdown included; on
+    # resume, this invocation only); summary.json's wall_seconds is the rounds'.
+    try:
+        job.index(status=summary.get("status"), final_central_accuracy=summary.get("final_central_accuracy"),
+                  job_seconds=round(time.perf_counter() - started, 2))
+    except OSError as exc:
+        print(f"error: could not update {run_dir.SWEEP_INDEX} ({exc.strerror or exc})", file=sys.stderr)
     return summary
 
 
@@ -341,21 +356,57 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def cli() -> None:
-    """Entry point. Ctrl-C or SIGTERM (a batch scheduler's stop) ends a run as interrupted:
-    the clients' in-flight updates finish, the completed rounds and the checkpoint stay,
-    summary.json says ``interrupted``, ``resume=<run dir>`` continues it, and the exit status
-    is 128 + the signal number (:mod:`fedconv.stopping`)."""
+    """Entry point. Exit status: 0 every job completed; 1 a run (or a sweep's job) ran and
+    did not complete; 2 bad input (config, data, files, a run dir another process writes);
+    128 + the signal number when stopped (130 Ctrl-C, 143 SIGTERM).
+
+    Ctrl-C or SIGTERM (a batch scheduler's stop) ends a run as interrupted: the clients'
+    in-flight updates finish, the completed rounds and the checkpoint stay, summary.json
+    says ``interrupted``, ``resume=<run dir>`` continues it (:mod:`fedconv.stopping`)."""
     from fedconv import stopping
 
     stopping.install_handlers()
     try:
         config_errors_exit_2(main, lambda: _TASK_STARTED)
+        code = sweep_exit_code()
     except KeyboardInterrupt:
         stopping.quit_now()
+    except SystemExit as exc:
+        code = exit_status(exc)
+        if code == 0 and _JOBS_STARTED:  # a sweep whose every job ran: its own outcome
+            code = sweep_exit_code()
+    except Exception as exc:  # a sweeper (Optuna) failing after its jobs were refused or failed
+        if not (_BAD_INPUT_JOBS or _FAILED_JOBS or _HELD_JOBS):
+            raise
+        print(f"error: the sweep ended in {type(exc).__name__}: {exc}", file=sys.stderr)
+        code = sweep_exit_code()
+    stopping.finish(code)
+
+
+def exit_status(exc: SystemExit) -> int:
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code
+    print(exc.code, file=sys.stderr)
+    return 1
+
+
+def sweep_exit_code() -> int:
+    """A sweep's exit status: 2 when a job's input was refused (or another process held its
+    run dir), 1 when a job ran and did not complete, 0 when every job completed."""
     if _BAD_INPUT_JOBS:
         print(f"{len(_BAD_INPUT_JOBS)} sweep job(s) refused for their config or data (see above): "
               + ", ".join(_BAD_INPUT_JOBS), file=sys.stderr)
-        sys.exit(EXIT_BAD_CONFIG)
+    if _HELD_JOBS:
+        print(f"{len(_HELD_JOBS)} sweep job(s) skipped: another process writes their run dir: "
+              + ", ".join(_HELD_JOBS), file=sys.stderr)
+    if _FAILED_JOBS:
+        print(f"{len(_FAILED_JOBS)} sweep job(s) did not complete (see their summary.json): "
+              + ", ".join(_FAILED_JOBS), file=sys.stderr)
+    if _BAD_INPUT_JOBS or _HELD_JOBS:
+        return EXIT_BAD_CONFIG
+    return 1 if _FAILED_JOBS else 0
 
 
 if __name__ == "__main__":

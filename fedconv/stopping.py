@@ -70,10 +70,41 @@ def quit_now(flush_logs: bool = True) -> None:
     interrupt, Flower's engine threads may wait forever on Ray actors that are gone)."""
     sig = _signal or signal.SIGINT
     print(f"fedconv: interrupted by {sig.name}", file=sys.stderr, flush=True)
+    kill_children()
     if flush_logs:
         logging.shutdown()
     sys.stdout.flush()
     os._exit(128 + int(sig))
+
+
+def finish(code: int) -> None:
+    """End the entry point with ``code``, within seconds: a failed engine can leave Flower's
+    threads waiting on actors that are gone, and Python would wait for them for ever."""
+    alive = [t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+    if not alive:
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    kill_children()
+    os._exit(code)
+
+
+def kill_children() -> None:
+    """End every process this one started (a local Ray's GCS, raylet, agents and workers):
+    ``os._exit`` skips Ray's shutdown, and its agents would live on as orphans."""
+    try:
+        import psutil
+
+        children = psutil.Process().children(recursive=True)
+    except Exception:  # noqa: BLE001 - no psutil or no /proc: nothing more to do
+        return
+    for child in children:
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(children, timeout=3)
 
 
 def run_started() -> None:

@@ -347,7 +347,7 @@ def config_problems(c: Any) -> None:
         return
     for name in logger:
         if name in OPTIONS:
-            if not isinstance(logger[name], str):
+            if not isinstance(c.get(f"logger.{name}"), str):
                 c.fail(f"logger.{name}", "must be a string")
         elif name not in SINKS:
             c.fail(f"logger.{name}", f"unknown key; sinks: {', '.join(SINKS)}; options: {', '.join(OPTIONS)}")

@@ -139,21 +139,44 @@ def _peer_uid(conn: socket.socket) -> int:
     return int(struct.unpack("3i", creds)[1])
 
 
+class BadRequest(ValueError):
+    """A request that is not a ClientApp's: the worker answers it with an error and goes on."""
+
+
+def _read_request(conn: socket.socket) -> tuple[dict[str, Any], Message, Context]:
+    """The request's header, message and context; :class:`BadRequest` for any bytes that
+    are not one (a peer may send anything: the worker must outlive it)."""
+    try:
+        header = json.loads(_recv_frame(conn))
+        if not isinstance(header, dict):
+            raise BadRequest(f"header is a JSON {type(header).__name__}, not an object")
+        if header.get("protocol") != PROTOCOL:
+            raise BadRequest(f"warm worker speaks protocol {PROTOCOL}, the ClientApp {header.get('protocol')!r}: "
+                             "restart the worker")
+        message_frame, context_frame = _recv_frame(conn), _recv_frame(conn)
+        message = serde.message_from_proto(ProtoMessage.FromString(message_frame))
+        context = serde.context_from_proto(ProtoContext.FromString(context_frame))
+    except (OSError, EOFError):
+        raise
+    except BadRequest:
+        raise
+    except Exception as exc:  # JSON, protobuf and Flower's serde raise many types for bad bytes
+        raise BadRequest(f"malformed request ({type(exc).__name__}: {str(exc)[:200]})") from None
+    return header, message, context
+
+
 def _handle(conn: socket.socket) -> str:
     """Serve one request; returns a line for the worker's log."""
     uid = _peer_uid(conn)
     if uid != os.getuid():
         return f"refused a connection from uid {uid}"
     conn.settimeout(_REQUEST_READ_TIMEOUT)
-    header = json.loads(_recv_frame(conn))
-    message_frame, context_frame = _recv_frame(conn), _recv_frame(conn)
+    try:
+        header, message, context = _read_request(conn)
+    except BadRequest as exc:
+        _send_frames(conn, json.dumps({"status": "error", "error": str(exc)}).encode())
+        return f"refused a request: {exc}"
     conn.settimeout(None)
-    if header.get("protocol") != PROTOCOL:
-        _send_frames(conn, json.dumps({"status": "error", "error": f"warm worker speaks protocol {PROTOCOL}, "
-                                       f"the ClientApp {header.get('protocol')}: restart the worker"}).encode())
-        return "refused a request of another protocol version"
-    message = serde.message_from_proto(ProtoMessage.FromString(message_frame))
-    context = serde.context_from_proto(ProtoContext.FromString(context_frame))
     started = time.perf_counter()
     try:
         reply = run_in_process(message, context)
@@ -232,8 +255,8 @@ def serve(path: Path, preload: tuple[str, ...] = ("fedconv.client_app", "torch._
         with conn:
             try:
                 line = _handle(conn)
-            except (OSError, EOFError, ValueError) as exc:
-                line = f"dropped a request ({type(exc).__name__}: {exc})"
+            except Exception as exc:  # noqa: BLE001 - one request, whatever it was, never ends the worker
+                line = f"dropped a request ({type(exc).__name__}: {str(exc)[:200]})"
         print(f"warm worker: {line}", flush=True)
 
 

@@ -6,6 +6,9 @@ line in :data:`ALGORITHMS`, and ``conf/strategy/<name>.yaml`` (docs/algorithms.m
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from fedconv.algorithms import fedavg, fedavgm, fedbn, feddyn, fednova, fedopt, fedprox, qfedavg, robust, scaffold
 from fedconv.algorithms.base import Algorithm
 from fedconv.checks import Checks
@@ -59,3 +62,13 @@ def config_problems(c: Checks) -> None:
     except (KeyError, TypeError, ValueError):
         cohort = 0  # the server group is broken; its own checks say how
     ALGORITHMS[name].config_problems(c, cohort)
+
+
+def model_problems(cfg: Mapping[str, Any], model: Any) -> None:
+    """The chosen algorithm's precondition on the model actually built (FedBN needs
+    BatchNorm layers), not on a config key that may not say: a ConfigError naming the key."""
+    from fedconv.config import ConfigError
+
+    problem = get(str(cfg["strategy"]["name"])).model_problem(cfg, model)
+    if problem:
+        raise ConfigError(problem)

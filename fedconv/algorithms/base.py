@@ -146,6 +146,8 @@ class Algorithm:
     local_arrays: Callable[[nn.Module], frozenset[str]] = lambda model: frozenset()
     wire: Wire = Wire()
     config_problems: Callable[[Checks, int], None] = lambda c, cohort: None
+    # a precondition on the model actually built (None: met), checked before Ray starts
+    model_problem: Callable[[Mapping[str, Any], nn.Module], str | None] = lambda cfg, model: None
 
     def make_strategy(self, strategy_cfg: Mapping[str, Any]) -> Strategy:
         """Flower's strategy with this algorithm's hyper-parameters. Cohorts are fedconv's

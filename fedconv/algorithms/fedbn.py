@@ -20,7 +20,11 @@ Two accuracies, because the paper's model is personal:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from flwr.serverapp.strategy import FedAvg
+from torch import nn
 
 from fedconv.algorithms.base import Algorithm
 from fedconv.checks import Checks
@@ -33,10 +37,19 @@ def config_problems(c: Checks, cohort: int) -> None:
         c.need("model.batch_norm", c.get("model.batch_norm") is True, "true for FedBN (without BatchNorm it is FedAvg)")
 
 
+def model_problem(cfg: Mapping[str, Any], model: nn.Module) -> str | None:
+    """FedBN keeps the BatchNorm layers home; a model without any would run FedAvg under FedBN's name."""
+    if batchnorm_names(model):
+        return None
+    return (f"model.name={cfg['model']['name']}: has no BatchNorm layer, and strategy=fedbn keeps only those on "
+            "the clients (it would run as FedAvg); choose a model with BatchNorm (model=twoconv) or strategy=fedavg")
+
+
 ALGORITHM = Algorithm(
     name="fedbn",
     strategy_class=FedAvg,
     client_state=True,
     local_arrays=batchnorm_names,
     config_problems=config_problems,
+    model_problem=model_problem,
 )

@@ -36,6 +36,7 @@ def strategy_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
 def config_problems(c: Checks, cohort: int) -> None:
     c.in_range("strategy.server_lr", 0, lo_open=True)
     c.in_range("strategy.tau", 0, lo_open=True)
+    c.in_range("strategy.client_lr", 0, lo_open=True)  # Flower records eta_l; the clients use client.lr
     for key in ("strategy.beta_1", "strategy.beta_2"):
         if c.has(key):
             c.in_range(key, 0, 1, hi_open=True)

@@ -1,0 +1,357 @@
+"""Bad input, drawn rather than listed: every key the config declares with NaN, infinities,
+negatives, zero, huge numbers, wrong types and unknown names, and truncated or byte-flipped
+run-dir files under ``resume=``. Each is accepted or refused in one line naming what the
+user gave, through the entry point's own preparation (``simulate.prepare`` then
+``check_inputs``, in process), never a traceback and never a file written.
+Hypothesis draws the cases, seeded (``derandomize``) and bounded, so the fast path stays fast."""
+
+from __future__ import annotations
+
+import functools
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fedconv import checkpoint, run_dir, simulate
+from fedconv.config import CONF_DIR, ConfigError, compose, flatten
+
+SMALL = ["dataset=digits", "simulation.num_clients=4", "server.fraction_train=1.0", "server.rounds=2",
+         "partition.alpha=1.0", "server.lr_schedule=constant"]
+GROUP_OPTIONS = {g: sorted(p.stem for p in (CONF_DIR / g).glob("*.yaml"))
+                 for g in ("strategy", "model", "partition", "faults", "compression")}
+# what a user types after '=': Hydra's grammar reads nan/inf as floats, [..] as a list
+NASTY = ["nan", "inf", "-inf", "-1", "0", "-0.5", "1e30", "9223372036854775808", "abc", "true", "[1,2]", "''",
+         "null", "0.5", "3", "2.5"]
+def _bad_input_errors() -> tuple[type[Exception], ...]:
+    return simulate._bad_input_errors()
+
+
+def compose_job(overrides: list[str]):
+    """What ``python -m fedconv.simulate`` composes for these overrides (Hydra's own refusals raised)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+    choices = dict(cfg.hydra.runtime.choices)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg, choices
+
+
+def prepare_job(overrides: list[str], out: Path) -> str | None:
+    """None when the entry point would start this job; the one-line refusal otherwise."""
+    try:
+        cfg, choices = compose_job(overrides)
+    except Exception as exc:  # Hydra's refusal: fedconv's entry point turns it into exit 2 (test_cli)
+        return f"hydra: {str(exc).splitlines()[0]}"
+    target = Path(cfg.resume) if cfg.resume else out
+    try:
+        resolved, action = simulate.prepare(cfg, target, choices, overrides)
+        if action != "skip":
+            simulate.check_inputs(resolved, target if action == "resume" else None)
+    except _bad_input_errors() as exc:
+        return str(exc)
+    return None
+
+
+@functools.cache
+def _keys_and_base(groups: tuple[tuple[str, str], ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The leaf keys of a composition with these group options, and SMALL's overrides that apply to it."""
+    options = [f"{g}={o}" for g, o in groups]
+    keys = flatten(compose(["dataset=digits", *options]))
+    base = [o for o in SMALL if o.split("=")[0] in keys or "=" in o and o.split("=")[0] == "dataset"]
+    return tuple(sorted(k for k in keys if k != "dataset.name")), tuple([*base, *options])
+
+
+@st.composite
+def override_sets(draw: st.DrawFn) -> list[str]:
+    groups = tuple((g, draw(st.sampled_from(opts))) for g, opts in GROUP_OPTIONS.items() if draw(st.booleans()))
+    keys, base = _keys_and_base(groups)
+    chosen = draw(st.lists(st.sampled_from(keys), min_size=1, max_size=3, unique=True))
+    sets = [f"{k}={draw(st.sampled_from(NASTY))}" for k in chosen]
+    if draw(st.integers(0, 4)) == 0:
+        group = draw(st.sampled_from(["client", "server", "strategy", "faults", "simulation"]))
+        sets.append(f"+{group}.no_such_key={draw(st.sampled_from(NASTY))}")
+    return [*[o for o in base if o.split("=")[0] not in chosen], *sets]
+
+
+CASES: list[tuple[list[str], str | None]] = []
+
+
+@settings(max_examples=50, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+@given(override_sets())
+def test_any_drawn_override_set_is_accepted_or_refused_in_one_line_naming_its_key(tmp_path_factory, overrides) -> None:
+    out = tmp_path_factory.mktemp("drawn") / "run"
+    message = prepare_job(overrides, out)
+    CASES.append((overrides, message))
+    assert not out.exists(), f"{overrides}: left {sorted(p.name for p in out.iterdir())}"
+    if message is None:
+        return
+    assert len(message.splitlines()) >= 1 and "Traceback" not in message
+    keys = {o.split("=")[0].lstrip("+~") for o in overrides}
+    for line in message.splitlines():
+        named = line.removeprefix("hydra: ")
+        assert any(k in named for k in keys) or any(k.rsplit(".", 1)[-1] in named for k in keys), (overrides, line)
+
+
+def test_the_drawn_cases_were_many_and_both_kinds() -> None:
+    """The property above ran: it drew refusals and acceptances (a generator that only ever
+    produced one kind would prove nothing)."""
+    if not CASES:
+        pytest.skip("run with the property test")
+    refused = sum(m is not None for _, m in CASES)
+    assert len(CASES) >= 40 and 0 < refused < len(CASES), (len(CASES), refused)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("faults.scale_factor=nan", "faults.scale_factor=nan: must be a finite number"),
+    ("client.lr=inf", "client.lr=inf: must be a finite number"),
+    ("dataset.test_fraction=nan", "dataset.test_fraction=nan: must be a finite number"),
+    ("dataset.test_fraction=-0.2", "dataset.test_fraction=-0.2: must be in (0, 1)"),
+    ("dataset.split_seed=-1", "dataset.split_seed=-1: must be in [0, 4.29497e+09]"),
+    ("dataset.channels=0", "dataset.channels=0: must be in [1, 4096]"),
+    ("simulation.client_resources.num_cpus=4096",
+     "simulation.client_resources.num_cpus=4096: more than the"),
+    ("simulation.client_resources.num_gpus=8", "simulation.client_resources.num_gpus=8: this machine has"),
+    ("model.filters1=200000 model.filters2=200000",
+     "model.name=twoconv: "),
+])
+def test_each_class_of_unchecked_key_is_refused_before_ray(tmp_path: Path, override: str, message: str) -> None:
+    keys = {o.split("=")[0] for o in override.split()}
+    base = [o for o in SMALL if o.split("=")[0] not in keys]
+    text = prepare_job([*base, *override.split()], tmp_path / "run")
+    assert text is not None and message in text and len(text.splitlines()) == 1, text
+    assert not (tmp_path / "run").exists()
+
+
+def test_fedbn_is_checked_on_the_model_it_would_run_not_on_a_config_key(tmp_path: Path) -> None:
+    """niid_cnn declares no ``model.batch_norm`` key and has no BatchNorm: FedBN would be FedAvg."""
+    from conftest import write_idx_dataset
+
+    write_idx_dataset(tmp_path / "mnist")
+    overrides = ["dataset=mnist", f"dataset.data_dir={tmp_path / 'mnist'}", f"dataset.cache_dir={tmp_path / 'cache'}",
+                 "simulation.num_clients=4", "server.fraction_train=1.0", "partition=iid", "strategy=fedbn"]
+    assert prepare_job([*overrides, "model=twoconv"], tmp_path / "ok") is None
+    text = prepare_job([*overrides, "model=niid_cnn"], tmp_path / "run")
+    assert text == ("model.name=niid_cnn: has no BatchNorm layer, and strategy=fedbn keeps only those on the clients "
+                    "(it would run as FedAvg); choose a model with BatchNorm (model=twoconv) or strategy=fedavg"), text
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_memory_estimate_counts_parameters_without_allocating_them() -> None:
+    from fedconv import resources
+    from fedconv.models import build_model, count_parameters
+
+    cfg = compose(SMALL)
+    built = build_model(cfg["model"], (1, 8, 8), 10)
+    params = count_parameters(built) + sum(b.numel() for b in built.buffers())
+    assert resources.parameter_count(cfg, (1, 8, 8), 10) == params
+    need, actors = resources.memory_need(cfg, params)
+    cohort = 4  # fraction_train 1.0 of 4 clients
+    assert need == 4 * params * (actors * resources.ACTOR_COPIES + resources.SERVER_COPIES + cohort)
+    with pytest.raises(ConfigError, match="GB of memory is available"):
+        resources.check_memory(cfg, (1, 8, 8), 10, available=need - 1)
+    resources.check_memory(cfg, (1, 8, 8), 10, available=need)
+
+
+def test_every_key_every_group_declares_is_read_by_a_check() -> None:
+    """No key escapes validation: compose every option of every group and look at which keys
+    the checks read (a key added without a check fails here)."""
+    from fedconv.config import checked
+
+    free = {"name", "output_dir", "resume"}  # checked as text in config_problems, listed for clarity
+    for group in ("dataset", *GROUP_OPTIONS):
+        for option in sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")):
+            cfg = compose(list(_keys_and_base(((group, option),))[1]))
+            c = checked(cfg)
+            unseen = sorted(k for k in flatten(cfg) if k not in c.seen and k not in free)
+            assert not unseen, f"{group}={option}: nothing checks {unseen}"
+
+
+# ---------------------------------------------------------------- the files resume reads
+
+
+def write_run_dir(run: Path, strategy: str = "fedavg", rounds_done: int = 2) -> Path:
+    """A run dir as the ServerApp leaves it after ``rounds_done`` rounds, written by the same
+    functions (config, rows, summary, checkpoint with the algorithm's state layout)."""
+    from fedconv import algorithms, task
+    from fedconv.algorithms.base import strategy_state
+    from fedconv.models import transmitted_state
+
+    cfg = {**compose([*SMALL, f"strategy={strategy}", "server.rounds=4"]), "output_dir": str(run)}
+    cfg["client"]["threads"] = 1
+    run_dir.write_config(run, cfg)
+    ds = task.dataset(cfg)
+    model = task.initial_model(cfg, ds)
+    algorithm = algorithms.get(strategy)
+    strategy_cfg = {**cfg["strategy"], "num_partitions": 4}  # as the ServerApp builds it
+    tensors, layout = strategy_state(algorithm.make_strategy(strategy_cfg), algorithm.state_attributes)
+    if algorithm.client_state:
+        layout["client_rounds"] = {}
+    state = {"bytes_total": 10, "bytes_down": 5, "bytes_up": 5, "elapsed_seconds": 1.0,
+             "strategy": dict(cfg["strategy"]), "seed": 0, "algorithm": layout}
+    checkpoint.save(run / run_dir.CHECKPOINT, rounds_done, transmitted_state(model), state, algorithm_state=tensors)
+    for r in range(1, rounds_done + 1):
+        run_dir.append_row(run / run_dir.ROUNDS, run_dir.ROUND_COLUMNS, {"round": r, "central_accuracy": 0.5})
+    run_dir.write_json(run / run_dir.SUMMARY, {"status": "interrupted", "rounds_completed": rounds_done, "seed": 0})
+    return run
+
+
+def _resume(run: Path, rounds: int = 4) -> str | None:
+    return prepare_job([f"resume={run}", f"server.rounds={rounds}"], run)
+
+
+def files(run: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+
+
+def test_a_written_run_dir_resumes_and_its_checks_read_only(tmp_path: Path) -> None:
+    run = write_run_dir(tmp_path / "run")
+    before = files(run)
+    assert _resume(run) is None
+    assert files(run) == before
+
+
+@pytest.mark.parametrize("saved, config, message", [
+    ("fedavg", "fedadam", "checkpoint.safetensors: written by a run with strategy 'fedavg', but config.yaml strategy.name"),
+    ("fedadam", "fedavg", "checkpoint.safetensors: written by a run with strategy 'fedadam'"),
+    ("fedavg", "scaffold", "checkpoint.safetensors: written by a run with strategy 'fedavg'"),
+])
+def test_resume_refuses_a_checkpoint_of_another_algorithm(tmp_path: Path, saved: str, config: str, message: str) -> None:
+    donor = write_run_dir(tmp_path / "donor", saved)
+    run = write_run_dir(tmp_path / "run", config)
+    (run / run_dir.CHECKPOINT).write_bytes((donor / run_dir.CHECKPOINT).read_bytes())
+    before = files(run)
+    text = _resume(run)
+    assert text is not None and message in text and len(text.splitlines()) == 1, text
+    assert files(run) == before
+
+
+def test_resume_refuses_a_state_layout_its_algorithm_does_not_keep(tmp_path: Path) -> None:
+    """Same strategy keys, but the server state of another algorithm (FedAdam's moments
+    missing): caught on the layout, not only the name."""
+    from fedconv.checkpoint import load, save
+
+    run = write_run_dir(tmp_path / "run", "fedadam")
+    ckpt = load(run / run_dir.CHECKPOINT)
+    save(run / run_dir.CHECKPOINT, ckpt.server_round, ckpt.weights, {**ckpt.state, "algorithm": {}})
+    text = _resume(run)
+    assert text is not None and "holds server state [] but fedadam keeps" in text, text
+
+
+@pytest.mark.parametrize("name, damage, message", [
+    ("summary.json", lambda b: b[: len(b) // 2], "summary.json: unreadable"),
+    ("summary.json", lambda b: b"[1, 2]", "summary.json: expected a JSON object"),
+    ("summary.json", lambda b: b.replace(b'"rounds_completed": 2', b'"rounds_completed": 3'), "says 3 rounds completed"),
+    ("summary.json", lambda b: b.replace(b'"seed": 0', b'"seed": 5'), "summary.json: says seed 5"),
+    ("config.yaml", lambda b: b": : [\n", "config.yaml: not a fedconv config"),
+    ("config.yaml", lambda b: b"just text\n", "config.yaml"),
+    ("config.yaml", lambda b: b.replace(b"seed: 0", b"seed: 3"), "checkpoint.safetensors: written by a run with seed 0"),
+    ("rounds.csv", lambda b: b + b.splitlines(keepends=True)[1], "rounds.csv: holds round 1 twice"),
+    ("rounds.csv", lambda b: b.splitlines(keepends=True)[0], "rounds.csv holds 0 complete rounds"),
+    ("checkpoint.safetensors", lambda b: b[:-40], "checkpoint.safetensors: unreadable checkpoint"),
+])
+def test_resume_names_the_damaged_file_and_touches_nothing(tmp_path: Path, name: str, damage, message: str) -> None:
+    run = write_run_dir(tmp_path / "run")
+    (run / name).write_bytes(damage((run / name).read_bytes()))
+    before = files(run)
+    text = _resume(run)
+    assert text is not None and message in text and len(text.splitlines()) == 1, text
+    assert files(run) == before
+
+
+@settings(max_examples=40, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+@given(name=st.sampled_from(["summary.json", "config.yaml", "rounds.csv", "checkpoint.safetensors"]),
+       cut=st.floats(0, 1), flips=st.lists(st.tuples(st.floats(0, 1), st.integers(1, 255)), max_size=4))
+def test_any_truncation_or_byte_flip_of_a_run_dir_is_resumed_or_refused_in_one_line(
+        tmp_path_factory, name: str, cut: float, flips: list[tuple[float, int]]) -> None:
+    run = write_run_dir(tmp_path_factory.mktemp("flip") / "run")
+    data = bytearray((run / name).read_bytes())
+    data = data[: max(0, int(len(data) * (1 - cut / 4)))] if cut > 0.5 else data
+    for where, xor in flips:
+        if data:
+            data[min(len(data) - 1, int(where * len(data)))] ^= xor
+    (run / name).write_bytes(bytes(data))
+    before = files(run)
+    text = _resume(run)
+    assert files(run) == before
+    if text is not None:
+        assert len(text.splitlines()) == 1 and "Traceback" not in text, text
+
+
+# ---------------------------------------------------------------- one writer per run dir
+
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from fedconv import run_dir
+lock = run_dir.hold(Path(sys.argv[1])); lock.claim()
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_run_dir_has_one_writer_and_the_os_frees_it_when_the_holder_dies(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(run_dir.RunDirHeld, match=rf"{run}: another fedconv process writes this run dir \(pid {holder.pid}"):
+            run_dir.hold(run)
+    finally:
+        holder.kill()
+        holder.wait()
+    lock = run_dir.hold(run)  # killed: the kernel dropped its lock, no stale file to clear
+    lock.release()
+
+
+def test_a_second_sweep_skips_the_job_another_process_writes_and_exits_2(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    job = sweep / "held"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(job)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "fedconv.simulate", "-m", *SMALL, "seed=0",
+                               f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=held"],
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"skipping {job}: another fedconv process writes this run dir (pid {holder.pid}" in proc.stderr
+    assert "1 sweep job(s) skipped: another process writes their run dir" in proc.stderr
+    assert "Traceback" not in proc.stderr and time.monotonic() - started < 60
+    # nothing of a run: the holder's lock file and Hydra's own bookkeeping (.hydra/, the job's log)
+    assert sorted(p.name for p in job.iterdir() if p.name != ".hydra" and p.suffix != ".log") == [run_dir.LOCK]
+    assert not (sweep / run_dir.SWEEP_INDEX).exists() or str(job) not in (sweep / run_dir.SWEEP_INDEX).read_text()
+
+
+def test_a_sweep_exit_status_says_what_its_jobs_did(monkeypatch) -> None:
+    for bad, held, failed, code in ([[], [], [], 0], [[], [], ["a"], 1], [["a"], [], ["b"], 2], [[], ["a"], [], 2]):
+        monkeypatch.setattr(simulate, "_BAD_INPUT_JOBS", bad)
+        monkeypatch.setattr(simulate, "_HELD_JOBS", held)
+        monkeypatch.setattr(simulate, "_FAILED_JOBS", failed)
+        assert simulate.sweep_exit_code() == code
+
+
+def test_nan_never_passes_a_number_check() -> None:
+    from fedconv.checks import Checks
+
+    for value in (math.nan, math.inf, -math.inf):
+        c = Checks({"a": value})
+        assert c.number("a") is None and c.problems == [f"a={value!r}: must be a finite number"]
