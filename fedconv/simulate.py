@@ -6,6 +6,7 @@ flattens the config into Flower's run config and hands it to :mod:`fedconv.runti
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -234,6 +235,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     The run dir is this process's for the job's life (:func:`fedconv.run_dir.hold`)."""
     global _TASK_STARTED, _JOBS_STARTED
     _TASK_STARTED = True
+    # From here on an exception Hydra catches (a sweeper's, after its jobs) reaches cli()
+    # as itself, which says it in one line; before, Hydra's own config errors stay Hydra's.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     timeline.begin(from_process_start=_JOBS_STARTED == 0)
     _JOBS_STARTED += 1
     hc = HydraConfig.get()
@@ -378,7 +382,8 @@ def cli() -> None:
     except Exception as exc:  # a sweeper (Optuna) failing after its jobs were refused or failed
         if not (_BAD_INPUT_JOBS or _FAILED_JOBS or _HELD_JOBS):
             raise
-        print(f"error: the sweep ended in {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"error: the sweeper stopped after the job failures above ({type(exc).__name__}: {exc})",
+              file=sys.stderr)
         code = sweep_exit_code()
     stopping.finish(code)
 

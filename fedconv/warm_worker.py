@@ -253,11 +253,16 @@ def serve(path: Path, preload: tuple[str, ...] = ("fedconv.client_app", "torch._
     while True:
         conn, _ = server.accept()
         with conn:
-            try:
-                line = _handle(conn)
-            except Exception as exc:  # noqa: BLE001 - one request, whatever it was, never ends the worker
-                line = f"dropped a request ({type(exc).__name__}: {str(exc)[:200]})"
+            line = serve_one(conn)
         print(f"warm worker: {line}", flush=True)
+
+
+def serve_one(conn: socket.socket) -> str:
+    """One connection, whatever its peer sends: a line for the log, never an exception."""
+    try:
+        return _handle(conn)
+    except Exception as exc:  # noqa: BLE001 - one request, whatever it was, never ends the worker
+        return f"dropped a request ({type(exc).__name__}: {str(exc)[:200]})"
 
 
 def main(argv: list[str] | None = None) -> int:

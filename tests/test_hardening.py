@@ -91,7 +91,7 @@ def override_sets(draw: st.DrawFn) -> list[str]:
 CASES: list[tuple[list[str], str | None]] = []
 
 
-@settings(max_examples=50, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=40, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
 @given(override_sets())
 def test_any_drawn_override_set_is_accepted_or_refused_in_one_line_naming_its_key(tmp_path_factory, overrides) -> None:
     out = tmp_path_factory.mktemp("drawn") / "run"
@@ -205,8 +205,21 @@ def write_run_dir(run: Path, strategy: str = "fedavg", rounds_done: int = 2) -> 
              "strategy": dict(cfg["strategy"]), "seed": 0, "algorithm": layout}
     checkpoint.save(run / run_dir.CHECKPOINT, rounds_done, transmitted_state(model), state, algorithm_state=tensors)
     for r in range(1, rounds_done + 1):
-        run_dir.append_row(run / run_dir.ROUNDS, run_dir.ROUND_COLUMNS, {"round": r, "central_accuracy": 0.5})
+        run_dir.append_row(run / run_dir.ROUNDS, run_dir.ROUND_COLUMNS, {
+            "round": r, "central_accuracy": 0.5 + r / 100, "central_loss": 1.0, "train_loss": 1.0, "clients_sampled": 4,
+            "clients_ok": 4, "clients_failed": 0, "bytes_down": 100, "bytes_up": 100, "bytes_total_cum": 200 * r,
+            "round_seconds": 1.0, "elapsed_seconds": float(r)})
     run_dir.write_json(run / run_dir.SUMMARY, {"status": "interrupted", "rounds_completed": rounds_done, "seed": 0})
+    return run
+
+
+def completed(run: Path) -> Path:
+    """The run dir of a run that ended after its rounds (for the commands that read finished runs)."""
+    cfg = (run / run_dir.CONFIG).read_text().replace("rounds: 4", "rounds: 2")
+    (run / run_dir.CONFIG).write_text(cfg)
+    run_dir.write_json(run / run_dir.SUMMARY, {"status": "completed", "rounds_completed": 2, "seed": 0,
+                                              "final_central_accuracy": 0.52, "best_central_accuracy": 0.52,
+                                              "bytes_total": 400, "wall_seconds": 2.0})
     return run
 
 
@@ -273,12 +286,21 @@ def test_resume_names_the_damaged_file_and_touches_nothing(tmp_path: Path, name:
     assert files(run) == before
 
 
-@settings(max_examples=40, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+@pytest.fixture(scope="module")
+def pristine_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_run_dir(tmp_path_factory.mktemp("pristine") / "run")
+
+
+@settings(max_examples=30, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
 @given(name=st.sampled_from(["summary.json", "config.yaml", "rounds.csv", "checkpoint.safetensors"]),
        cut=st.floats(0, 1), flips=st.lists(st.tuples(st.floats(0, 1), st.integers(1, 255)), max_size=4))
 def test_any_truncation_or_byte_flip_of_a_run_dir_is_resumed_or_refused_in_one_line(
-        tmp_path_factory, name: str, cut: float, flips: list[tuple[float, int]]) -> None:
-    run = write_run_dir(tmp_path_factory.mktemp("flip") / "run")
+        tmp_path_factory, pristine_run: Path, name: str, cut: float, flips: list[tuple[float, int]]) -> None:
+    import shutil
+
+    run = tmp_path_factory.mktemp("flip") / "run"
+    shutil.copytree(pristine_run, run)
+    (run / run_dir.CONFIG).write_text((run / run_dir.CONFIG).read_text().replace(str(pristine_run), str(run)))
     data = bytearray((run / name).read_bytes())
     data = data[: max(0, int(len(data) * (1 - cut / 4)))] if cut > 0.5 else data
     for where, xor in flips:
@@ -355,3 +377,174 @@ def test_nan_never_passes_a_number_check() -> None:
     for value in (math.nan, math.inf, -math.inf):
         c = Checks({"a": value})
         assert c.number("a") is None and c.problems == [f"a={value!r}: must be a finite number"]
+
+
+# ---------------------------------------------------------------- untrusted files and peers
+
+
+def test_an_idx_header_whose_dimensions_overflow_64_bits_is_refused(tmp_path: Path) -> None:
+    """2^31 x 2^31 x 4 = 2^64 wraps to 0 in int64: a bare header would have 'matched'."""
+    import struct
+
+    from fedconv.datasets import DatasetError, parse_idx
+
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(bytes([0, 0, 8, 3]) + struct.pack(">III", 2**31, 2**31, 4))
+    with pytest.raises(DatasetError, match=r"wrong length 16 bytes for dimensions \[2147483648, 2147483648, 4\]"):
+        parse_idx(path, 3)
+
+
+def test_a_gzip_that_inflates_past_the_bound_is_refused(tmp_path: Path, monkeypatch) -> None:
+    import gzip
+
+    from fedconv import datasets
+
+    monkeypatch.setattr(datasets, "MAX_DECOMPRESSED", 1 << 20)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(bytes(3 << 20)))  # 3 MiB of zeros in a few KiB
+    with pytest.raises(datasets.DatasetError, match="inflates past"):
+        datasets.parse_idx(path, 3)
+
+
+def test_a_cifar_pickle_cannot_ask_for_an_array_larger_than_itself(tmp_path: Path) -> None:
+    import pickle
+
+    import numpy as np
+
+    from fedconv.datasets import DatasetError, _read_cifar_batch
+
+    reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy's own _reconstruct, where the allocation happens
+
+    class Huge:
+        def __reduce__(self):
+            return reconstruct, (np.ndarray, (10**13,), b"b")  # 10 TB of int8
+
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps({b"data": Huge(), b"labels": [0]}, protocol=4))
+    with pytest.raises(DatasetError, match=r"asks for an array of shape \(10000000000000,\), larger than the file"):
+        _read_cifar_batch(path)
+    good = tmp_path / "data_batch_2"
+    good.write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]}))
+    assert _read_cifar_batch(good)[0].shape == (2, 3, 32, 32)
+
+
+@settings(max_examples=60, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+@given(frames=st.lists(st.one_of(st.binary(max_size=64), st.sampled_from([b"{}", b"[]", b'{"protocol": 1}', b"null"])),
+                       max_size=3),
+       framed=st.booleans(), tail=st.binary(max_size=16))
+def test_the_warm_worker_outlives_any_bytes_a_peer_sends(frames: list[bytes], framed: bool, tail: bytes) -> None:
+    import socket
+    import struct
+
+    from fedconv import warm_worker
+
+    ours, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with ours, peer:
+        data = b"".join(struct.pack(">Q", len(f)) + f for f in frames) if framed else b"".join(frames)
+        peer.sendall(data + tail)
+        peer.shutdown(socket.SHUT_WR)
+        line = warm_worker.serve_one(ours)
+    assert line.startswith(("refused a request", "dropped a request")), line
+
+
+def test_certs_refuses_a_host_that_is_not_one_and_writes_nothing(tmp_path: Path, capsys) -> None:
+    from fedconv import certs
+
+    for bad in ("not a host", "-lead.example", "a..b", "x" * 64, "under_score.lab", ""):
+        assert certs.main([str(tmp_path / "keys"), f"--host={bad}"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: --host {bad!r}: not an IP address or a host name") and "\n" not in err
+    assert not (tmp_path / "keys").exists()
+    for good in ("192.168.1.10", "::1", "superlink.lab", "pi-4.local."):
+        assert certs.host_problem(good) is None
+
+
+def test_deploy_names_a_supernode_key_that_is_not_one(tmp_path: Path) -> None:
+    from fedconv import certs
+    from fedconv.deploy import public_key_problem
+
+    certs.main([str(tmp_path / "lab"), "--host", "127.0.0.1", "--supernodes", "1"])
+    keys = tmp_path / "lab" / "supernodes"
+    assert public_key_problem(keys) is None
+    (keys / "supernode-0.pub").write_text("ecdsa-sha2-nistp384 AAAA-not-base64 board\n")
+    problem = public_key_problem(keys)
+    assert problem is not None and problem.startswith(f"federation.supernode_keys: {keys / 'supernode-0.pub'} is not an "
+                                                      "OpenSSH public key")
+    assert public_key_problem(tmp_path / "none") == f"federation.supernode_keys={tmp_path / 'none'}: no such folder"
+
+
+# ---------------------------------------------------------------- every command's boundary
+
+
+def test_report_refuses_an_output_that_is_a_file_or_unwritable_before_reading_runs(tmp_path: Path, capsys) -> None:
+    from fedconv import report
+
+    run = completed(write_run_dir(tmp_path / "run"))
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    assert report.main([str(run), "--out", str(afile)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --out {afile}: cannot write the report there (it is a file); " \
+                                              "choose a writable folder"
+    assert afile.read_text() == "mine"
+    assert report.main([str(run), "--out", "/proc/no/report"]) == 2
+    assert "cannot write the report there" in capsys.readouterr().err
+
+
+def test_a_report_that_fails_mid_write_leaves_no_half_report(tmp_path: Path, monkeypatch, capsys) -> None:
+    from fedconv import report
+
+    run = completed(write_run_dir(tmp_path / "run"))
+    real = report.render_html
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report, "render_html", full_disk)
+    out = tmp_path / "rep"
+    assert report.main([str(run), "--out", str(out)]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert list(out.iterdir()) == [] and [p.name for p in tmp_path.iterdir() if p.name.startswith(".rep")] == []
+    monkeypatch.setattr(report, "render_html", real)
+    assert report.main([str(run), "--out", str(out)]) == 0 and (out / "report.html").is_file()
+
+
+def test_export_names_corrupt_weights_and_a_config_that_is_not_one(tmp_path: Path, capsys) -> None:
+    from fedconv import export
+    from fedconv.models import transmitted_state
+
+    run = write_run_dir(tmp_path / "run")
+    from fedconv import task
+
+    cfg = compose([*SMALL, "server.rounds=4"])
+    run_dir.save_weights(run / run_dir.WEIGHTS, transmitted_state(task.initial_model(cfg, task.dataset(cfg))))
+    (run / run_dir.WEIGHTS).write_bytes((run / run_dir.WEIGHTS).read_bytes()[:100])
+    assert export.main([str(run), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {run / run_dir.WEIGHTS}: unreadable weights") and "\n" not in err
+    (run / run_dir.CONFIG).write_text(": : [\n")
+    assert export.main([str(run), "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {run / run_dir.CONFIG}: not a fedconv config")
+    assert not (tmp_path / "x").exists()
+
+
+def test_partitions_validates_every_set_before_writing_any(tmp_path: Path, capsys) -> None:
+    from fedconv import partitioning
+
+    out = tmp_path / "parts"
+    assert partitioning.main(["--out", str(out), "dataset=digits", "partition.alpha=0.5,nan"]) == 2
+    assert capsys.readouterr().err.strip() == "error: partition.alpha=nan: must be a finite number"
+    assert partitioning.main(["--out", str(out), "dataset=digits", "simulation.num_clients=-3"]) == 2
+    assert capsys.readouterr().err.strip() == "error: simulation.num_clients=-3: must be in [1, inf)"
+    assert partitioning.main(["dataset=digits", "--out"]) == 2
+    assert not out.exists()
+
+
+def test_an_optuna_study_whose_trials_are_all_refused_ends_in_one_line_and_exit_2(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "fedconv.simulate", "-m", "+experiment=optuna_fedprox", *SMALL,
+                           "hydra.sweeper.n_trials=2", "client.epochs=0", f"hydra.sweep.dir={tmp_path / 'opt'}"],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert "error: the sweeper stopped after the job failures above (ValueError: No trials are completed yet.)" \
+        in proc.stderr
+    assert "2 sweep job(s) refused for their config or data" in proc.stderr

@@ -206,6 +206,34 @@ def test_a_signalled_run_stops_as_interrupted_keeps_its_rounds_and_resumes(tmp_p
     assert final["status"] == "completed" and final["rounds_completed"] == 4 and final["resumed_from_round"] in (2, 3)
 
 
+def test_a_second_signal_quits_at_once_and_leaves_no_ray_process(tmp_path: Path) -> None:
+    """Two SIGINTs to the driver alone (``timeout`` forwards its signal so, and so does an
+    impatient user's second Ctrl-C under some shells): the process quits with 130 within
+    seconds, and Ray's GCS, raylet, agents and workers, which the first signal left running
+    and ``os._exit`` would orphan, are gone too."""
+    import psutil
+
+    out = tmp_path / "run"
+    args = [*BASE, "simulation.num_clients=4", "server.rounds=4", "faults.slow_partitions=1", "faults.slow_seconds=3",
+            f"hydra.run.dir={out}"]
+    proc = _start_and_wait_for_rounds(args, out, 1)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert children, "Ray should be running"
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        _kill_tree(proc.pid)
+        raise AssertionError("the process did not quit within 60 s of the second signal") from None
+    assert proc.returncode == 130 and "fedconv: interrupted by SIGINT" in stderr, stderr[-3000:]
+    assert time.monotonic() - t0 < 15
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, [p.name() for p in alive]
+
+
 @pytest.mark.parametrize("strategy", ["fedadam", "fedavgm", "scaffold"])  # server state; + client state
 def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, strategy: str) -> None:
     overrides = [*BASE, "simulation.num_clients=4", "server.rounds=4", "server.fraction_evaluate=0.5",
