@@ -138,7 +138,7 @@ def _prepare(msg: Message, context: Context) -> Work:
     task.load_global(model, _received_model(msg, model, local, work.link.down), local=local)
     if work.link.up.active:
         work.received = {k: v.detach().cpu().numpy().copy() for k, v in transmitted_state(model).items() if k not in local}
-    if work.algorithm.client_state or work.link.up.error_feedback:
+    if client_state.partitions_keep_state(work.algorithm, work.link):
         work.store = client_state.store_for(cfg, context.node_config)
         work.started = records.integer(msg.content.config_records["config"], client_state.STATE_ROUND)
         work.state = work.store.load(work.pid, work.started)

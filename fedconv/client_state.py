@@ -49,6 +49,14 @@ class StateError(RuntimeError):
     """A partition's state is missing or unreadable where the server says it must be."""
 
 
+def partitions_keep_state(algorithm: Any, link: Any) -> bool:
+    """Does each partition keep state between rounds: the algorithm's own (SCAFFOLD's control
+    variate) or the uplink codec's error-feedback residual? The one rule for the server (which
+    version of each partition's state is current), the client (where it stores it) and resume
+    (what a checkpoint must hold)."""
+    return bool(algorithm.client_state or link.up.error_feedback)
+
+
 def shared_dir(cfg: Mapping[str, Any]) -> Path:
     """The run's state folder in a simulation (see the module docstring)."""
     configured = str(cfg["simulation"].get("client_state_dir") or "")

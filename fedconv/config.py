@@ -7,6 +7,7 @@ into nested dicts by :func:`from_run_config`.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -139,6 +140,12 @@ def from_run_config(flat: Mapping[str, Any]) -> dict[str, Any]:
     return nested
 
 
+@functools.lru_cache(maxsize=64)
+def _reference(overrides: tuple[str, ...], config_name: str) -> dict[str, Any]:
+    """The composition of these group choices (a sweep's jobs share a few): read-only."""
+    return compose(list(overrides), config_name)
+
+
 def unknown_keys(cfg: Mapping[str, Any], choices: Mapping[str, Any], config_name: str = "config") -> list[str]:
     """Keys that no config file declares (``+client.foo=1`` slips past Hydra's struct check).
 
@@ -151,7 +158,7 @@ def unknown_keys(cfg: Mapping[str, Any], choices: Mapping[str, Any], config_name
         for group, option in choices.items()
         if group in groups and option is not None
     ]
-    reference = compose(overrides, config_name)
+    reference = _reference(tuple(overrides), config_name)
     problems: list[str] = []
 
     def walk(node: Mapping[str, Any], ref: Mapping[str, Any], prefix: str) -> None:

@@ -95,7 +95,7 @@ def _disagree(path: Path, what: str, saved: Any, config: Any, key: str) -> Check
 def check_checkpoint(out: Path, cfg: Mapping[str, Any], ckpt: Checkpoint, model: Any) -> None:
     """The checkpoint against the config that continues it: strategy and its keys, seed,
     the algorithm's state layout and shapes, and the model's weights."""
-    from fedconv import algorithms, task
+    from fedconv import algorithms, client_state, compression, task
     from fedconv.models import transmitted_state
 
     path = out / run_dir.CHECKPOINT
@@ -116,11 +116,12 @@ def check_checkpoint(out: Path, cfg: Mapping[str, Any], ckpt: Checkpoint, model:
     layout = dict(state.get("algorithm") or {})
     has_rounds = "client_rounds" in layout
     layout.pop("client_rounds", None)
-    if set(layout) != set(algorithm.state_attributes) or has_rounds != algorithm.client_state:
+    stateful = client_state.partitions_keep_state(algorithm, compression.Link.from_config(cfg))
+    if set(layout) != set(algorithm.state_attributes) or has_rounds != stateful:
         saved = sorted(layout) + (["client_rounds"] if has_rounds else [])
-        kept = sorted(algorithm.state_attributes) + (["client_rounds"] if algorithm.client_state else [])
-        raise CheckpointError(f"{path}: holds server state {saved} but {strategy['name']} keeps {kept}; "
-                              "this checkpoint is from another algorithm's run")
+        kept = sorted(algorithm.state_attributes) + (["client_rounds"] if stateful else [])
+        raise CheckpointError(f"{path}: holds server state {saved} but {strategy['name']} with this config's "
+                              f"compression keeps {kept}; this checkpoint is from another algorithm's run")
     shapes = {k: tuple(v.shape) for k, v in transmitted_state(model).items()}
     for name, array in ckpt.algorithm_state.items():
         attr, _, key = name.partition("/")

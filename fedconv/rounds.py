@@ -30,7 +30,7 @@ from fedconv.algorithms.base import (
     restore_strategy_state,
     strategy_state,
 )
-from fedconv.client_state import STATE_ROUND
+from fedconv.client_state import STATE_ROUND, partitions_keep_state
 from fedconv.cohorts import CohortGrid, Cohorts, Phase
 from fedconv.compression import PAYLOAD, Link, PayloadError, decode_arrays, encode_arrays, encoded_names
 from fedconv.faults import straggler_plan
@@ -96,7 +96,7 @@ class FederatedRounds:
         self.client_rounds: dict[int, int] = {}
         self.link = link or Link()
         self.evaluate_with_train = evaluate_with_train
-        self.stateful = algorithm.client_state or self.link.up.error_feedback  # a partition keeps state between rounds
+        self.stateful = partitions_keep_state(algorithm, self.link)  # a partition keeps state between rounds
         self._x: dict[str, np.ndarray] = {}  # the shared model sent this round: the uplink's reference
         self._up_names: frozenset[str] = frozenset()  # the arrays the uplink codec encodes this round
         self.local_names = frozenset(local_names)  # never sent (FedBN's BatchNorm layers)

@@ -184,14 +184,16 @@ def test_every_key_every_group_declares_is_read_by_a_check() -> None:
 # ---------------------------------------------------------------- the files resume reads
 
 
-def write_run_dir(run: Path, strategy: str = "fedavg", rounds_done: int = 2) -> Path:
+def write_run_dir(run: Path, strategy: str = "fedavg", rounds_done: int = 2, extra: tuple[str, ...] = ()) -> Path:
     """A run dir as the ServerApp leaves it after ``rounds_done`` rounds, written by the same
     functions (config, rows, summary, checkpoint with the algorithm's state layout)."""
     from fedconv import algorithms, task
     from fedconv.algorithms.base import strategy_state
+    from fedconv.client_state import partitions_keep_state
+    from fedconv.compression import Link
     from fedconv.models import transmitted_state
 
-    cfg = {**compose([*SMALL, f"strategy={strategy}", "server.rounds=4"]), "output_dir": str(run)}
+    cfg = {**compose([*SMALL, f"strategy={strategy}", "server.rounds=4", *extra]), "output_dir": str(run)}
     cfg["client"]["threads"] = 1
     run_dir.write_config(run, cfg)
     ds = task.dataset(cfg)
@@ -199,7 +201,7 @@ def write_run_dir(run: Path, strategy: str = "fedavg", rounds_done: int = 2) -> 
     algorithm = algorithms.get(strategy)
     strategy_cfg = {**cfg["strategy"], "num_partitions": 4}  # as the ServerApp builds it
     tensors, layout = strategy_state(algorithm.make_strategy(strategy_cfg), algorithm.state_attributes)
-    if algorithm.client_state:
+    if partitions_keep_state(algorithm, Link.from_config(cfg)):
         layout["client_rounds"] = {}
     state = {"bytes_total": 10, "bytes_down": 5, "bytes_up": 5, "elapsed_seconds": 1.0,
              "strategy": dict(cfg["strategy"]), "seed": 0, "algorithm": layout}
@@ -231,8 +233,10 @@ def files(run: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()}
 
 
-def test_a_written_run_dir_resumes_and_its_checks_read_only(tmp_path: Path) -> None:
-    run = write_run_dir(tmp_path / "run")
+@pytest.mark.parametrize("strategy, extra", [("fedavg", ()), ("fedadam", ()), ("scaffold", ()),
+                                             ("fedavg", ("compression=topk",))])  # top-k's residual: client state
+def test_a_written_run_dir_resumes_and_its_checks_read_only(tmp_path: Path, strategy: str, extra: tuple[str, ...]) -> None:
+    run = write_run_dir(tmp_path / "run", strategy, extra=extra)
     before = files(run)
     assert _resume(run) is None
     assert files(run) == before
@@ -262,7 +266,7 @@ def test_resume_refuses_a_state_layout_its_algorithm_does_not_keep(tmp_path: Pat
     ckpt = load(run / run_dir.CHECKPOINT)
     save(run / run_dir.CHECKPOINT, ckpt.server_round, ckpt.weights, {**ckpt.state, "algorithm": {}})
     text = _resume(run)
-    assert text is not None and "holds server state [] but fedadam keeps" in text, text
+    assert text is not None and "holds server state [] but fedadam with this config's compression keeps" in text, text
 
 
 @pytest.mark.parametrize("name, damage, message", [
