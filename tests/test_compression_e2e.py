@@ -60,10 +60,15 @@ def test_topk_residual_follows_the_partition_through_the_pool_and_a_resume(tmp_p
     residual each partition stored must be what changed the result."""
     base = [*SMALL, "server.fraction_train=0.4", "server.lr_schedule=constant", "compression=topk"]
     cols = ["round", "central_accuracy", "central_loss", "train_loss", "clients_ok", "bytes_down", "bytes_up"]
-    tables = {}
-    for name, extra in (("pool", []), ("per_client", ["simulation.nodes=per_client"]),
-                        ("no_feedback", ["compression.uplink.error_feedback=false"])):
-        _ok(simulate(*base, "server.rounds=4", *extra, f"hydra.run.dir={tmp_path / name}"))
+    tables: dict[str, list[list[str]]] = {}
+    # The three 4-round runs as one sweep (one process, one Ray); its fourth job (per-client
+    # nodes without feedback) is only the cross product's price.
+    sweep = tmp_path / "sweep"
+    _ok(simulate("-m", *base, "server.rounds=4", "simulation.nodes=pool,per_client",
+                 "compression.uplink.error_feedback=true,false", f"hydra.sweep.dir={sweep}",
+                 "hydra.sweep.subdir=${simulation.nodes}-${compression.uplink.error_feedback}"))
+    for name, job in (("pool", "pool-True"), ("per_client", "per_client-True"), ("no_feedback", "pool-False")):
+        (tmp_path / name).symlink_to(sweep / job)
         tables[name] = [[r[c] for c in cols] for r in rows(tmp_path / name)]
     _ok(simulate(*base, "server.rounds=2", f"hydra.run.dir={tmp_path / 'resumed'}"))
     _ok(simulate(f"resume={tmp_path / 'resumed'}", "server.rounds=4"))

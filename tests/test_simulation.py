@@ -33,14 +33,17 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Three runs shared by the tests below: seed 0 twice, seed 1 once."""
+    """Three runs shared by the tests below: seed 0 and seed 1 as one sweep (a, c: one process,
+    one Ray), and seed 0 again as a single run in a process of its own (b: same numbers across
+    processes and across the two entry modes)."""
     base = tmp_path_factory.mktemp("runs")
-    out = {}
-    for tag, seed in (("a", 0), ("b", 0), ("c", 1)):
-        proc = simulate(*SMALL, f"seed={seed}", f"hydra.run.dir={base / tag}")
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        out[tag] = base / tag
-        out[f"{tag}_stdout"] = proc.stdout  # type: ignore[assignment]
+    out: dict[str, Path] = {}
+    sweep = simulate("-m", *SMALL, "seed=0,1", f"hydra.sweep.dir={base}", "hydra.sweep.subdir=seed${seed}")
+    assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
+    single = simulate(*SMALL, "seed=0", f"hydra.run.dir={base / 'b'}")
+    assert single.returncode == 0, single.stdout[-3000:] + single.stderr[-3000:]
+    out.update(a=base / "seed0", b=base / "b", c=base / "seed1")
+    out["a_stdout"] = sweep.stdout  # type: ignore[assignment]
     return out
 
 
@@ -132,9 +135,9 @@ def test_a_node_pool_runs_the_same_federation_as_one_node_per_client(tmp_path: P
     must give the same numbers, client by client."""
     common = [*SMALL, "simulation.num_clients=8", "server.fraction_train=0.5", "server.fraction_evaluate=0.25",
               "server.rounds=2"]
-    for mode in ("pool", "per_client"):
-        proc = simulate(*common, f"simulation.nodes={mode}", f"hydra.run.dir={tmp_path / mode}")
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = simulate("-m", *common, "simulation.nodes=pool,per_client", f"hydra.sweep.dir={tmp_path}",
+                    "hydra.sweep.subdir=${simulation.nodes}")  # one process, one Ray, two jobs
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     pool, per = tmp_path / "pool", tmp_path / "per_client"
     cols = ["central_accuracy", "central_loss", "fed_accuracy", "fed_loss", "train_loss", "clients_ok", "bytes_total_cum"]
     assert [[r[k] for k in cols] for r in rows(pool)] == [[r[k] for k in cols] for r in rows(per)]

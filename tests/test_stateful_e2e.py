@@ -75,10 +75,11 @@ def test_scaffold_gives_the_same_run_in_the_node_pool_and_with_a_node_per_client
     round: the state must follow the partition, not the node."""
     cols = ["round", "central_accuracy", "central_loss", "train_loss", "clients_ok", "bytes_down", "bytes_up"]
     tables = {}
+    _ok(simulate("-m", *SMALL, "server.fraction_train=0.4", "server.rounds=4", "strategy=scaffold",
+                 "simulation.nodes=pool,per_client", f"hydra.sweep.dir={tmp_path}",
+                 "hydra.sweep.subdir=${simulation.nodes}"))  # one process, one Ray, two jobs
     for nodes in ("pool", "per_client"):
         run = tmp_path / nodes
-        _ok(simulate(*SMALL, "server.fraction_train=0.4", "server.rounds=4", "strategy=scaffold",
-                     f"simulation.nodes={nodes}", f"hydra.run.dir={run}"))
         tables[nodes] = [[r[c] for c in cols] for r in rows(run)]
         trained = [r for r in rows(run, "client_metrics.csv") if r["phase"] == "train"]
         assert len({r["partition_id"] for r in trained}) == 5  # every partition trained at least once

@@ -119,30 +119,11 @@ def test_an_optuna_search_records_its_best_trial_and_resumes(tmp_path: Path) -> 
 
 
 @pytest.mark.slow
-def test_a_sweep_keeps_one_ray_and_its_actors_and_matches_separate_runs(tmp_path: Path) -> None:
+def test_a_sweep_keeps_one_ray_and_its_actors_past_a_bad_job_and_matches_separate_runs(tmp_path: Path) -> None:
     """Hydra's basic launcher runs the jobs in one process: Ray starts once and each job takes
-    over the previous job's warm actors, with rounds.csv identical to separate processes."""
-    sweep = tmp_path / "sweep"
-    proc = simulate("-m", *SMALL, "seed=0,1,2", f"hydra.sweep.dir={sweep}", timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    index = json.loads((sweep / run_dir.SWEEP_INDEX).read_text())["jobs"]
-    runs = [Path(j["run_dir"]) for j in index]
-    summaries = [json.loads((run / "summary.json").read_text()) for run in runs]
-    assert [s["status"] for s in summaries] == ["completed"] * 3
-    assert len({s["ray"]["node_id"] for s in summaries}) == 1  # one Ray instance for the sweep
-    assert [s["ray"]["actors_reused"] > 0 for s in summaries] == [False, True, True]
-    for seed, run in enumerate(runs):
-        alone = tmp_path / f"alone{seed}"
-        single = simulate(*SMALL, f"seed={seed}", f"hydra.run.dir={alone}", timeout=600)
-        assert single.returncode == 0, single.stdout[-3000:] + single.stderr[-3000:]
-        in_sweep = [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in rows(run)]
-        assert in_sweep == [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in rows(alone)], seed
-
-
-@pytest.mark.slow
-def test_a_sweep_job_with_bad_input_does_not_stop_the_next(tmp_path: Path) -> None:
-    """A job refused for its config says so in one line; the sweep goes on with the next job
-    (on the same Ray as the job before) and exits 2 at the end."""
+    over the warm actors of the last job that ran, with rounds.csv identical to separate
+    processes. A job refused for its config says so in one line, and the sweep goes on with
+    the next job on the same Ray, then exits 2."""
     sweep = tmp_path / "sweep"
     proc = simulate("-m", *SMALL, "client.lr=0.05,-1,0.1", f"hydra.sweep.dir={sweep}", timeout=600)
     assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -152,7 +133,15 @@ def test_a_sweep_job_with_bad_input_does_not_stop_the_next(tmp_path: Path) -> No
     assert proc.stderr.count("config error: client.lr=-1: must be in (0, inf)") == 1
     assert f"1 sweep job(s) refused for their config or data (see above): {jobs[1]['run_dir']}" in proc.stderr
     assert "[sweep] job 3/3 completed: 2 completed, 0 skipped, 1 failed" in proc.stdout
-    for job in (jobs[0], jobs[2]):
-        assert [r["round"] for r in rows(Path(job["run_dir"]))] == ["1", "2"]
-    first, last = (json.loads((Path(j["run_dir"]) / "summary.json").read_text())["ray"] for j in (jobs[0], jobs[2]))
-    assert first["node_id"] == last["node_id"] and last["actors_reused"] > 0
+    ran = [Path(jobs[0]["run_dir"]), Path(jobs[2]["run_dir"])]
+    summaries = [json.loads((run / "summary.json").read_text()) for run in ran]
+    assert [s["status"] for s in summaries] == ["completed"] * 2
+    assert len({s["ray"]["node_id"] for s in summaries}) == 1  # one Ray instance for the sweep
+    assert [s["ray"]["actors_reused"] > 0 for s in summaries] == [False, True]
+    for lr, run in zip(("0.05", "0.1"), ran, strict=True):
+        assert [r["round"] for r in rows(run)] == ["1", "2"]
+        alone = tmp_path / f"alone{lr}"
+        single = simulate(*SMALL, f"client.lr={lr}", f"hydra.run.dir={alone}", timeout=600)
+        assert single.returncode == 0, single.stdout[-3000:] + single.stderr[-3000:]
+        in_sweep = [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in rows(run)]
+        assert in_sweep == [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in rows(alone)], lr
