@@ -88,6 +88,10 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise DamagedRun(f"{run_dir.CONFIG} unreadable ({type(exc).__name__})") from exc
     if not isinstance(config, dict):
         raise DamagedRun(f"{run_dir.CONFIG} is not a mapping of keys")
+    missing = [g for g in ("dataset", "model", "strategy", "server") if not isinstance(config.get(g), dict)]
+    if missing or isinstance(config.get("seed"), bool) or not isinstance(config.get("seed"), int):
+        what = f"no {', '.join(missing)} group" if missing else f"seed {config.get('seed')!r} is not an integer"
+        raise DamagedRun(f"{run_dir.CONFIG} is cut short or not a run's config ({what})")
     return config
 
 

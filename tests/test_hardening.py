@@ -552,3 +552,69 @@ def test_an_optuna_study_whose_trials_are_all_refused_ends_in_one_line_and_exit_
     assert "error: the sweeper stopped after the job failures above (ValueError: No trials are completed yet.)" \
         in proc.stderr
     assert "2 sweep job(s) refused for their config or data" in proc.stderr
+
+
+@settings(max_examples=30, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+@given(name=st.sampled_from(["summary.json", "config.yaml", "rounds.csv"]),
+       cut=st.floats(0, 1), flips=st.lists(st.tuples(st.floats(0, 1), st.integers(1, 255)), max_size=4))
+def test_any_truncation_or_byte_flip_of_a_run_the_report_reads_is_used_or_excluded(
+        tmp_path_factory, pristine_run: Path, name: str, cut: float, flips: list[tuple[float, int]]) -> None:
+    """The report reads what runs left behind: a damaged file makes its run excluded with the
+    reason (or, with nothing usable left, one ReportError), never a traceback."""
+    import shutil
+
+    from fedconv import report
+
+    runs = tmp_path_factory.mktemp("report")
+    good, damaged = runs / "good", runs / "damaged"
+    for run in (good, damaged):
+        shutil.copytree(pristine_run, run)
+        completed(run)
+    data = bytearray((damaged / name).read_bytes())
+    data = data[: max(0, int(len(data) * (1 - cut / 4)))] if cut > 0.5 else data
+    for where, xor in flips:
+        if data:
+            data[min(len(data) - 1, int(where * len(data)))] ^= xor
+    (damaged / name).write_bytes(bytes(data))
+    for inputs in ([good, damaged], [damaged]):
+        try:
+            result = report.compare(inputs)
+        except report.ReportError as exc:
+            assert inputs == [damaged] and len(str(exc).splitlines()) == 1, exc
+            continue
+        assert result["rows"], result
+
+
+def test_a_failure_the_disk_cannot_record_is_one_line_and_keeps_the_data(tmp_path: Path, monkeypatch, capsys) -> None:
+    run = write_run_dir(tmp_path / "run")
+    before = files(run)
+
+    def full_disk(path, obj):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(run_dir, "write_json", full_disk)
+    simulate._write_failure(run, compose(SMALL), "failed", "RuntimeError: boom")
+    assert capsys.readouterr().err.strip() == (
+        f"error: could not record the run's failed status in {run / run_dir.SUMMARY} (No space left on device); "
+        f"the rounds, rows and checkpoint already in {run} are intact")
+    assert files(run) == before
+
+
+def test_the_entry_point_ends_even_when_a_thread_would_wait_for_ever() -> None:
+    """What a failed Flower engine leaves behind: a non-daemon thread blocked for ever.
+    Python would wait for it at exit; the entry point's ending does not."""
+    code = ("import threading, time\nfrom fedconv import stopping\n"
+            "threading.Thread(target=time.sleep, args=(600,)).start()\nstopping.finish(1)\n")
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and time.monotonic() - started < 30, proc.stderr[-2000:]
+
+
+def test_an_error_names_the_key_the_user_gave(tmp_path: Path) -> None:
+    """output_dir= pointing at a folder with a run's rows but no config: the message says
+    output_dir=, not resume=."""
+    out = tmp_path / "half"
+    out.mkdir()
+    (out / run_dir.ROUNDS).write_text("round\n")
+    text = prepare_job([*SMALL, f"output_dir={out}"], out)
+    assert text == f"output_dir={out}: no config.yaml there; resume takes the run dir of an earlier run", text
