@@ -298,7 +298,21 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
 
 @hydra.main(version_base=None, config_path="../conf", config_name="deploy")
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    """One deployment; the launcher holds its run dir for the run's life, as a simulation does
+    (the ServerApp under the SuperLink writes into it; a second launcher is refused)."""
+    out = Path(cfg.output_dir or HydraConfig.get().runtime.output_dir).resolve()
+    try:
+        lock = run_dir.hold(out)
+    except run_dir.RunDirHeld as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_BAD_CONFIG)
+    except OSError as exc:
+        print(f"config error: output_dir={out}: cannot write there ({exc.strerror or exc})", file=sys.stderr)
+        sys.exit(EXIT_BAD_CONFIG)
+    try:
+        run(cfg)
+    finally:
+        lock.release()
 
 
 def cli() -> None:

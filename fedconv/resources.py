@@ -5,8 +5,9 @@ then waits for ever. A model far larger than memory is built in every actor and 
 node dies with no word on why. Both are refused here, in one line naming the key, from the
 config and a model built on PyTorch's ``meta`` device (shapes only: nothing is allocated).
 
-Only a local Ray is checked; a cluster (``simulation.ray.address``) reports its own
-resources once attached, and is the user's to size.
+A local Ray is checked against this machine before Ray starts; a cluster
+(``simulation.ray.address``) against its largest live node once attached
+(:func:`check_cluster`), before any run starts on it.
 """
 
 from __future__ import annotations
@@ -65,6 +66,22 @@ def check_resources(cfg: Mapping[str, Any]) -> None:
     if gpus_needed > gpus:
         raise ConfigError(f"simulation.client_resources.num_gpus={gpus_needed:g}: this machine has {gpus} GPU(s) "
                           f"for Ray, so no client could ever start; must be <= {gpus}")
+
+
+def check_cluster(cfg: Mapping[str, Any]) -> None:
+    """Client resources against the largest live node of the Ray cluster this process is
+    attached to: an actor's CPUs and GPUs must all fit on one node."""
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    address = cfg["simulation"]["ray"]["address"]
+    for key, resource in (("num_cpus", "CPU"), ("num_gpus", "GPU")):
+        need = float(cfg["simulation"]["client_resources"][key])
+        most = max((float(n.get(resource, 0)) for n in nodes), default=0.0)
+        if need > most:
+            raise ConfigError(f"simulation.client_resources.{key}={need:g}: more than the {most:g} {resource}(s) of the "
+                              f"largest node of the Ray cluster at {address} ({len(nodes)} node(s)), so no client could "
+                              f"ever start; must be <= {most:g}")
 
 
 def memory_need(cfg: Mapping[str, Any], params: int) -> tuple[int, int]:

@@ -131,11 +131,11 @@ def _holder(path: Path) -> str:
             if len(fields) > 5 and fields[1] == "FLOCK" and int(fields[5].rsplit(":", 1)[1]) == inode:
                 pid = int(fields[4])
                 command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                return f"pid {pid}: {command.strip()[:300]}"
+                return f"pid {pid}: {' '.join(command.split())[:300]}"  # one line, whatever the arguments hold
     except (OSError, ValueError, IndexError):
         pass
     try:
-        return path.read_text().strip() or "another process"
+        return " ".join(path.read_text().split()) or "another process"
     except OSError:
         return "another process"
 

@@ -201,8 +201,6 @@ def _hold(cfg: DictConfig, job: Job) -> run_dir.RunLock | None:
         return None
     try:
         return run_dir.hold(job.out)
-    except run_dir.RunDirHeld:
-        raise
     except OSError as exc:
         key = "resume" if cfg.resume else "output_dir"
         raise ConfigError(f"{key}={job.out}: cannot write there ({exc.strerror or exc}); choose a writable folder") from None
@@ -257,6 +255,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             timeline.mark("config")
             check_inputs(resolved, job.out if action == "resume" else None)
             timeline.mark("inputs")
+            if resolved["simulation"]["ray"].get("address"):
+                _attach(resolved)
         except _bad_input_errors() as exc:
             return _refused(job, exc)
         if lock is not None:
@@ -265,6 +265,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     finally:
         if lock is not None:
             lock.release()
+
+
+def _attach(resolved: dict[str, Any]) -> None:
+    """Attach to the Ray cluster the config names and check that a client fits on its nodes
+    (a local Ray was checked against this machine in :func:`check_inputs`)."""
+    from fedconv import resources, runtime
+
+    backend = runtime.backend_config(resolved["simulation"], bool(resolved["verbose"]))
+    ray_session.start(backend["init_args"], preload=ray_session.preload_workers(backend))
+    resources.check_cluster(resolved)
 
 
 def _skip(job: Job) -> dict[str, Any]:

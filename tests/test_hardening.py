@@ -336,8 +336,10 @@ def test_a_run_dir_has_one_writer_and_the_os_frees_it_when_the_holder_dies(tmp_p
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        with pytest.raises(run_dir.RunDirHeld, match=rf"{run}: another fedconv process writes this run dir \(pid {holder.pid}"):
+        expected = rf"{run}: another fedconv process writes this run dir \(pid {holder.pid}"
+        with pytest.raises(run_dir.RunDirHeld, match=expected) as held:
             run_dir.hold(run)
+        assert "\n" not in str(held.value)  # the holder's command line (a multi-line -c here) on one line
     finally:
         holder.kill()
         holder.wait()
@@ -618,3 +620,20 @@ def test_an_error_names_the_key_the_user_gave(tmp_path: Path) -> None:
     (out / run_dir.ROUNDS).write_text("round\n")
     text = prepare_job([*SMALL, f"output_dir={out}"], out)
     assert text == f"output_dir={out}: no config.yaml there; resume takes the run dir of an earlier run", text
+
+
+def test_deploy_refuses_a_run_dir_another_process_writes(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        proc = subprocess.run([sys.executable, "-m", "fedconv.deploy", "dataset=digits", f"output_dir={run}",
+                               "federation.address=127.0.0.1:9", "federation.insecure=true"],
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f"error: {run}: another fedconv process writes this run dir (pid {holder.pid}")
+    assert sorted(p.name for p in run.iterdir()) == [run_dir.LOCK]

@@ -252,6 +252,14 @@ def test_attaches_to_an_existing_two_node_ray_cluster_with_shared_client_state(t
             capture_output=True, text=True, timeout=120, env=env,
         )
         assert worker.returncode == 0, worker.stderr[-2000:]
+        # Two CPUs in all, but an actor's CPUs must fit on one node: refused once attached, no run dir.
+        big = simulate(*SMALL, "simulation.client_resources.num_cpus=2", f"simulation.ray.address={address}",
+                       f"hydra.run.dir={tmp_path / 'big'}")
+        assert big.returncode == 2, big.stdout[-3000:] + big.stderr[-3000:]
+        assert big.stderr.strip().splitlines()[-1] == (
+            f"config error: simulation.client_resources.num_cpus=2: more than the 1 CPU(s) of the largest node of the "
+            f"Ray cluster at {address} (2 node(s)), so no client could ever start; must be <= 1")
+        assert not (tmp_path / "big").exists()
         shared = tmp_path / "nfs" / "state"
         proc = simulate(*SMALL, "server.rounds=2", "server.fraction_evaluate=0", "strategy=scaffold",
                         f"simulation.ray.address={address}", f"simulation.client_state_dir={shared}",
