@@ -77,17 +77,32 @@ def quit_now(flush_logs: bool = True) -> None:
     os._exit(128 + int(sig))
 
 
+FINISH_GRACE_SECONDS = 5.0  # how long the end waits for threads that are still finishing their work
+
+
 def finish(code: int) -> None:
     """End the entry point with ``code``, within seconds: a failed engine can leave Flower's
-    threads waiting on actors that are gone, and Python would wait for them for ever."""
-    alive = [t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive() and not t.daemon]
-    if not alive:
+    threads waiting on actors that are gone, and Python would wait for them for ever. Threads
+    still working get a few seconds; then the exit handlers a normal exit runs (Ray's
+    shutdown, the tracking sinks' flushes) run, and the process ends without the stuck ones."""
+    deadline = time.monotonic() + FINISH_GRACE_SECONDS
+    for thread in _other_threads():
+        thread.join(max(0.0, deadline - time.monotonic()))
+    if not _other_threads():
         sys.exit(code)
+    import atexit
+
+    atexit._run_exitfuncs()  # what sys.exit would have run, before the threads it would wait for
     sys.stdout.flush()
     sys.stderr.flush()
     logging.shutdown()
     kill_children()
     os._exit(code)
+
+
+def _other_threads() -> list[threading.Thread]:
+    """Threads Python's exit would wait for."""
+    return [t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive() and not t.daemon]
 
 
 def kill_children() -> None:

@@ -605,11 +605,13 @@ def test_a_failure_the_disk_cannot_record_is_one_line_and_keeps_the_data(tmp_pat
 def test_the_entry_point_ends_even_when_a_thread_would_wait_for_ever() -> None:
     """What a failed Flower engine leaves behind: a non-daemon thread blocked for ever.
     Python would wait for it at exit; the entry point's ending does not."""
-    code = ("import threading, time\nfrom fedconv import stopping\n"
+    code = ("import atexit, threading, time\nfrom fedconv import stopping\n"
+            "stopping.FINISH_GRACE_SECONDS = 0.5\natexit.register(print, 'exit handlers ran')\n"
             "threading.Thread(target=time.sleep, args=(600,)).start()\nstopping.finish(1)\n")
     started = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and time.monotonic() - started < 30, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "exit handlers ran"  # Ray's shutdown and the sinks' flushes still happen
 
 
 def test_an_error_names_the_key_the_user_gave(tmp_path: Path) -> None:
