@@ -94,12 +94,24 @@ def _disagree(path: Path, what: str, saved: Any, config: Any, key: str) -> Check
 
 def check_checkpoint(out: Path, cfg: Mapping[str, Any], ckpt: Checkpoint, model: Any) -> None:
     """The checkpoint against the config that continues it: strategy and its keys, seed,
-    the algorithm's state layout and shapes, and the model's weights."""
-    from fedconv import algorithms, client_state, compression, task
-    from fedconv.models import transmitted_state
+    the model's weights, and the algorithm's state layout and shapes."""
+    from fedconv import task
 
     path = out / run_dir.CHECKPOINT
-    state = ckpt.state
+    try:
+        _check_identity(path, cfg, ckpt.state)
+        try:
+            task.load_global(model, ckpt.weights)
+        except (ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{path}: does not fit the run's model ({exc})") from None
+        _check_layout(path, cfg, ckpt, model)
+    except CheckpointError:
+        raise
+    except (TypeError, AttributeError, ValueError, KeyError) as exc:  # state JSON of the wrong shape
+        raise CheckpointError(f"{path}: its bookkeeping is not a fedconv checkpoint's ({type(exc).__name__}: {exc})") from None
+
+
+def _check_identity(path: Path, cfg: Mapping[str, Any], state: Mapping[str, Any]) -> None:
     saved_strategy, strategy = dict(state.get("strategy") or {}), dict(cfg["strategy"])
     if saved_strategy.get("name") != strategy["name"]:
         raise _disagree(path, "strategy", saved_strategy.get("name"), strategy["name"], f"{run_dir.CONFIG} strategy.name")
@@ -108,29 +120,33 @@ def check_checkpoint(out: Path, cfg: Mapping[str, Any], ckpt: Checkpoint, model:
             raise _disagree(path, f"strategy.{key}", saved_strategy[key], strategy[key], f"{run_dir.CONFIG} strategy.{key}")
     if "seed" in state and int(state["seed"]) != int(cfg["seed"]):
         raise _disagree(path, "seed", state["seed"], cfg["seed"], f"{run_dir.CONFIG} seed")
-    try:
-        task.load_global(model, ckpt.weights)
-    except (ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: does not fit the run's model ({exc})") from None
-    algorithm = algorithms.get(strategy["name"])
-    layout = dict(state.get("algorithm") or {})
+
+
+def _check_layout(path: Path, cfg: Mapping[str, Any], ckpt: Checkpoint, model: Any) -> None:
+    """The server state the checkpoint holds is exactly what this algorithm keeps, shaped like the model."""
+    from fedconv import algorithms, client_state, compression
+    from fedconv.models import transmitted_state
+
+    name = cfg["strategy"]["name"]
+    algorithm = algorithms.get(name)
+    layout = dict(ckpt.state.get("algorithm") or {})
     has_rounds = "client_rounds" in layout
     layout.pop("client_rounds", None)
     stateful = client_state.partitions_keep_state(algorithm, compression.Link.from_config(cfg))
     if set(layout) != set(algorithm.state_attributes) or has_rounds != stateful:
         saved = sorted(layout) + (["client_rounds"] if has_rounds else [])
         kept = sorted(algorithm.state_attributes) + (["client_rounds"] if stateful else [])
-        raise CheckpointError(f"{path}: holds server state {saved} but {strategy['name']} with this config's "
+        raise CheckpointError(f"{path}: holds server state {saved} but {name} with this config's "
                               f"compression keeps {kept}; this checkpoint is from another algorithm's run")
     shapes = {k: tuple(v.shape) for k, v in transmitted_state(model).items()}
-    for name, array in ckpt.algorithm_state.items():
-        attr, _, key = name.partition("/")
+    for array_name, array in ckpt.algorithm_state.items():
+        attr, _, key = array_name.partition("/")
         spec = layout.get(attr, {})
         if spec.get("kind") in (None, "none") or key not in spec.get("keys", []):
-            raise CheckpointError(f"{path}: server state array {name} is not in the saved layout")
+            raise CheckpointError(f"{path}: server state array {array_name} is not in the saved layout")
         if key in shapes and tuple(array.shape) != shapes[key]:
-            raise CheckpointError(f"{path}: server state {name} has shape {tuple(array.shape)}, the model's {key} "
-                                  f"has {shapes[key]}")
+            raise CheckpointError(f"{path}: server state {array_name} has shape {tuple(array.shape)}, the model's "
+                                  f"{key} has {shapes[key]}")
     for attr, spec in layout.items():
         missing = [k for k in spec.get("keys", []) if f"{attr}/{k}" not in ckpt.algorithm_state]
         if spec.get("kind") not in ("none", None) and missing:

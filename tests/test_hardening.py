@@ -269,6 +269,21 @@ def test_resume_refuses_a_state_layout_its_algorithm_does_not_keep(tmp_path: Pat
     assert text is not None and "holds server state [] but fedadam with this config's compression keeps" in text, text
 
 
+@pytest.mark.parametrize("state, message", [
+    ({"algorithm": {"m_t": "oops", "v_t": {"kind": "none"}}}, "its bookkeeping is not a fedconv checkpoint's"),
+    ({"seed": "abc"}, "its bookkeeping is not a fedconv checkpoint's (ValueError"),
+    ({"strategy": ["fedadam"]}, "its bookkeeping is not a fedconv checkpoint's"),
+])
+def test_a_checkpoint_whose_bookkeeping_has_the_wrong_shape_is_refused(tmp_path: Path, state: dict, message: str) -> None:
+    from fedconv.checkpoint import load, save
+
+    run = write_run_dir(tmp_path / "run", "fedadam")
+    ckpt = load(run / run_dir.CHECKPOINT)
+    save(run / run_dir.CHECKPOINT, ckpt.server_round, ckpt.weights, {**ckpt.state, **state})
+    text = _resume(run)
+    assert text is not None and message in text and len(text.splitlines()) == 1, text
+
+
 @pytest.mark.parametrize("name, damage, message", [
     ("summary.json", lambda b: b[: len(b) // 2], "summary.json: unreadable"),
     ("summary.json", lambda b: b"[1, 2]", "summary.json: expected a JSON object"),
