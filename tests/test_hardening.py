@@ -305,6 +305,16 @@ def test_resume_names_the_damaged_file_and_touches_nothing(tmp_path: Path, name:
     assert files(run) == before
 
 
+def damage(path: Path, cut: float, flips: list[tuple[float, int]]) -> None:
+    """Cut the file's last quarter or less (when ``cut`` > 0.5), then XOR bytes at relative places."""
+    data = bytearray(path.read_bytes())
+    data = data[: max(0, int(len(data) * (1 - cut / 4)))] if cut > 0.5 else data
+    for where, xor in flips:
+        if data:
+            data[min(len(data) - 1, int(where * len(data)))] ^= xor
+    path.write_bytes(bytes(data))
+
+
 @pytest.fixture(scope="module")
 def pristine_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_run_dir(tmp_path_factory.mktemp("pristine") / "run")
@@ -320,12 +330,7 @@ def test_any_truncation_or_byte_flip_of_a_run_dir_is_resumed_or_refused_in_one_l
     run = tmp_path_factory.mktemp("flip") / "run"
     shutil.copytree(pristine_run, run)
     (run / run_dir.CONFIG).write_text((run / run_dir.CONFIG).read_text().replace(str(pristine_run), str(run)))
-    data = bytearray((run / name).read_bytes())
-    data = data[: max(0, int(len(data) * (1 - cut / 4)))] if cut > 0.5 else data
-    for where, xor in flips:
-        if data:
-            data[min(len(data) - 1, int(where * len(data)))] ^= xor
-    (run / name).write_bytes(bytes(data))
+    damage(run / name, cut, flips)
     before = files(run)
     text = _resume(run)
     assert files(run) == before
@@ -587,12 +592,7 @@ def test_any_truncation_or_byte_flip_of_a_run_the_report_reads_is_used_or_exclud
     for run in (good, damaged):
         shutil.copytree(pristine_run, run)
         completed(run)
-    data = bytearray((damaged / name).read_bytes())
-    data = data[: max(0, int(len(data) * (1 - cut / 4)))] if cut > 0.5 else data
-    for where, xor in flips:
-        if data:
-            data[min(len(data) - 1, int(where * len(data)))] ^= xor
-    (damaged / name).write_bytes(bytes(data))
+    damage(damaged / name, cut, flips)
     for inputs in ([good, damaged], [damaged]):
         try:
             result = report.compare(inputs)
