@@ -40,19 +40,13 @@ Predict = Callable[[np.ndarray], np.ndarray]  # float32 [0, 1] images -> logits
 
 def load_run_model(run: Path) -> tuple[dict[str, Any], Any, nn.Module]:
     """The run's config, dataset and model with its final weights (safetensors, no pickle)."""
-    from fedconv import task
-    from fedconv.config import plain
+    from fedconv import resume, task
 
     cfg_path, weights = run / run_dir.CONFIG, run / run_dir.WEIGHTS
     for path in (cfg_path, weights):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing; export needs a completed run directory")
-    try:
-        cfg = plain(cfg_path)
-    except Exception as exc:  # OmegaConf/YAML raise many types; all mean "not a config"
-        raise run_dir.RunDirError(f"{cfg_path}: not a fedconv config ({str(exc).strip().splitlines()[0]})") from None
-    if not isinstance(cfg.get("dataset"), dict) or not isinstance(cfg.get("model"), dict):
-        raise run_dir.RunDirError(f"{cfg_path}: not a fedconv run's config (no dataset or model group)")
+    cfg = resume.saved_config(run)  # the run dir's config, read as resume reads it (errors name the file)
     ds = task.dataset(cfg)
     model = task.initial_model(cfg, ds)
     state = run_dir.load_weights(weights)
