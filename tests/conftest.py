@@ -4,10 +4,14 @@ running ``python -m fedconv.simulate`` as a user would."""
 from __future__ import annotations
 
 import csv
+import dataclasses
+import json
 import os
 import pickle
+import re
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -111,3 +115,91 @@ def lean_board_env(tmp_path: Path, env: dict[str, str] | None = None) -> dict[st
     env = dict(os.environ if env is None else env)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(lean), env.get("PYTHONPATH", "")) if p)
     return env
+
+
+# --- Cases: the simple end-to-end runs of the whole session as one sweep -------------------
+#
+# A test that only runs ``fedconv.simulate`` with some overrides and then reads what the run
+# wrote declares that run as a case: ``@pytest.mark.cases(name=(override, ...), ...)`` and
+# reads it from the ``cases`` fixture. The first such test runs every case the session's
+# selected tests declare as the jobs of one sweep (``+case=a,b,...`` over a config group the
+# fixture writes): one process, one Ray and its warm actors, as a user's sweep. A sweep's jobs
+# equal separate runs (test_sweeps.py::test_a_sweep_keeps_one_ray_and_its_actors_past_a_bad_job_and_matches_separate_runs).
+
+CONF_GROUPS = frozenset(p.name for p in (ROOT / "conf").iterdir() if p.is_dir())
+
+
+@dataclasses.dataclass(frozen=True)
+class CaseRun:
+    """One case's job: its run dir, its status in sweep.json and its part of the sweep's stdout."""
+
+    dir: Path
+    status: str
+    stdout: str
+
+    def completed(self) -> CaseRun:
+        assert self.status == "completed", f"{self.dir}: {self.status}\n{self.stdout[-3000:]}"
+        return self
+
+
+def case_config(overrides: Sequence[str]) -> dict:
+    """The overrides as a global config file: group choices as ``override /group: option``
+    defaults, values as nested keys (what ``+experiment=...`` files look like)."""
+    from omegaconf import OmegaConf
+
+    choices, values = [], []
+    for override in overrides:
+        key, _, value = override.partition("=")
+        assert not key.startswith(("+", "~", "hydra.")), f"a case sets existing keys only: {override}"
+        if key in CONF_GROUPS:
+            choices.append({f"override /{key}": value})
+        else:
+            values.append(override)
+    doc = OmegaConf.to_container(OmegaConf.from_dotlist(values)) if values else {}
+    return {"defaults": choices, **doc} if choices else doc
+
+
+def _ray_settings(overrides: Sequence[str]) -> tuple[str, ...]:
+    """Cases that start Ray or their actors differently run together, after the others."""
+    return tuple(sorted(o for o in overrides if o.startswith(("simulation.ray.", "simulation.client_resources."))))
+
+
+def declared_cases(items: Sequence[pytest.Item]) -> dict[str, tuple[str, ...]]:
+    cases: dict[str, tuple[str, ...]] = {}
+    for item in items:
+        for marker in item.iter_markers("cases"):
+            for name, overrides in marker.kwargs.items():
+                assert cases.get(name, tuple(overrides)) == tuple(overrides), f"case {name} declared twice, differently"
+                cases[name] = tuple(overrides)
+    return cases
+
+
+def run_cases(cases: Mapping[str, Sequence[str]], base: Path) -> dict[str, CaseRun]:
+    """Every case as one job of one sweep; each job's stdout from Hydra's ``#k :`` line on."""
+    import yaml
+
+    groups = base / "conf" / "case"
+    groups.mkdir(parents=True)
+    for name, overrides in cases.items():
+        (groups / f"{name}.yaml").write_text("# @package _global_\n" + yaml.safe_dump(case_config(overrides)))
+    names = sorted(cases, key=lambda n: (_ray_settings(cases[n]), n))
+    proc = simulate("-m", f"+case={','.join(names)}", f"hydra.searchpath=[file://{base / 'conf'}]",
+                    f"hydra.sweep.dir={base / 'runs'}", "hydra.sweep.subdir=${hydra:runtime.choices.case}",
+                    timeout=1800)
+    index = base / "runs" / "sweep.json"
+    assert index.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = {j["overrides"][0].removeprefix("+case="): j for j in json.loads(index.read_text())["jobs"]}
+    parts = re.split(r"^.*\[HYDRA\] \t#\d+ : ", proc.stdout, flags=re.M)[1:]
+    out = {}
+    for name, part in zip(names, parts, strict=False):
+        assert part.startswith(f"+case={name}\n"), part[:200]
+        out[name] = CaseRun(Path(jobs[name]["run_dir"]), jobs[name]["status"], part)
+    missing = set(cases) - set(out)
+    assert not missing, f"cases never ran: {sorted(missing)}\n{proc.stderr[-3000:]}"
+    return out
+
+
+@pytest.fixture(scope="session")
+def cases(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, CaseRun]:
+    """The runs every selected test declared with ``@pytest.mark.cases``, made in one sweep."""
+    return run_cases(declared_cases(request.session.items), tmp_path_factory.mktemp("cases"))

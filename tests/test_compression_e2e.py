@@ -5,6 +5,7 @@ through the node pool and a resume."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 import yaml
 from safetensors.numpy import load_file
 
-from conftest import rows, simulate
+from conftest import CaseRun, rows, simulate
 
 pytestmark = pytest.mark.slow
 
@@ -23,16 +24,17 @@ def _ok(proc) -> None:  # noqa: ANN001
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
-def test_compressed_runs_send_a_fraction_of_the_bytes_and_still_learn(tmp_path: Path) -> None:
-    presets = ["none", "int8", "int8_both", "topk"]
-    _ok(simulate("-m", *SMALL, "server.fraction_train=1.0", "server.rounds=3", f"compression={','.join(presets)}",
-                 f"hydra.sweep.dir={tmp_path}", timeout=600))
-    jobs = json.loads((tmp_path / "sweep.json").read_text())["jobs"]
-    assert [j["status"] for j in jobs] == ["completed"] * len(presets)
+PRESETS = ["none", "int8", "int8_both", "topk"]
+
+
+@pytest.mark.cases(**{f"compression_{p}": (*SMALL, "server.fraction_train=1.0", "server.rounds=3", f"compression={p}")
+                      for p in PRESETS})
+def test_compressed_runs_send_a_fraction_of_the_bytes_and_still_learn(cases: dict[str, CaseRun]) -> None:
     runs = {}
-    for j in jobs:
-        cfg = yaml.safe_load((Path(j["run_dir"]) / "config.yaml").read_text())
-        runs[(cfg["compression"]["downlink"]["codec"], cfg["compression"]["uplink"]["codec"])] = Path(j["run_dir"])
+    for preset in PRESETS:
+        run = cases[f"compression_{preset}"].completed().dir
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        runs[(cfg["compression"]["downlink"]["codec"], cfg["compression"]["uplink"]["codec"])] = run
     fp32 = rows(runs[("none", "none")])
     int8, both, topk = rows(runs[("none", "int8")]), rows(runs[("int8", "int8")]), rows(runs[("none", "topk")])
     for f, q, b, t in zip(fp32, int8, both, topk, strict=True):
@@ -54,23 +56,23 @@ def test_compressed_runs_send_a_fraction_of_the_bytes_and_still_learn(tmp_path: 
     assert summary["compression"]["uplink"]["codec"] == "int8"
 
 
-def test_topk_residual_follows_the_partition_through_the_pool_and_a_resume(tmp_path: Path) -> None:
+TOPK = (*SMALL, "server.fraction_train=0.4", "server.lr_schedule=constant", "compression=topk")
+
+
+@pytest.mark.cases(topk_pool=(*TOPK, "server.rounds=4", "simulation.nodes=pool"),
+                   topk_per_client=(*TOPK, "server.rounds=4", "simulation.nodes=per_client"),
+                   topk_no_feedback=(*TOPK, "server.rounds=4", "compression.uplink.error_feedback=false"),
+                   topk_two_rounds=(*TOPK, "server.rounds=2"))
+def test_topk_residual_follows_the_partition_through_the_pool_and_a_resume(tmp_path: Path, cases: dict[str, CaseRun]) -> None:
     """Two of five clients a round, so pool nodes train other partitions each round; a run
     stopped after round 2 and resumed to 4 must equal the uninterrupted one, and the
     residual each partition stored must be what changed the result."""
-    base = [*SMALL, "server.fraction_train=0.4", "server.lr_schedule=constant", "compression=topk"]
     cols = ["round", "central_accuracy", "central_loss", "train_loss", "clients_ok", "bytes_down", "bytes_up"]
     tables: dict[str, list[list[str]]] = {}
-    # The three 4-round runs as one sweep (one process, one Ray); its fourth job (per-client
-    # nodes without feedback) is only the cross product's price.
-    sweep = tmp_path / "sweep"
-    _ok(simulate("-m", *base, "server.rounds=4", "simulation.nodes=pool,per_client",
-                 "compression.uplink.error_feedback=true,false", f"hydra.sweep.dir={sweep}",
-                 "hydra.sweep.subdir=${simulation.nodes}-${compression.uplink.error_feedback}"))
-    for name, job in (("pool", "pool-True"), ("per_client", "per_client-True"), ("no_feedback", "pool-False")):
-        (tmp_path / name).symlink_to(sweep / job)
+    for name in ("pool", "per_client", "no_feedback"):
+        (tmp_path / name).symlink_to(cases[f"topk_{name}"].completed().dir)
         tables[name] = [[r[c] for c in cols] for r in rows(tmp_path / name)]
-    _ok(simulate(*base, "server.rounds=2", f"hydra.run.dir={tmp_path / 'resumed'}"))
+    shutil.copytree(cases["topk_two_rounds"].completed().dir, tmp_path / "resumed")  # the session's case stays as made
     _ok(simulate(f"resume={tmp_path / 'resumed'}", "server.rounds=4"))
     tables["resumed"] = [[r[c] for c in cols] for r in rows(tmp_path / "resumed")]
     assert tables["pool"] == tables["per_client"] == tables["resumed"]

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from safetensors.numpy import load_file
 
-from conftest import ROOT, rows, simulate
+from conftest import ROOT, CaseRun, rows, simulate
 from fedconv.faults import crashes, straggler_plan
 
 BASE = [
@@ -38,49 +38,52 @@ def ints(table: list[dict[str, str]], key: str) -> list[int]:
     return [int(r[key]) for r in table]
 
 
-def test_dropout_still_converges_and_counts_the_crashes(tmp_path: Path) -> None:
-    proc = simulate(*BASE, "simulation.num_clients=6", "server.rounds=5", "client.epochs=2",
-                    "faults.dropout=0.3", f"hydra.run.dir={tmp_path}")
-    ok(proc)
-    table = rows(tmp_path)
+@pytest.mark.cases(dropout=(*BASE, "simulation.num_clients=6", "server.rounds=5", "client.epochs=2", "faults.dropout=0.3"))
+def test_dropout_still_converges_and_counts_the_crashes(cases: dict[str, CaseRun]) -> None:
+    run = cases["dropout"].completed()
+    table = rows(run.dir)
     expected = [sum(crashes(0, r, pid, 0.3) for pid in range(6)) for r in range(1, 6)]
     assert ints(table, "clients_failed") == expected and sum(expected) > 0
     assert [s - f for s, f in zip(ints(table, "clients_sampled"), expected, strict=True)] == ints(table, "clients_ok")
-    trained = {(int(r["round"]), int(r["partition_id"])) for r in rows(tmp_path, "client_metrics.csv")}
+    trained = {(int(r["round"]), int(r["partition_id"])) for r in rows(run.dir, "client_metrics.csv")}
     assert not any(crashes(0, r, pid, 0.3) and (r, pid) in trained for r in range(1, 6) for pid in range(6))
     acc = [float(r["central_accuracy"]) for r in table]
     assert acc[-1] > 0.8 and acc[-1] > acc[0]
-    assert "ClientApp raised: injected crash of partition" in proc.stdout
-    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
+    assert "ClientApp raised: injected crash of partition" in run.stdout
+    assert json.loads((run.dir / "summary.json").read_text())["status"] == "completed"
 
 
-def test_all_clients_failing_skips_the_round_and_keeps_the_model(tmp_path: Path) -> None:
+ALL_FAIL = (*BASE, "simulation.num_clients=4", "server.rounds=2", "faults.dropout=1.0")
+
+
+@pytest.mark.cases(all_fail=ALL_FAIL)
+def test_all_clients_failing_skips_the_round_and_keeps_the_model(cases: dict[str, CaseRun]) -> None:
     from fedconv import task
     from fedconv.config import compose
     from fedconv.models import transmitted_state
 
-    overrides = [*BASE, "simulation.num_clients=4", "server.rounds=2", "faults.dropout=1.0"]
-    ok(simulate(*overrides, f"hydra.run.dir={tmp_path}"))
-    table = rows(tmp_path)
+    run = cases["all_fail"].completed()
+    table = rows(run.dir)
     assert ints(table, "round_skipped") == [1, 1] and ints(table, "clients_failed") == [4, 4]
     assert ints(table, "clients_ok") == [0, 0] and ints(table, "bytes_up") == [0, 0]
     assert table[0]["central_accuracy"] == table[1]["central_accuracy"]
-    cfg = compose(overrides)
+    cfg = compose(list(ALL_FAIL))
     initial = transmitted_state(task.initial_model(cfg, task.dataset(cfg)))
-    final = load_file(str(tmp_path / "model.safetensors"))
+    final = load_file(str(run.dir / "model.safetensors"))
     assert set(final) == set(initial)
     for name, tensor in initial.items():
         np.testing.assert_array_equal(final[name], tensor.numpy())
-    assert json.loads((tmp_path / "summary.json").read_text())["rounds_skipped"] == 2
+    assert json.loads((run.dir / "summary.json").read_text())["rounds_skipped"] == 2
 
 
-def test_stragglers_fedprox_aggregates_fedavg_drops_and_a_rerun_skips(tmp_path: Path) -> None:
-    command = ["-m", *BASE, "simulation.num_clients=6", "server.rounds=2", "client.epochs=3",
-               "faults=stragglers", "strategy=fedavg,fedprox", f"hydra.sweep.dir={tmp_path}"]
-    ok(simulate(*command))
-    jobs = json.loads((tmp_path / "sweep.json").read_text())["jobs"]
-    fedavg, fedprox = (Path(j["run_dir"]) for j in jobs)
-    assert "strategy=fedavg" in jobs[0]["overrides"] and fedavg.parent == fedprox.parent == tmp_path
+STRAGGLERS = (*BASE, "simulation.num_clients=6", "server.rounds=2", "client.epochs=3", "faults=stragglers")
+
+
+@pytest.mark.cases(stragglers_fedavg=(*STRAGGLERS, "strategy=fedavg"), stragglers_fedprox=(*STRAGGLERS, "strategy=fedprox"))
+def test_stragglers_fedprox_aggregates_fedavg_drops(cases: dict[str, CaseRun]) -> None:
+    """Half the clients straggle: FedAvg drops their updates, FedProx aggregates their partial
+    work (a sweep's re-run skipping completed jobs: test_simulation.py::test_two_job_sweep_writes_two_runs_and_an_index)."""
+    fedavg, fedprox = cases["stragglers_fedavg"].completed().dir, cases["stragglers_fedprox"].completed().dir
     for r in range(1, 3):
         assert len(straggler_plan(0, r, range(6), 0.5, 3)) == 3
     avg, prox = rows(fedavg), rows(fedprox)
@@ -89,25 +92,16 @@ def test_stragglers_fedprox_aggregates_fedavg_drops_and_a_rerun_skips(tmp_path: 
     assert ints(prox, "clients_dropped") == [0, 0] and ints(prox, "clients_ok") == [6, 6]
     dropped = {(int(r["round"]), int(r["partition_id"])) for r in rows(fedavg, "client_metrics.csv") if r["status"] == "dropped"}
     assert dropped == {(r, p) for r in (1, 2) for p in straggler_plan(0, r, range(6), 0.5, 3)}
-    # The same command again: both jobs completed, so both are skipped without running anything.
-    before = {p: (p / "rounds.csv").read_bytes() for p in (fedavg, fedprox)}
-    t0 = time.perf_counter()
-    again = simulate(*command)
-    ok(again)
-    assert again.stdout.count("skipping") == 2 and "fedconv run ->" not in again.stdout
-    assert time.perf_counter() - t0 < 60
-    assert {p: (p / "rounds.csv").read_bytes() for p in (fedavg, fedprox)} == before
-    index = json.loads((tmp_path / "sweep.json").read_text())
-    assert [j["status"] for j in index["jobs"]] == ["completed", "completed"]
 
 
-def test_nan_client_is_rejected_and_the_model_stays_finite(tmp_path: Path) -> None:
-    proc = simulate(*BASE, "simulation.num_clients=4", "server.rounds=3", "client.epochs=2",
-                    "faults=nan_client", f"hydra.run.dir={tmp_path}")
-    ok(proc)
+@pytest.mark.cases(nan_client=(*BASE, "simulation.num_clients=4", "server.rounds=3", "client.epochs=2", "faults=nan_client"))
+def test_nan_client_is_rejected_and_the_model_stays_finite(cases: dict[str, CaseRun]) -> None:
+    run = cases["nan_client"]
+    assert run.status == "completed", run.stdout[-3000:]
+    tmp_path = run.dir
     table = rows(tmp_path)
     assert ints(table, "clients_rejected") == [1, 1, 1] and ints(table, "clients_ok") == [3, 3, 3]
-    assert "partition 0: reply rejected: array" in proc.stdout and "non-finite" in proc.stdout
+    assert "partition 0: reply rejected: array" in run.stdout and "non-finite" in run.stdout
     weights = load_file(str(tmp_path / "model.safetensors"))
     assert all(np.isfinite(w).all() for w in weights.values())
     acc = [float(r["central_accuracy"]) for r in table]
@@ -116,19 +110,19 @@ def test_nan_client_is_rejected_and_the_model_stays_finite(tmp_path: Path) -> No
     assert {r["partition_id"] for r in rejected} == {"0"} and len(rejected) == 3
 
 
-def test_a_client_past_the_round_timeout_counts_as_failed(tmp_path: Path) -> None:
-    # A sleeping client holds its Ray actor past the round; 6 actors (sleep costs no CPU)
-    # keep the other clients from queueing behind it, as separate devices would.
-    proc = simulate(*BASE, "simulation.num_clients=3", "server.rounds=2", "client.epochs=1",
-                    "faults.slow_partitions=0", "faults.slow_seconds=12", "server.round_timeout=6",
-                    "simulation.ray.num_cpus=6", f"hydra.run.dir={tmp_path}")
-    ok(proc)
-    table = rows(tmp_path)
-    trained = {(int(r["round"]), int(r["partition_id"])) for r in rows(tmp_path, "client_metrics.csv")}
+# A sleeping client holds its Ray actor past the round; 6 actors (sleep costs no CPU)
+# keep the other clients from queueing behind it, as separate devices would.
+@pytest.mark.cases(round_timeout=(*BASE, "simulation.num_clients=3", "server.rounds=2", "client.epochs=1",
+                                  "faults.slow_partitions=0", "faults.slow_seconds=12", "server.round_timeout=6",
+                                  "simulation.ray.num_cpus=6"))
+def test_a_client_past_the_round_timeout_counts_as_failed(cases: dict[str, CaseRun]) -> None:
+    run = cases["round_timeout"].completed()
+    table = rows(run.dir)
+    trained = {(int(r["round"]), int(r["partition_id"])) for r in rows(run.dir, "client_metrics.csv")}
     assert not any((r, 0) in trained for r in (1, 2))  # partition 0 never made it in time
     assert all(f >= 1 for f in ints(table, "clients_failed"))
     assert 2 in ints(table, "clients_ok")  # the others did make it
-    assert proc.stdout.count("partition 0: no reply within the round timeout") == 2
+    assert run.stdout.count("partition 0: no reply within the round timeout") == 2
     assert all(6 <= float(r["round_seconds"]) < 6 + 3 for r in table)  # the round waited for the timeout, no longer
 
 
@@ -237,13 +231,17 @@ def test_a_second_signal_quits_at_once_and_leaves_no_ray_process(tmp_path: Path)
 # One algorithm per class of state: server state (FedAdam's moments; every algorithm's server
 # state round-trips through a checkpoint file in test_algorithms.py::test_server_state_survives_a_checkpoint_exactly)
 # and client state (SCAFFOLD's control variates, stored by partition id).
+KILLED = (*BASE, "simulation.num_clients=4", "server.rounds=4", "server.fraction_evaluate=0.5",
+          "faults.slow_partitions=1", "faults.slow_seconds=2")
+
+
+@pytest.mark.cases(whole_fedadam=(*KILLED, "strategy=fedadam"), whole_scaffold=(*KILLED, "strategy=scaffold"))
 @pytest.mark.parametrize("strategy", ["fedadam", "scaffold"])
-def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, strategy: str) -> None:
-    overrides = [*BASE, "simulation.num_clients=4", "server.rounds=4", "server.fraction_evaluate=0.5",
-                 "faults.slow_partitions=1", "faults.slow_seconds=2", f"strategy={strategy}"]
+def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, strategy: str, cases: dict[str, CaseRun]) -> None:
+    overrides = [*KILLED, f"strategy={strategy}"]
     if strategy == "fedadam":  # and the tracking sinks continue their runs without a step twice
         overrides += ["logger.tensorboard=true", "logger.mlflow=true", f"logger.mlflow_tracking_uri={tmp_path / 'ml'}"]
-    ok(simulate(*overrides, f"hydra.run.dir={tmp_path / 'whole'}"))
+    whole_run = cases[f"whole_{strategy}"].completed().dir  # the uninterrupted run (no sinks: same numbers)
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "fedconv.simulate", *overrides, f"hydra.run.dir={killed}"],
@@ -276,11 +274,11 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, strate
     assert yaml.safe_load((moved / "config.yaml").read_text())["output_dir"] == str(moved)
     cols = ["round", "central_accuracy", "central_loss", "fed_accuracy", "fed_loss", "train_loss",
             "clients_ok", "bytes_down", "bytes_up", "bytes_total_cum"]
-    whole, again = rows(tmp_path / "whole"), rows(killed)
+    whole, again = rows(whole_run), rows(killed)
     assert [[r[c] for c in cols] for r in again] == [[r[c] for c in cols] for r in whole]
     final = json.loads(summary.read_text())
     assert final["status"] == "completed" and final["rounds_completed"] == 4 and final["resumed_from_round"] in (2, 3)
-    whole_summary = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    whole_summary = json.loads((whole_run / "summary.json").read_text())
     assert final["final_central_accuracy"] == whole_summary["final_central_accuracy"]
     if strategy == "fedadam":
         from mlflow.tracking import MlflowClient
@@ -295,17 +293,19 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, strate
         assert [(e.step, e.value) for e in events.Scalars("accuracy/central_accuracy")] == expected
 
 
-def test_robust_strategies_resist_poisoned_updates_that_pass_the_checks(tmp_path: Path) -> None:
+ROBUST = ["fedavg", "fedmedian", "fedtrimmedavg", "krum", "bulyan"]
+POISONED = (*BASE, "simulation.num_clients=7", "server.rounds=3", "faults.corrupt_partitions=0",
+            "faults.corrupt_mode=scale", "faults.scale_factor=-10")
+
+
+@pytest.mark.cases(**{f"poisoned_{name}": (*POISONED, f"strategy={name}") for name in ROBUST})
+def test_robust_strategies_resist_poisoned_updates_that_pass_the_checks(cases: dict[str, CaseRun]) -> None:
     """One of seven clients sends its update scaled by -10 (finite, well-formed): FedAvg's mean
     collapses to chance, the median, trimmed mean, Krum and Bulyan keep learning."""
-    names = ["fedavg", "fedmedian", "fedtrimmedavg", "krum", "bulyan"]
-    proc = simulate("-m", *BASE, "simulation.num_clients=7", "server.rounds=3", "faults.corrupt_partitions=0",
-                    "faults.corrupt_mode=scale", "faults.scale_factor=-10", f"strategy={','.join(names)}",
-                    f"hydra.sweep.dir={tmp_path}", timeout=900)
-    ok(proc)
+    names = ROBUST
     final, best = {}, {}
-    for job in json.loads((tmp_path / "sweep.json").read_text())["jobs"]:
-        run = Path(job["run_dir"])
+    for case in names:
+        run = cases[f"poisoned_{case}"].completed().dir
         name = yaml.safe_load((run / "config.yaml").read_text())["strategy"]["name"]
         table = rows(run)
         assert ints(table, "clients_rejected") == [0, 0, 0] and ints(table, "clients_ok") == [7, 7, 7], name

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import rows, simulate
+from conftest import CaseRun, rows, simulate
 
 TINY = ["dataset=digits", "simulation.num_clients=4", "server.fraction_train=1.0", "server.fraction_evaluate=0",
         "partition.alpha=1.0", "server.lr_schedule=constant"]
@@ -27,16 +27,20 @@ def files(run: Path) -> dict[Path, bytes]:
     return {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
 
 
-@pytest.fixture(scope="module")
-def two_rounds(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("two") / "run"
-    ok(simulate(*TINY, "server.rounds=2", f"hydra.run.dir={run}"))
-    return run
+TWO_ROUNDS = pytest.mark.cases(tiny_two_rounds=(*TINY, "server.rounds=2"))
 
 
-def test_resume_extends_a_completed_run_to_the_longer_uninterrupted_run(tmp_path: Path, two_rounds: Path) -> None:
-    longer = tmp_path / "longer"
-    ok(simulate(*TINY, "server.rounds=4", f"hydra.run.dir={longer}"))
+@pytest.fixture
+def two_rounds(cases: dict[str, CaseRun]) -> Path:
+    """A completed 2-round run (the session's sweep made it): read, copied, never written."""
+    return cases["tiny_two_rounds"].completed().dir
+
+
+@TWO_ROUNDS
+@pytest.mark.cases(tiny_four_rounds=(*TINY, "server.rounds=4"))
+def test_resume_extends_a_completed_run_to_the_longer_uninterrupted_run(tmp_path: Path, two_rounds: Path,
+                                                                        cases: dict[str, CaseRun]) -> None:
+    longer = cases["tiny_four_rounds"].completed().dir
     extended = tmp_path / "extended"
     extended.mkdir()
     for p in two_rounds.iterdir():
@@ -56,6 +60,7 @@ def test_resume_extends_a_completed_run_to_the_longer_uninterrupted_run(tmp_path
     (["server.rounds=1"], "server.rounds=1: must be >= the 2 rounds this run completed"),
     (["server.rounds=4", "server.lr_schedule=cosine"], "server.lr_schedule cannot change"),
 ])
+@TWO_ROUNDS
 def test_resume_refuses_overrides_it_cannot_honour(two_rounds: Path, overrides: list[str], message: str) -> None:
     before = files(two_rounds)
     proc = simulate(f"resume={two_rounds}", *overrides)
@@ -64,6 +69,7 @@ def test_resume_refuses_overrides_it_cannot_honour(two_rounds: Path, overrides: 
     assert files(two_rounds) == before
 
 
+@TWO_ROUNDS
 def test_a_corrupt_checkpoint_exits_2_and_keeps_the_recorded_status(tmp_path: Path, two_rounds: Path) -> None:
     run = tmp_path / "interrupted"
     run.mkdir()

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from safetensors.numpy import load_file
 
-from conftest import ROOT, rows, simulate
+from conftest import ROOT, CaseRun, rows, simulate
 
 SMALL = [
     "dataset=digits",
@@ -31,22 +31,23 @@ SMALL = [
 pytestmark = pytest.mark.slow
 
 
+# seed 0 and seed 1 as jobs of the session's sweep (a, c: one process, one Ray)
+SEEDS = pytest.mark.cases(small_seed0=(*SMALL, "seed=0"), small_seed1=(*SMALL, "seed=1"))
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Three runs shared by the tests below: seed 0 and seed 1 as one sweep (a, c: one process,
-    one Ray), and seed 0 again as a single run in a process of its own (b: same numbers across
+def runs(tmp_path_factory: pytest.TempPathFactory, cases: dict[str, CaseRun]) -> dict[str, Path]:
+    """Three runs shared by the tests below: seed 0 and seed 1 from the session's sweep (a, c),
+    and seed 0 again as a single run in a process of its own (b: same numbers across
     processes and across the two entry modes)."""
     base = tmp_path_factory.mktemp("runs")
-    out: dict[str, Path] = {}
-    sweep = simulate("-m", *SMALL, "seed=0,1", f"hydra.sweep.dir={base}", "hydra.sweep.subdir=seed${seed}")
-    assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
     single = simulate(*SMALL, "seed=0", f"hydra.run.dir={base / 'b'}")
     assert single.returncode == 0, single.stdout[-3000:] + single.stderr[-3000:]
-    out.update(a=base / "seed0", b=base / "b", c=base / "seed1")
-    out["a_stdout"] = sweep.stdout  # type: ignore[assignment]
-    return out
+    a, c = cases["small_seed0"].completed(), cases["small_seed1"].completed()
+    return {"a": a.dir, "b": base / "b", "c": c.dir, "a_stdout": a.stdout}  # type: ignore[dict-item]
 
 
+@SEEDS
 def test_run_writes_the_run_directory_contract(runs: dict[str, Path]) -> None:
     run = runs["a"]
     for name in ("config.yaml", "rounds.csv", "summary.json", "partition.json", "model.safetensors",
@@ -77,6 +78,7 @@ def test_run_writes_the_run_directory_contract(runs: dict[str, Path]) -> None:
     assert "[round   3/3]" in runs["a_stdout"] and "done: completed" in runs["a_stdout"]
 
 
+@SEEDS
 def test_saved_weights_reproduce_the_final_accuracy(runs: dict[str, Path]) -> None:
     import torch
 
@@ -95,6 +97,7 @@ def test_saved_weights_reproduce_the_final_accuracy(runs: dict[str, Path]) -> No
     assert res.accuracy == pytest.approx(summary["final_central_accuracy"])
 
 
+@SEEDS
 def test_same_seed_same_numbers_different_seed_differs(runs: dict[str, Path]) -> None:
     cols = ["central_accuracy", "central_loss", "fed_accuracy", "fed_loss", "train_loss"]
     a, b, c = (rows(runs[t]) for t in "abc")
@@ -102,6 +105,7 @@ def test_same_seed_same_numbers_different_seed_differs(runs: dict[str, Path]) ->
     assert [[r[k] for k in cols] for r in a] != [[r[k] for k in cols] for r in c]
 
 
+@SEEDS
 def test_rerunning_into_a_run_dir_skips_the_same_config_and_refuses_another(runs: dict[str, Path]) -> None:
     before = (runs["a"] / "rounds.csv").read_bytes()
     # The node layout cannot change the numbers (pool and per-client runs are identical).
@@ -112,6 +116,7 @@ def test_rerunning_into_a_run_dir_skips_the_same_config_and_refuses_another(runs
     assert (runs["a"] / "rounds.csv").read_bytes() == before
 
 
+@SEEDS
 def test_bytes_down_is_cohort_times_model_bytes(runs: dict[str, Path]) -> None:
     from flwr.app import Array
 
@@ -129,16 +134,16 @@ def test_bytes_down_is_cohort_times_model_bytes(runs: dict[str, Path]) -> None:
         assert int(r["bytes_eval_down"]) == int(r["eval_clients_sampled"]) * carried
 
 
-def test_a_node_pool_runs_the_same_federation_as_one_node_per_client(tmp_path: Path) -> None:
+EIGHT = (*SMALL, "simulation.num_clients=8", "server.fraction_train=0.5", "server.fraction_evaluate=0.25",
+         "server.rounds=2")
+
+
+@pytest.mark.cases(eight_pool=(*EIGHT, "simulation.nodes=pool"), eight_per_client=(*EIGHT, "simulation.nodes=per_client"))
+def test_a_node_pool_runs_the_same_federation_as_one_node_per_client(cases: dict[str, CaseRun]) -> None:
     """8 clients, 4 train and 2 evaluate per round: the pool registers 4 virtual SuperNodes
     and names each one's partition per message; one SuperNode per client (found by a query)
     must give the same numbers, client by client."""
-    common = [*SMALL, "simulation.num_clients=8", "server.fraction_train=0.5", "server.fraction_evaluate=0.25",
-              "server.rounds=2"]
-    proc = simulate("-m", *common, "simulation.nodes=pool,per_client", f"hydra.sweep.dir={tmp_path}",
-                    "hydra.sweep.subdir=${simulation.nodes}")  # one process, one Ray, two jobs
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    pool, per = tmp_path / "pool", tmp_path / "per_client"
+    pool, per = cases["eight_pool"].completed().dir, cases["eight_per_client"].completed().dir
     cols = ["central_accuracy", "central_loss", "fed_accuracy", "fed_loss", "train_loss", "clients_ok", "bytes_total_cum"]
     assert [[r[k] for k in cols] for r in rows(pool)] == [[r[k] for k in cols] for r in rows(per)]
     client_cols = ["round", "phase", "partition_id", "num_examples", "loss", "accuracy", "status"]
@@ -172,8 +177,15 @@ def test_two_job_sweep_writes_two_runs_and_an_index(tmp_path: Path) -> None:
     after = json.loads((tmp_path / "sweep.json").read_text())["jobs"]
     assert after[:2] == index["jobs"] and len(after) == 3
     assert after[2]["job"] == 0 and "seed=1" in after[2]["overrides"] and after[2]["status"] == "completed"
+    # The first command again: both jobs completed, so both are skipped without running anything.
+    before = {p: (p / "rounds.csv").read_bytes() for p in (Path(j["run_dir"]) for j in index["jobs"])}
+    t0 = time.perf_counter()
     again = simulate("-m", *SMALL, "server.rounds=2", "strategy=fedavg,fedprox", f"hydra.sweep.dir={tmp_path}")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "[sweep] job 2/2 skipped: 0 completed, 2 skipped, 0 failed" in again.stdout
+    assert again.stdout.count("skipping") == 2 and "fedconv run ->" not in again.stdout
+    assert time.perf_counter() - t0 < 60 and {p: (p / "rounds.csv").read_bytes() for p in before} == before
+    assert [j["status"] for j in json.loads((tmp_path / "sweep.json").read_text())["jobs"]] == ["completed"] * 3
     # The report over the sweep folder: FedAvg over its two seeds, FedProx over its one.
     report = subprocess.run([sys.executable, "-m", "fedconv.report", str(tmp_path)], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
@@ -326,25 +338,25 @@ def _children(proc) -> list:
         return []
 
 
-def test_the_other_flower_strategies_learn_end_to_end(tmp_path: Path) -> None:
+OTHERS = ["fedyogi", "fedadagrad", "multikrum", "qfedavg"]
+FIVE = ("dataset=digits", "simulation.num_clients=5", "server.fraction_train=1.0", "server.fraction_evaluate=0",
+        "server.rounds=3", "partition.alpha=1.0")
+
+
+@pytest.mark.cases(**{f"strategy_{name}": (*FIVE, f"strategy={name}") for name in OTHERS})
+def test_the_other_flower_strategies_learn_end_to_end(cases: dict[str, CaseRun]) -> None:
     """FedYogi, FedAdagrad, MultiKrum and q-FedAvg on the real stack (FedAdam and FedAvgM are
     run by the kill-and-resume test, FedMedian, FedTrimmedAvg, Krum and Bulyan by the
     poisoning test, FedAvg and FedProx throughout)."""
-    names = ["fedyogi", "fedadagrad", "multikrum", "qfedavg"]
-    proc = simulate("-m", "dataset=digits", "simulation.num_clients=5", "server.fraction_train=1.0",
-                    "server.fraction_evaluate=0", "server.rounds=3", "partition.alpha=1.0",
-                    f"strategy={','.join(names)}", f"hydra.sweep.dir={tmp_path}", timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    jobs = json.loads((tmp_path / "sweep.json").read_text())["jobs"]
-    assert [j["status"] for j in jobs] == ["completed"] * len(names)
-    for job in jobs:
-        run = Path(job["run_dir"])
+    for case in OTHERS:
+        run = cases[f"strategy_{case}"].completed().dir
         name = yaml.safe_load((run / "config.yaml").read_text())["strategy"]["name"]
+        assert name == case
         table = rows(run)
         acc = [float(r["central_accuracy"]) for r in table]
         assert acc[-1] > acc[0] + 0.05 and acc[-1] > 0.3, (name, acc)
         assert all(int(r["clients_ok"]) == 5 and int(r["clients_rejected"]) == 0 for r in table), name
         assert len({int(r["bytes_down"]) for r in table}) == 1  # the model stays float32 on the wire
-    qfed = next(Path(j["run_dir"]) for j in jobs if "strategy=qfedavg" in j["overrides"])
+    qfed = cases["strategy_qfedavg"].dir
     losses = [r for r in rows(qfed, "client_metrics.csv") if r["phase"] == "train"]
     assert len(losses) == 15 and all(r["status"] == "ok" for r in losses)

@@ -4,7 +4,6 @@ trains a partition."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ import yaml
 from flwr.app import Array
 from safetensors.numpy import load_file
 
-from conftest import rows, simulate
+from conftest import CaseRun, rows
 from fedconv.config import compose
 from fedconv.datasets import load_dataset
 from fedconv.models import batchnorm_names, build_model, parameter_names
@@ -23,20 +22,17 @@ pytestmark = pytest.mark.slow
 SMALL = ["dataset=digits", "simulation.num_clients=5", "server.fraction_evaluate=0", "server.rounds=3", "partition.alpha=1.0"]
 
 
-def _ok(proc) -> None:  # noqa: ANN001
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+STATEFUL = ["fedavg", "scaffold", "fednova", "feddyn", "fedbn"]
 
 
-def test_stateful_algorithms_learn_and_their_wire_is_what_they_send(tmp_path: Path) -> None:
+@pytest.mark.cases(**{f"stateful_{name}": (*SMALL, "server.fraction_train=1.0", "server.fraction_evaluate=1.0",
+                                           f"strategy={name}") for name in STATEFUL})
+def test_stateful_algorithms_learn_and_their_wire_is_what_they_send(cases: dict[str, CaseRun]) -> None:
     """SCAFFOLD carries one more copy of the parameters each way; FedBN never sends its
     BatchNorm layers, and each partition keeps its own."""
-    names = ["fedavg", "scaffold", "fednova", "feddyn", "fedbn"]
-    _ok(simulate("-m", *SMALL, "server.fraction_train=1.0", "server.fraction_evaluate=1.0", f"strategy={','.join(names)}",
-                 f"hydra.sweep.dir={tmp_path}", timeout=600))
-    jobs = json.loads((tmp_path / "sweep.json").read_text())["jobs"]
-    assert [j["status"] for j in jobs] == ["completed"] * len(names)
-    by_name = {yaml.safe_load((Path(j["run_dir"]) / "config.yaml").read_text())["strategy"]["name"]: Path(j["run_dir"])
-               for j in jobs}
+    runs = [cases[f"stateful_{name}"].completed().dir for name in STATEFUL]
+    by_name = {yaml.safe_load((run / "config.yaml").read_text())["strategy"]["name"]: run for run in runs}
+    assert list(by_name) == STATEFUL
     for name, run in by_name.items():
         acc = [float(r["central_accuracy"]) for r in rows(run)]
         assert acc[-1] > acc[0] + 0.05 and acc[-1] > 0.3, (name, acc)
@@ -70,25 +66,28 @@ def test_stateful_algorithms_learn_and_their_wire_is_what_they_send(tmp_path: Pa
     assert not (by_name["fednova"] / "client_state").exists()  # stateless: nothing stored
 
 
-def test_scaffold_gives_the_same_run_in_the_node_pool_and_with_a_node_per_client(tmp_path: Path) -> None:
+SCAFFOLD_HALF = (*SMALL, "server.fraction_train=0.4", "server.rounds=4", "strategy=scaffold")
+
+
+@pytest.mark.cases(scaffold_pool=(*SCAFFOLD_HALF, "simulation.nodes=pool"),
+                   scaffold_per_client=(*SCAFFOLD_HALF, "simulation.nodes=per_client"))
+def test_scaffold_gives_the_same_run_in_the_node_pool_and_with_a_node_per_client(cases: dict[str, CaseRun]) -> None:
     """Half the clients per round, so pool nodes train different partitions from round to
     round: the state must follow the partition, not the node."""
     cols = ["round", "central_accuracy", "central_loss", "train_loss", "clients_ok", "bytes_down", "bytes_up"]
     tables = {}
-    _ok(simulate("-m", *SMALL, "server.fraction_train=0.4", "server.rounds=4", "strategy=scaffold",
-                 "simulation.nodes=pool,per_client", f"hydra.sweep.dir={tmp_path}",
-                 "hydra.sweep.subdir=${simulation.nodes}"))  # one process, one Ray, two jobs
+    dirs = {nodes: cases[f"scaffold_{nodes}"].completed().dir for nodes in ("pool", "per_client")}
     for nodes in ("pool", "per_client"):
-        run = tmp_path / nodes
+        run = dirs[nodes]
         tables[nodes] = [[r[c] for c in cols] for r in rows(run)]
         trained = [r for r in rows(run, "client_metrics.csv") if r["phase"] == "train"]
         assert len({r["partition_id"] for r in trained}) == 5  # every partition trained at least once
     assert tables["pool"] == tables["per_client"]
     def states(nodes: str) -> list[Path]:
-        return sorted(p.relative_to(tmp_path / nodes) for p in (tmp_path / nodes).rglob("r*.safetensors"))
+        return sorted(p.relative_to(dirs[nodes]) for p in dirs[nodes].rglob("r*.safetensors"))
 
     pool_states = states("pool")
     assert pool_states and pool_states == states("per_client")
     for rel in pool_states:
-        a, b = (np.frombuffer((tmp_path / n / rel).read_bytes(), dtype=np.uint8) for n in ("pool", "per_client"))
+        a, b = (np.frombuffer((dirs[n] / rel).read_bytes(), dtype=np.uint8) for n in ("pool", "per_client"))
         assert np.array_equal(a, b), rel

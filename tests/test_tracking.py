@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import rows, simulate
+from conftest import CaseRun, rows, simulate
 from fedconv.tracking import TRACKING_IDS, MlflowSink, TensorBoardSink, Tracking, WandbSink, heatmap, scalar_name
 
 
@@ -69,12 +69,12 @@ def test_a_failing_sink_is_reported_once_and_dropped(tmp_path: Path, capsys: pyt
 
 
 @pytest.mark.slow
-def test_a_run_logs_every_round_to_tensorboard(tmp_path: Path) -> None:
-    proc = simulate("dataset=digits", "simulation.num_clients=3", "server.fraction_train=1.0", "server.rounds=3",
-                    "partition.alpha=1.0", "logger.tensorboard=true", f"hydra.run.dir={tmp_path}")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    acc = events(tmp_path / "tensorboard")
-    table = rows(tmp_path)
+@pytest.mark.cases(tensorboard=("dataset=digits", "simulation.num_clients=3", "server.fraction_train=1.0",
+                                "server.rounds=3", "partition.alpha=1.0", "logger.tensorboard=true"))
+def test_a_run_logs_every_round_to_tensorboard(cases: dict[str, CaseRun]) -> None:
+    run = cases["tensorboard"].completed().dir
+    acc = events(run / "tensorboard")
+    table = rows(run)
     for column in ("central_accuracy", "fed_accuracy", "bytes_up", "clients_ok"):
         got = [(e.step, e.value) for e in acc.Scalars(scalar_name(column))]
         assert got == [(int(r["round"]), pytest.approx(float(r[column]), rel=1e-6)) for r in table], column
