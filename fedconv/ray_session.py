@@ -100,8 +100,10 @@ def _init_ray(init_args: Mapping[str, Any], preload: bool) -> None:
         return
     if preload:
         args["_system_config"] = {"preload_python_modules": list(WORKER_PRELOAD)}
+    # "local": a Ray of this process's own, even where ``ray start`` left a cluster on this
+    # machine (ray.init() without an address would attach to it, unasked)
     with _lean_head_node(bool(args.get("log_to_driver"))):
-        ray.init(**args)
+        ray.init(address="local", **args)
 
 
 def _ray_thread(init_args: Mapping[str, Any], preload: bool, started: Future[None], release: threading.Event) -> None:

@@ -206,6 +206,20 @@ def _hold(cfg: DictConfig, job: Job) -> run_dir.RunLock | None:
         raise ConfigError(f"{key}={job.out}: cannot write there ({exc.strerror or exc}); choose a writable folder") from None
 
 
+def job_dir(cfg: DictConfig, default: str) -> Path:
+    """The folder this job writes: ``resume=`` (a run to continue), else ``output_dir=``, else
+    Hydra's run dir. Read before anything else, so a value that is no folder name (``resume=nan``
+    reaches here as a float) is refused in one line (exit 2) rather than failing in ``Path``."""
+    from fedconv.checks import Checks
+
+    c = Checks({"resume": cfg.get("resume"), "output_dir": cfg.get("output_dir")})
+    for key in ("resume", "output_dir"):
+        c.text(key)
+    if c.problems:
+        raise ConfigError("\n".join(c.problems))
+    return Path(str(cfg.resume or cfg.output_dir or default)).resolve()
+
+
 def _refused(job: Job, exc: Exception) -> dict[str, Any]:
     """A job whose input was refused: one line; exit 2, or in a sweep on to the next job."""
     ray_session.end_job(keep=job.multirun)  # Ray is fine: the sweep's next job may use it
@@ -239,10 +253,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     timeline.begin(from_process_start=_JOBS_STARTED == 0)
     _JOBS_STARTED += 1
     hc = HydraConfig.get()
-    out = Path(cfg.resume or cfg.output_dir or hc.runtime.output_dir).resolve()
+    try:
+        out, not_a_folder = job_dir(cfg, hc.runtime.output_dir), None
+    except ConfigError as exc:
+        out, not_a_folder = Path(hc.runtime.output_dir).resolve(), exc
     multirun = hc.mode == RunMode.MULTIRUN
     job = Job(out, multirun, Path(hc.sweep.dir).resolve() if multirun else None,
               {"job": hc.job.num if multirun else 0, "overrides": list(hc.overrides.task), "run_dir": str(out)})
+    if not_a_folder is not None:
+        return _refused(job, not_a_folder)
     if cfg.resume:  # Hydra made a fresh run dir for this command; the run lives elsewhere
         run_dir.discard_if_empty(Path(hc.runtime.output_dir))
     lock = None

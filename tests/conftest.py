@@ -3,8 +3,10 @@ running ``python -m fedconv.simulate`` as a user would."""
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
+import functools
 import json
 import os
 import pickle
@@ -17,9 +19,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedconv import config as fedconv_config
 from fedconv import datasets
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+# Hydra composes a config in about 0.2 s (it parses conf/'s YAML files anew each time), and
+# the in-process tests compose the same override lists hundreds of times. A composition is a
+# function of the overrides and conf/'s files, which no test changes: each distinct list is
+# composed by Hydra once per session, and every caller gets its own copy. Errors are not
+# cached (each call raises anew). Installed before the test modules import ``compose``.
+_hydra_compose = fedconv_config.compose
+
+
+@functools.cache
+def _composed(overrides: tuple[str, ...], config_name: str) -> dict:
+    return _hydra_compose(list(overrides), config_name)
+
+
+def _compose_once(overrides: list[str] | None = None, config_name: str = "config") -> dict:
+    return copy.deepcopy(_composed(tuple(overrides or ()), config_name))
+
+
+_compose_once.__doc__ = _hydra_compose.__doc__
+fedconv_config.compose = _compose_once
 
 
 def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> Path:
@@ -117,6 +141,39 @@ def lean_board_env(tmp_path: Path, env: dict[str, str] | None = None) -> dict[st
     return env
 
 
+def stop_ray_cluster(temp_dir: Path) -> None:
+    """Stop only the Ray cluster started with ``--temp-dir=<temp_dir>`` (``ray stop`` would stop
+    every Ray on the machine, a concurrent test's too)."""
+    import psutil
+
+    ours = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(str(temp_dir) in part for part in proc.info["cmdline"] or []):
+                ours.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    procs = ours + [c for p in ours for c in _children(p)]
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=15)
+    for proc in alive:
+        proc.kill()
+    assert ours, f"found no process of the Ray cluster in {temp_dir}"
+
+
+def _children(proc) -> list:
+    import psutil
+
+    try:
+        return proc.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
 # --- Cases: the simple end-to-end runs of the whole session as one sweep -------------------
 #
 # A test that only runs ``fedconv.simulate`` with some overrides and then reads what the run
@@ -199,7 +256,16 @@ def run_cases(cases: Mapping[str, Sequence[str]], base: Path) -> dict[str, CaseR
     return out
 
 
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Under pytest-xdist (``--dist loadgroup``) every test that reads cases runs on one
+    worker, so the session's sweep runs once (marked as each test is collected: xdist reads
+    the groups in its own ``pytest_collection_modifyitems``)."""
+    if item.get_closest_marker("cases"):
+        item.add_marker(pytest.mark.xdist_group("cases"))
+
+
 @pytest.fixture(scope="session")
 def cases(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, CaseRun]:
     """The runs every selected test declared with ``@pytest.mark.cases``, made in one sweep."""
     return run_cases(declared_cases(request.session.items), tmp_path_factory.mktemp("cases"))
+

@@ -57,8 +57,8 @@ def prepare_job(overrides: list[str], out: Path) -> str | None:
         cfg, choices = compose_job(overrides)
     except Exception as exc:  # Hydra's refusal: fedconv's entry point turns it into exit 2 (test_cli)
         return f"hydra: {str(exc).splitlines()[0]}"
-    target = Path(cfg.resume) if cfg.resume else out
     try:
+        target = simulate.job_dir(cfg, str(out))
         resolved, action = simulate.prepare(cfg, target, choices, overrides)
         if action != "skip":
             simulate.check_inputs(resolved, target if action == "resume" else None)
@@ -68,10 +68,20 @@ def prepare_job(overrides: list[str], out: Path) -> str | None:
 
 
 @functools.cache
+def _leaf_keys(*options: str) -> frozenset[str]:
+    return frozenset(flatten(compose(["dataset=digits", *options])))
+
+
 def _keys_and_base(groups: tuple[tuple[str, str], ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The leaf keys of a composition with these group options, and SMALL's overrides that apply to it."""
+    """The leaf keys of a composition with these group options, and SMALL's overrides that apply
+    to it. A group's option sets only its own keys (``strategy.*`` …), so the keys are the
+    defaults' outside the chosen groups plus each chosen option's own: one composition per
+    option, however many combinations are drawn."""
     options = [f"{g}={o}" for g, o in groups]
-    keys = flatten(compose(["dataset=digits", *options]))
+    chosen = {g for g, _ in groups}
+    keys = {k for k in _leaf_keys() if k.split(".")[0] not in chosen}
+    for group, option in groups:
+        keys |= {k for k in _leaf_keys(f"{group}={option}") if k.split(".")[0] == group}
     base = [o for o in SMALL if o.split("=")[0] in keys or "=" in o and o.split("=")[0] == "dataset"]
     return tuple(sorted(k for k in keys if k != "dataset.name")), tuple([*base, *options])
 
@@ -88,36 +98,35 @@ def override_sets(draw: st.DrawFn) -> list[str]:
     return [*[o for o in base if o.split("=")[0] not in chosen], *sets]
 
 
-CASES: list[tuple[list[str], str | None]] = []
+def test_any_drawn_override_set_is_accepted_or_refused_in_one_line_naming_its_key(tmp_path_factory) -> None:
+    """And the property ran on both kinds: a generator that only ever drew refusals (or only
+    acceptances) would prove nothing."""
+    drawn: list[tuple[list[str], str | None]] = []
 
+    @settings(max_examples=40, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(override_sets())
+    def accepted_or_refused_in_one_line(overrides: list[str]) -> None:
+        out = tmp_path_factory.mktemp("drawn") / "run"
+        message = prepare_job(overrides, out)
+        drawn.append((overrides, message))
+        assert not out.exists(), f"{overrides}: left {sorted(p.name for p in out.iterdir())}"
+        if message is None:
+            return
+        assert len(message.splitlines()) >= 1 and "Traceback" not in message
+        keys = {o.split("=")[0].lstrip("+~") for o in overrides}
+        for line in message.splitlines():
+            named = line.removeprefix("hydra: ")
+            assert any(k in named for k in keys) or any(k.rsplit(".", 1)[-1] in named for k in keys), (overrides, line)
 
-@settings(max_examples=40, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
-@given(override_sets())
-def test_any_drawn_override_set_is_accepted_or_refused_in_one_line_naming_its_key(tmp_path_factory, overrides) -> None:
-    out = tmp_path_factory.mktemp("drawn") / "run"
-    message = prepare_job(overrides, out)
-    CASES.append((overrides, message))
-    assert not out.exists(), f"{overrides}: left {sorted(p.name for p in out.iterdir())}"
-    if message is None:
-        return
-    assert len(message.splitlines()) >= 1 and "Traceback" not in message
-    keys = {o.split("=")[0].lstrip("+~") for o in overrides}
-    for line in message.splitlines():
-        named = line.removeprefix("hydra: ")
-        assert any(k in named for k in keys) or any(k.rsplit(".", 1)[-1] in named for k in keys), (overrides, line)
-
-
-def test_the_drawn_cases_were_many_and_both_kinds() -> None:
-    """The property above ran: it drew refusals and acceptances (a generator that only ever
-    produced one kind would prove nothing)."""
-    if not CASES:
-        pytest.skip("run with the property test")
-    refused = sum(m is not None for _, m in CASES)
-    assert len(CASES) >= 40 and 0 < refused < len(CASES), (len(CASES), refused)
+    accepted_or_refused_in_one_line()
+    refused = [m for _, m in drawn if m is not None]
+    assert len(drawn) >= 40 and 0 < len(refused) < len(drawn), (len(drawn), sorted({m.splitlines()[0] for m in refused}))
 
 
 @pytest.mark.parametrize("override, message", [
     ("faults.scale_factor=nan", "faults.scale_factor=nan: must be a finite number"),
+    ("resume=nan", "resume=nan: must be a string"),  # read before every other key: the run dir
+    ("output_dir=[1,2]", "output_dir=[1, 2]: must be a string"),
     ("client.lr=inf", "client.lr=inf: must be a finite number"),
     ("dataset.test_fraction=nan", "dataset.test_fraction=nan: must be a finite number"),
     ("dataset.test_fraction=-0.2", "dataset.test_fraction=-0.2: must be in (0, 1)"),
@@ -173,12 +182,17 @@ def test_every_key_every_group_declares_is_read_by_a_check() -> None:
     from fedconv.config import checked
 
     free = {"name", "output_dir", "resume"}  # checked as text in config_problems, listed for clarity
-    for group in ("dataset", *GROUP_OPTIONS):
-        for option in sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")):
-            cfg = compose(list(_keys_and_base(((group, option),))[1]))
-            c = checked(cfg)
-            unseen = sorted(k for k in flatten(cfg) if k not in c.seen and k not in free)
-            assert not unseen, f"{group}={option}: nothing checks {unseen}"
+    options = {group: sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")) for group in ("dataset", *GROUP_OPTIONS)}
+    # composition i takes option i of every group (wrapping round): every option of every group
+    # is composed, with as many compositions as the largest group has options
+    for i in range(max(len(o) for o in options.values())):
+        groups = tuple((group, opts[i % len(opts)]) for group, opts in options.items())
+        keys, base = _keys_and_base(groups)
+        cfg = compose(list(base))
+        assert sorted(k for k in flatten(cfg) if k != "dataset.name") == list(keys)  # what the drawn sets assume
+        c = checked(cfg)
+        unseen = sorted(k for k in flatten(cfg) if k not in c.seen and k not in free)
+        assert not unseen, f"{' '.join(f'{g}={o}' for g, o in groups)}: nothing checks {unseen}"
 
 
 # ---------------------------------------------------------------- the files resume reads

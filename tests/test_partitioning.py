@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import time
 from pathlib import Path
@@ -24,10 +26,14 @@ LABELS = np.repeat(np.arange(10), 500)  # 5,000 examples, 500 per class
 np.random.default_rng(0).shuffle(LABELS)
 
 
+@functools.cache
+def _partition_group(name: str) -> dict:
+    return compose([f"partition={name}"])["partition"]
+
+
 def pcfg(name: str, **kw: object) -> dict:
-    cfg = compose([f"partition={name}"])["partition"]
-    cfg.update(kw)
-    return cfg
+    """The ``partition=<name>`` group as composed (once per name), with ``kw`` set."""
+    return {**copy.deepcopy(_partition_group(name)), **kw}
 
 
 def all_indices(parts) -> np.ndarray:

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from safetensors.numpy import load_file
 
-from conftest import ROOT, CaseRun, rows, simulate
+from conftest import ROOT, CaseRun, rows, simulate, stop_ray_cluster
 
 SMALL = [
     "dataset=digits",
@@ -303,39 +303,7 @@ def test_attaches_to_an_existing_two_node_ray_cluster_with_shared_client_state(t
         )
         assert check.returncode == 0 and float(check.stdout.strip().splitlines()[-1]) == 2.0, check.stderr[-2000:]
     finally:
-        _stop_cluster(temp_dir)
-
-
-def _stop_cluster(temp_dir: Path) -> None:
-    """Stop only the cluster this test started (``ray stop`` would stop every Ray on the machine)."""
-    import psutil
-
-    ours = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if any(str(temp_dir) in part for part in proc.info["cmdline"] or []):
-                ours.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    procs = ours + [c for p in ours for c in _children(p)]
-    for proc in procs:
-        try:
-            proc.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=15)
-    for proc in alive:
-        proc.kill()
-    assert ours, f"found no process of the Ray cluster in {temp_dir}"
-
-
-def _children(proc) -> list:
-    import psutil
-
-    try:
-        return proc.children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
+        stop_ray_cluster(temp_dir)
 
 
 OTHERS = ["fedyogi", "fedadagrad", "multikrum", "qfedavg"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import rows, simulate
+from conftest import rows, simulate, stop_ray_cluster
 from fedconv import run_dir
 
 
@@ -81,14 +81,15 @@ def local_ray_cluster() -> Iterator[str]:
     """A 2-CPU Ray cluster on 127.0.0.1, started as a user would (``ray start --head``)."""
     ray = str(Path(sys.executable).with_name("ray"))
     port = free_port()
+    temp_dir = Path("/tmp") / f"fedconv-ray-{port}"  # its own: stopped alone, Ray limits socket path length
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-                    "--include-dashboard=false", "--disable-usage-stats"], check=True, env=env,
-                   capture_output=True, timeout=120)
+                    "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}"], check=True,
+                   env=env, capture_output=True, timeout=120)
     try:
         yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_ray_cluster(temp_dir)
 
 
 @pytest.mark.slow
