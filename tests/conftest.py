@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -139,6 +140,13 @@ def lean_board_env(tmp_path: Path, env: dict[str, str] | None = None) -> dict[st
     env = dict(os.environ if env is None else env)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(lean), env.get("PYTHONPATH", "")) if p)
     return env
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def stop_ray_cluster(temp_dir: Path) -> None:

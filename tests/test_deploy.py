@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import lean_board_env
+from conftest import free_port, lean_board_env
 from fedconv.certs import LabKeys, make_lab_keys
 from fedconv.config import compose
 from fedconv.deploy import flwr_env
@@ -26,12 +26,6 @@ from fedconv.device_data import export_partitions
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:

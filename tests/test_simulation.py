@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import pytest
 import yaml
 from safetensors.numpy import load_file
 
-from conftest import ROOT, CaseRun, rows, simulate, stop_ray_cluster
+from conftest import ROOT, CaseRun, free_port, rows, simulate, stop_ray_cluster
 
 SMALL = [
     "dataset=digits",
@@ -237,17 +236,11 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     assert len(lines) == 3 and all(k in proc.stderr for k in ("client.lr=-1", "client.foo=3", "faults.dropout=2"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_attaches_to_an_existing_two_node_ray_cluster_with_shared_client_state(tmp_path: Path) -> None:
     """A head and a worker node (one CPU each), SCAFFOLD's client state in a folder both
     nodes read (standing in for NFS): clients run on both nodes and find each other's state."""
     ray_bin = Path(sys.executable).with_name("ray")
-    port = _free_port()
+    port = free_port()
     temp_dir = Path("/tmp") / f"fedconv-ray-{port}"  # Ray limits socket path length
     env = {**os.environ, "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
     start = subprocess.run(

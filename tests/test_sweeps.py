@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,14 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import rows, simulate, stop_ray_cluster
+from conftest import free_port, rows, simulate, stop_ray_cluster
 from fedconv import run_dir
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _write_entries(sweep_dir: str, worker: int, count: int) -> None:
