@@ -256,7 +256,7 @@ def measure_edge() -> dict[str, float]:
 # ---------------------------------------------------------------- central evaluation
 
 EVAL_SNIPPET = """
-import json, statistics, time, torch
+import json, statistics, sys, time, torch
 from fedconv import task
 from fedconv.config import compose
 from fedconv.models import channels_last
@@ -268,7 +268,7 @@ norm = task.normalizer(cfg, ds, train=False)
 batch = int(cfg["server"]["eval_batch_size"])
 evaluate(model, ds.test_x, ds.test_y, norm, batch_size=batch)  # warm-up
 times = []
-for _ in range(10):
+for _ in range(int(sys.argv[1])):
     t0 = time.perf_counter()  # as the ServerApp does every round: fold BatchNorm, evaluate
     evaluate(folded_for_inference(model), ds.test_x, ds.test_y, norm, batch_size=batch)
     times.append(time.perf_counter() - t0)
@@ -276,9 +276,11 @@ print(json.dumps({"seconds": statistics.median(times), "images": len(ds.test_y),
 """
 
 
-def measure_central_eval() -> dict[str, float]:
-    """The ServerApp's per-round central evaluation (driver process, default torch threads)."""
-    out = subprocess.run([sys.executable, "-c", EVAL_SNIPPET], cwd=ROOT, capture_output=True, text=True, check=True)
+def measure_central_eval(repeats: int = 10) -> dict[str, float]:
+    """The ServerApp's per-round central evaluation (driver process, default torch threads):
+    the median of ``repeats`` timed evaluations after a warm-up."""
+    out = subprocess.run([sys.executable, "-c", EVAL_SNIPPET, str(repeats)], cwd=ROOT, capture_output=True, text=True,
+                         check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

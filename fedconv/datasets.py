@@ -268,12 +268,33 @@ def _load_cifar_dir(directory: Path) -> dict[str, np.ndarray]:
 # ------------------------------------------------------------------------ digits
 
 
-def _load_digits(test_fraction: float, split_seed: int) -> dict[str, np.ndarray]:
-    from fedconv.optional import require
+DIGITS_FILE = ("datasets", "data", "digits.csv.gz")  # inside the installed sklearn package
 
-    bunch = require("sklearn.datasets", "the digits dataset (scikit-learn's)").load_digits()
-    images = np.clip(np.rint(bunch.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
-    labels = bunch.target.astype(np.int64)
+
+def _digits_file() -> Path:
+    """scikit-learn's own copy of the UCI digits (1,797 rows: 64 pixels in 0..16, then the
+    label), found without importing scikit-learn: ``import sklearn`` alone costs about 1.3 s
+    in every process that loads digits (the driver and each Ray worker), more than the rest
+    of loading. ``sklearn.datasets.load_digits`` reads this same file;
+    tests/test_datasets.py::test_digits_are_scikit_learns_own checks the two agree."""
+    import importlib.util
+
+    from fedconv.optional import MissingExtra, missing_extra_message
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingExtra(str(missing_extra_message("sklearn", "the digits dataset (scikit-learn's)")), name="sklearn")
+    path = Path(next(iter(spec.submodule_search_locations))).joinpath(*DIGITS_FILE)
+    if not path.is_file():
+        raise DatasetError(f"dataset.name=digits: {path} is missing from scikit-learn's install; reinstall scikit-learn")
+    return path
+
+
+def _load_digits(test_fraction: float, split_seed: int) -> dict[str, np.ndarray]:
+    with gzip.open(_digits_file(), "rt") as f:
+        table = np.loadtxt(f, delimiter=",")
+    images = np.clip(np.rint(table[:, :-1].reshape(-1, 8, 8) * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+    labels = table[:, -1].astype(np.int64)
     order = np.random.default_rng(split_seed).permutation(len(labels))
     n_test = int(round(len(labels) * test_fraction))
     test, train = order[:n_test], order[n_test:]

@@ -160,7 +160,9 @@ def make_partitions(labels: np.ndarray, cfg: Mapping[str, Any], num_clients: int
         warnings.simplefilter("ignore")  # the Dirichlet retry warnings; failure raises below
         try:
             for cid in range(num_clients):
-                parts.append(np.asarray(partitioner.load_partition(cid)["idx"], dtype=np.int64))
+                # the column as one Arrow array: a plain ["idx"] reads it back one row at a time (7x slower)
+                column = partitioner.load_partition(cid).with_format("arrow")["idx"]
+                parts.append(np.asarray(column.to_numpy(), dtype=np.int64))
         except ValueError as exc:
             raise PartitionError(_explain(cfg, num_clients, exc)) from exc
     empty = [cid for cid, p in enumerate(parts) if len(p) == 0]

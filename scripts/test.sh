@@ -7,4 +7,6 @@ PY="${FEDCONV_VENV:-.venv}/bin/python"
 echo "[lint] ruff check . && mypy (fedconv/)"
 "$PY" -m ruff check .
 "$PY" -m mypy
+# every property-based test draws its full count of examples here (a quarter in the inner loop)
+export FEDCONV_TEST_DRAWS=full
 exec "$PY" -m pytest "$@"

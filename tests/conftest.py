@@ -47,6 +47,14 @@ _compose_once.__doc__ = _hydra_compose.__doc__
 fedconv_config.compose = _compose_once
 
 
+def draws(full: int) -> int:
+    """How many examples a property-based test draws (Hypothesis, seeded by ``derandomize``, so
+    the same examples every run): ``full`` where ``FEDCONV_TEST_DRAWS=full`` (``scripts/test.sh``,
+    hence CI), a quarter of it (at least 8) in the inner loop, ``pytest -m "not slow"``. Each
+    drawn example composes a config or resumes a run dir in process, about 0.3 s."""
+    return full if os.environ.get("FEDCONV_TEST_DRAWS") == "full" else max(8, full // 4)
+
+
 def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> Path:
     """Write a uint8 IDX file with fedconv's own writer (its bytes are pinned against a
     hand-written file in test_datasets.py::test_idx_writer_bytes)."""
@@ -167,7 +175,7 @@ def stop_ray_cluster(temp_dir: Path) -> None:
             proc.terminate()
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(procs, timeout=15)
+    _, alive = psutil.wait_procs(procs, timeout=3)  # some of Ray's processes outwait SIGTERM (15 s seen)
     for proc in alive:
         proc.kill()
     assert ours, f"found no process of the Ray cluster in {temp_dir}"
@@ -262,6 +270,17 @@ def run_cases(cases: Mapping[str, Sequence[str]], base: Path) -> dict[str, CaseR
     missing = set(cases) - set(out)
     assert not missing, f"cases never ran: {sorted(missing)}\n{proc.stderr[-3000:]}"
     return out
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist each worker trains with one intra-op thread: two workers on two cores
+    with torch's default (a thread per core) oversubscribe them, and OpenMP's spinning threads
+    then wait on each other (the fast path took 108 s so, 98 s with one thread a worker).
+    Subprocesses the tests start are untouched (they set their own, as users run them)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 FEDCONV = str(Path(sys.executable).with_name("fedconv"))  # installed by pip from [project.scripts]
 
 
@@ -21,6 +23,7 @@ def test_no_command_lists_the_commands_and_exits_2() -> None:
     assert unknown.returncode == 2 and "unknown command 'simulte'" in unknown.stderr
 
 
+@pytest.mark.slow  # a process of its own: Python, torch and the entry point's imports
 def test_commands_are_the_modules_entry_points(tmp_path: Path) -> None:
     simulate = run("simulate", "server.fraction_train=1.5", f"hydra.run.dir={tmp_path / 'run'}")
     assert simulate.returncode == 2
@@ -32,6 +35,7 @@ def test_commands_are_the_modules_entry_points(tmp_path: Path) -> None:
     assert certs.returncode == 0 and (tmp_path / "keys" / "supernodes" / "supernode-0").is_file()
 
 
+@pytest.mark.slow  # a process of its own: Python, torch and the entry point's imports
 def test_a_lean_board_install_runs_the_client_and_names_the_extra_for_the_rest(tmp_path) -> None:  # noqa: ANN001
     """`pip install fedconv` (a board) has no Hydra, Ray, Flower Datasets, matplotlib or
     scikit-learn: the ClientApp imports without them, the other commands say which extra."""

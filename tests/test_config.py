@@ -193,7 +193,7 @@ def test_bad_values_are_refused_in_one_line_naming_the_key(tmp_path, override: s
     assert not (tmp_path / "run").exists()
 
 
-def test_each_group_is_checked_by_its_owner_and_nothing_imports_in_a_cycle() -> None:
+def test_each_group_is_checked_by_its_owner() -> None:
     """The vocabularies live with the modules that use them; config validation asks them."""
     from fedconv import algorithms, config, faults, partitioning, training
     from fedconv.datasets import DATASETS
@@ -209,7 +209,11 @@ def test_each_group_is_checked_by_its_owner_and_nothing_imports_in_a_cycle() -> 
         with pytest.raises(ConfigError) as exc:
             validate(bad)
         assert f"{key}='nosuch': must be one of {', '.join(owner_values)}" in str(exc.value)
-    for module in ("faults", "models", "config"):  # each importable first, in a fresh process
+
+
+@pytest.mark.slow  # three Python processes of their own
+def test_the_group_modules_and_config_each_import_first_in_a_fresh_process() -> None:
+    for module in ("faults", "models", "config"):
         proc = subprocess.run([sys.executable, "-c", f"import fedconv.{module}"], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr[-2000:]
 

@@ -138,6 +138,23 @@ def test_digits_is_real_and_split_80_20() -> None:
     np.testing.assert_array_equal(ds.test_y, again.test_y)
 
 
+def test_digits_are_scikit_learns_own() -> None:
+    """fedconv reads scikit-learn's file without importing scikit-learn: the same 1,797 images
+    and labels as ``load_digits`` (pixels 0..16 scaled to 0..255), each once."""
+    from collections import Counter
+
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    ds = load_dataset({"name": "digits", "test_fraction": 0.2, "split_seed": 3})
+    pixels = np.concatenate([ds.train_x, ds.test_x])[:, 0].astype(np.float64)
+    assert set(np.unique(pixels)) <= {round(v * 255 / 16) for v in range(17)}
+    ours = Counter((np.rint(img * 16 / 255).astype(np.uint8).tobytes(), int(y))
+                   for img, y in zip(pixels, np.concatenate([ds.train_y, ds.test_y]), strict=True))
+    theirs = Counter((img.astype(np.uint8).tobytes(), int(y)) for img, y in zip(bunch.images, bunch.target, strict=True))
+    assert ours == theirs and sum(ours.values()) == 1797
+
+
 def test_real_fashion_mnist(cache_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
     require_fashion_mnist()
     monkeypatch.delenv("FEDCONV_DATA", raising=False)  # only the Debian location is left to search

@@ -13,6 +13,9 @@ from fedconv.export import export, main
 from fedconv.models import transmitted_state
 from fedconv.training import train_local
 
+# one worker trains the module's run once (pytest-xdist would otherwise train it on both)
+pytestmark = pytest.mark.xdist_group("export")
+
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:

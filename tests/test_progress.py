@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, rows, simulate
+from conftest import ROOT, CaseRun, rows
 from fedconv.progress import RoundProgress
 
 SMALL = ["dataset=digits", "simulation.num_clients=3", "server.fraction_train=1.0", "server.fraction_evaluate=0",
@@ -54,15 +54,16 @@ def run_in_terminal(args: list[str], timeout: float = 300) -> tuple[int, str]:
 
 
 @pytest.mark.slow
-def test_a_terminal_shows_the_bar_and_the_same_lines(tmp_path: Path) -> None:
+@pytest.mark.cases(progress_plain=SMALL)
+def test_a_terminal_shows_the_bar_and_the_same_lines(tmp_path: Path, cases: dict[str, CaseRun]) -> None:
     code, shown = run_in_terminal([sys.executable, "-m", "fedconv.simulate", *SMALL, f"hydra.run.dir={tmp_path / 'tty'}"])
     assert code == 0, shown[-3000:]
     assert "━" in shown and "round" in shown and "ETA" in shown and " MB" in shown  # the bar was drawn
     for r in (1, 2, 3):
         assert f"[round   {r}/3] acc" in shown
-    plain = simulate(*SMALL, f"hydra.run.dir={tmp_path / 'plain'}")
-    assert plain.returncode == 0 and "\x1b[" not in plain.stdout and "━" not in plain.stdout
-    assert [r["central_accuracy"] for r in rows(tmp_path / "tty")] == [r["central_accuracy"] for r in rows(tmp_path / "plain")]
+    plain = cases["progress_plain"].completed()  # the same run on a pipe, not a terminal
+    assert "[round   3/3] acc" in plain.stdout and "\x1b[" not in plain.stdout and "━" not in plain.stdout
+    assert [r["central_accuracy"] for r in rows(tmp_path / "tty")] == [r["central_accuracy"] for r in rows(plain.dir)]
 
 
 def test_a_sweep_counts_its_jobs_and_estimates_from_those_that_ran() -> None:

@@ -228,20 +228,20 @@ def test_a_second_signal_quits_at_once_and_leaves_no_ray_process(tmp_path: Path)
     assert not alive, [p.name() for p in alive]
 
 
-# One algorithm per class of state: server state (FedAdam's moments; every algorithm's server
-# state round-trips through a checkpoint file in test_algorithms.py::test_server_state_survives_a_checkpoint_exactly)
-# and client state (SCAFFOLD's control variates, stored by partition id).
+# One run that holds both classes of state: SCAFFOLD keeps server state (its control variate
+# c, in the checkpoint, restored like FedAdam's moments: every algorithm's server state
+# round-trips through a checkpoint file in test_algorithms.py::test_server_state_survives_a_checkpoint_exactly)
+# and client state (each c_i, stored by partition id).
 KILLED = (*BASE, "simulation.num_clients=4", "server.rounds=4", "server.fraction_evaluate=0.5",
-          "faults.slow_partitions=1", "faults.slow_seconds=2")
+          "faults.slow_partitions=1", "faults.slow_seconds=2", "strategy=scaffold")
 
 
-@pytest.mark.cases(whole_fedadam=(*KILLED, "strategy=fedadam"), whole_scaffold=(*KILLED, "strategy=scaffold"))
-@pytest.mark.parametrize("strategy", ["fedadam", "scaffold"])
-def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, strategy: str, cases: dict[str, CaseRun]) -> None:
-    overrides = [*KILLED, f"strategy={strategy}"]
-    if strategy == "fedadam":  # and the tracking sinks continue their runs without a step twice
-        overrides += ["logger.tensorboard=true", "logger.mlflow=true", f"logger.mlflow_tracking_uri={tmp_path / 'ml'}"]
-    whole_run = cases[f"whole_{strategy}"].completed().dir  # the uninterrupted run (no sinks: same numbers)
+@pytest.mark.cases(whole_scaffold=KILLED)
+def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, cases: dict[str, CaseRun]) -> None:
+    """Killed in round 3 (SIGKILL: no handler runs), copied elsewhere and resumed: the rounds,
+    the server's and the clients' state and the tracking sinks continue as if never stopped."""
+    overrides = [*KILLED, "logger.tensorboard=true", "logger.mlflow=true", f"logger.mlflow_tracking_uri={tmp_path / 'ml'}"]
+    whole_run = cases["whole_scaffold"].completed().dir  # the uninterrupted run (no sinks: same numbers)
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "fedconv.simulate", *overrides, f"hydra.run.dir={killed}"],
@@ -280,17 +280,17 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, strate
     assert final["status"] == "completed" and final["rounds_completed"] == 4 and final["resumed_from_round"] in (2, 3)
     whole_summary = json.loads((whole_run / "summary.json").read_text())
     assert final["final_central_accuracy"] == whole_summary["final_central_accuracy"]
-    if strategy == "fedadam":
-        from mlflow.tracking import MlflowClient
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    # the tracking sinks continued their runs: each round once, as in the uninterrupted run
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-        expected = [(int(r["round"]), pytest.approx(float(r["central_accuracy"]))) for r in whole]
-        ids = json.loads((killed / "tracking.json").read_text())["mlflow"]
-        history = MlflowClient(ids["tracking_uri"]).get_metric_history(ids["run_id"], "central_accuracy")
-        assert sorted((m.step, m.value) for m in history) == expected
-        events = EventAccumulator(str(killed / "tensorboard"), size_guidance={"scalars": 0})
-        events.Reload()
-        assert [(e.step, e.value) for e in events.Scalars("accuracy/central_accuracy")] == expected
+    expected = [(int(r["round"]), pytest.approx(float(r["central_accuracy"]))) for r in whole]
+    ids = json.loads((killed / "tracking.json").read_text())["mlflow"]
+    history = MlflowClient(ids["tracking_uri"]).get_metric_history(ids["run_id"], "central_accuracy")
+    assert sorted((m.step, m.value) for m in history) == expected
+    events = EventAccumulator(str(killed / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("accuracy/central_accuracy")] == expected
 
 
 ROBUST = ["fedavg", "fedmedian", "fedtrimmedavg", "krum", "bulyan"]

@@ -50,6 +50,7 @@ def render(page: Path) -> dict:
     return json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">"))
 
 
+@pytest.mark.slow  # a Chromium process of its own
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install -y chromium; scripts/bootstrap.sh does)")
 def test_the_html_report_shows_every_plot_and_fetches_nothing(tmp_path: Path) -> None:
     make_run(tmp_path / "runs" / "0", strategy="fedavg", seed=0, accs=[0.5, 0.7, 0.8], client_accs=[0.6, 0.8, 0.9])

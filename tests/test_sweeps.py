@@ -132,10 +132,12 @@ def test_a_sweep_keeps_one_ray_and_its_actors_past_a_bad_job_and_matches_separat
     assert [s["status"] for s in summaries] == ["completed"] * 2
     assert len({s["ray"]["node_id"] for s in summaries}) == 1  # one Ray instance for the sweep
     assert [s["ray"]["actors_reused"] > 0 for s in summaries] == [False, True]
-    for lr, run in zip(("0.05", "0.1"), ran, strict=True):
-        assert [r["round"] for r in rows(run)] == ["1", "2"]
-        alone = tmp_path / f"alone{lr}"
-        single = simulate(*SMALL, f"client.lr={lr}", f"hydra.run.dir={alone}", timeout=600)
-        assert single.returncode == 0, single.stdout[-3000:] + single.stderr[-3000:]
-        in_sweep = [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in rows(run)]
-        assert in_sweep == [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in rows(alone)], lr
+    assert [r["round"] for r in rows(ran[0])] == ["1", "2"]
+    # the last job, on the actors the first left warm, equals a process of its own (the first
+    # job's conditions, a fresh Ray in a sweep process, are a subset of the last's)
+    assert [r["round"] for r in rows(ran[1])] == ["1", "2"]
+    alone = tmp_path / "alone"
+    single = simulate(*SMALL, "client.lr=0.1", f"hydra.run.dir={alone}", timeout=600)
+    assert single.returncode == 0, single.stdout[-3000:] + single.stderr[-3000:]
+    in_sweep = [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in rows(ran[1])]
+    assert in_sweep == [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in rows(alone)]

@@ -6,17 +6,22 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
-from mlflow.tracking import MlflowClient
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import CaseRun, rows, simulate
 from fedconv.tracking import TRACKING_IDS, MlflowSink, TensorBoardSink, Tracking, WandbSink, heatmap, scalar_name
 
+if TYPE_CHECKING:  # imported where used: mlflow alone takes 2 s to import, on every worker that collects
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
 
 def events(folder: Path) -> EventAccumulator:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0, "images": 0})
     acc.Reload()
     return acc
@@ -83,6 +88,8 @@ def test_a_run_logs_every_round_to_tensorboard(cases: dict[str, CaseRun]) -> Non
 
 
 def mlflow_run(folder: Path) -> tuple[MlflowClient, str]:
+    from mlflow.tracking import MlflowClient
+
     ids = json.loads((folder / TRACKING_IDS).read_text())["mlflow"]
     return MlflowClient(ids["tracking_uri"]), ids["run_id"]
 
@@ -177,6 +184,7 @@ def wandb_history(run: Path) -> list[tuple[str, int, float]]:
     return found
 
 
+@pytest.mark.slow  # each W&B run starts W&B's own service process (about 4 s)
 def test_wandb_runs_offline_and_a_resumed_run_repeats_no_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WANDB_MODE", raising=False)
     cfg = {"name": "t", "seed": 0, "strategy": {"name": "fedavg"}, "logger": {"wandb": True}}

@@ -185,6 +185,7 @@ def _imported(module: str, names: tuple[str, ...]) -> list[str]:
     return eval(proc.stdout)  # a printed list of module names
 
 
+@pytest.mark.slow  # two Python processes of their own
 def test_the_client_path_imports_no_simulation_stack_and_the_message_app_no_torch() -> None:
     heavy = ("hydra", "omegaconf", "matplotlib", "sklearn", "datasets", "pyarrow", "ray", "pandas")
     assert _imported("fedconv.client_app", heavy) == []
