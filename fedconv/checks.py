@@ -2,7 +2,7 @@
 
 A :class:`Checks` holds the whole config (a check may read another group, e.g. partition
 ids against ``simulation.num_clients``) and collects one line per problem, naming the key,
-the value and what is allowed. :func:`fedconv.config.validate` runs every group's check
+the value and what is allowed. :func:`fedconv.validation.validate` runs every group's check
 and reports all problems at once.
 """
 

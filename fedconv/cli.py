@@ -19,7 +19,7 @@ COMMANDS = {
     "certs": ("fedconv.certs", "make a lab's CA, SuperLink certificate and SuperNode keys"),
     "device-data": ("fedconv.device_data", "write one data folder per board"),
     "export": ("fedconv.export", "export a run's model (TorchScript, ONNX, int8) and measure it"),
-    "partitions": ("fedconv.partitioning", "print and save partition statistics"),
+    "partitions": ("fedconv.partition_stats", "print and save partition statistics"),
     "models": ("fedconv.models", "print the layer table of every model"),
     "bench": ("fedconv.bench", "benchmark against the plain-PyTorch compute limit"),
 }

@@ -464,7 +464,7 @@ def load_dataset(cfg: Mapping[str, Any]) -> ImageDataset:
 
 
 def config_problems(c: Checks) -> None:
-    """The ``dataset`` group (:func:`fedconv.config.validate` runs every group's check)."""
+    """The ``dataset`` group (:func:`fedconv.validation.validate` runs every group's check)."""
     c.one_of("dataset.name", DATASETS)
     for key in ("dataset.augment", "dataset.download"):
         c.boolean(key)

@@ -40,10 +40,10 @@ from fedconv.config import (
     register_resolvers,
     to_run_config,
     unknown_keys,
-    validate,
 )
 from fedconv.datasets import DatasetError
 from fedconv.runtime import write_app_dir
+from fedconv.validation import validate
 
 register_resolvers()
 

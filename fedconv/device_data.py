@@ -147,7 +147,8 @@ def export_partitions(cfg: dict[str, Any], out: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fedconv.config import ConfigError, compose, validate
+    from fedconv.config import ConfigError, compose
+    from fedconv.validation import validate
 
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0].startswith("-") or "=" in args[0]:

@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 
 from fedconv import atomic, run_dir
-from fedconv.config import flatten, inert_keys
+from fedconv.config import flatten
 from fedconv.run_reader import IN_PROGRESS, Run, read_run
+from fedconv.validation import inert_keys
 
 DEFAULT_BY = ("strategy.name", "strategy.mu")
 AVERAGED_OVER = "seed"
@@ -86,7 +87,7 @@ def _why_excluded(run: Run) -> str:
 
 def uncontrolled_differences(runs: Sequence[Run], keys: Iterable[str]) -> dict[str, list[Any]]:
     """Config keys that differ between runs, are neither grouped nor faceted on, and can
-    change the numbers in at least one of them (:func:`fedconv.config.inert_keys`)."""
+    change the numbers in at least one of them (:func:`fedconv.validation.inert_keys`)."""
     grouped = {*keys, AVERAGED_OVER}
     flats = [flatten(r.config) for r in runs]
     inert = set.intersection(*(inert_keys(r.config) for r in runs)) if runs else set()

@@ -18,7 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedconv import run_dir
 from fedconv.checkpoint import Checkpoint, CheckpointError
-from fedconv.config import ConfigError, assign, plain, validate
+from fedconv.config import ConfigError, assign, plain
+from fedconv.validation import validate
 
 # What ``resume=`` may change: where and how the rest of the run executes, and how many
 # rounds it has (extending a run); never a value that the completed rounds depended on.

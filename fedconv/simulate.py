@@ -28,9 +28,9 @@ from fedconv.config import (
     register_resolvers,
     to_run_config,
     unknown_keys,
-    validate,
     virtual_nodes,
 )
+from fedconv.validation import validate
 
 register_resolvers()
 

@@ -25,8 +25,9 @@ from fedconv.compression import (
     position_bytes,
     rng_for,
 )
-from fedconv.config import ConfigError, compose, validate
+from fedconv.config import ConfigError, compose
 from fedconv.rounds import FederatedRounds
+from fedconv.validation import validate
 
 
 def channels(seed: int = 0, shape: tuple[int, ...] = (16, 8, 3, 3)) -> np.ndarray:

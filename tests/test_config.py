@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from fedconv.config import ConfigError, compose, from_run_config, to_run_config, validate
+from fedconv.config import ConfigError, compose, from_run_config, to_run_config
+from fedconv.validation import validate
 
 
 def test_defaults_compose_and_validate() -> None:

@@ -211,7 +211,7 @@ def test_the_memory_estimate_counts_parameters_without_allocating_them() -> None
 def test_every_key_every_group_declares_is_read_by_a_check() -> None:
     """No key escapes validation: compose every option of every group and look at which keys
     the checks read (a key added without a check fails here)."""
-    from fedconv.config import checked
+    from fedconv.validation import checked
 
     free = {"name", "output_dir", "resume"}  # checked as text in config_problems, listed for clarity
     # pairings other than _option_keys' own (shift 1: group j takes option i + j), so that the
@@ -600,7 +600,7 @@ def test_export_names_corrupt_weights_and_a_config_that_is_not_one(tmp_path: Pat
 
 
 def test_partitions_validates_every_set_before_writing_any(tmp_path: Path, capsys) -> None:
-    from fedconv import partitioning
+    from fedconv import partition_stats as partitioning
 
     out = tmp_path / "parts"
     assert partitioning.main(["--out", str(out), "dataset=digits", "partition.alpha=0.5,nan"]) == 2

@@ -14,10 +14,10 @@ import pytest
 from conftest import require_fashion_mnist
 from fedconv.config import compose
 from fedconv.datasets import load_dataset
+from fedconv.partition_stats import main
 from fedconv.partitioning import (
     PartitionError,
     label_histograms,
-    main,
     make_partitions,
     mean_label_entropy,
 )

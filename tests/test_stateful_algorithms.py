@@ -188,7 +188,8 @@ def test_fednova_leaves_out_a_client_that_took_no_step() -> None:
 
 
 def test_fednova_refuses_adam() -> None:
-    from fedconv.config import ConfigError, compose, validate
+    from fedconv.config import ConfigError, compose
+    from fedconv.validation import validate
 
     with pytest.raises(ConfigError, match="client.optimizer='adam': must be sgd"):
         validate(compose(["strategy=fednova", "client.optimizer=adam"]))
