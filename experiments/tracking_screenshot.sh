@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's "Tracking" picture: a three-seed sweep of the default config (8 rounds) logged
+# The user guide's "Tracking" picture (docs/guide.md): a three-seed sweep of the default config (8 rounds) logged
 # to MLflow, MLflow's own UI served on 127.0.0.1, and headless Chromium's screenshot of its
 # compare page for the sweep's child runs (seed against final central accuracy, the runs'
 # details and params). Re-runnable: the sweep skips completed jobs; the server is stopped at the end.

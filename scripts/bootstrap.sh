@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh Debian machine (Python >= 3.11, no GPU):
-# a virtual environment in .venv, the CPU build of torch, fedconv with all its extras and the
-# test tools (editable), and the real Fashion-MNIST from Debian when it is not present.
+# a virtual environment in .venv, the CPU build of torch, fedconv with all its extras
+# (editable), and the real Fashion-MNIST from Debian when it is not present.
+# --tests (scripts/test.sh): also the test tools and Debian's Chromium (the browser test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+TESTS=""
+if [ "${1:-}" = "--tests" ]; then TESTS=1; fi
+EXTRAS="all"
+if [ -n "$TESTS" ]; then EXTRAS="all,test"; fi
 
 PYTHON=${PYTHON:-python3}
 VENV=${FEDCONV_VENV:-.venv}
@@ -22,8 +27,8 @@ if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
   "${PIP[@]}" install -q "$TORCH_SPEC"
 fi
 
-echo "[setup] installing fedconv[all,test]"
-"${PIP[@]}" install -q -e ".[all,test]"
+echo "[setup] installing fedconv[$EXTRAS]"
+"${PIP[@]}" install -q -e ".[$EXTRAS]"
 
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
@@ -44,7 +49,7 @@ if [ -z "${FEDCONV_DATA:-}" ] && [ ! -f "$FMNIST_DIR/train-images-idx3-ubyte.gz"
   apt_install dataset-fashion-mnist "the real Fashion-MNIST" \
     || echo "[setup] warning: no apt-get; put Fashion-MNIST's IDX files in a folder and set FEDCONV_DATA" >&2
 fi
-if ! command -v chromium >/dev/null 2>&1; then
+if [ -n "$TESTS" ] && ! command -v chromium >/dev/null 2>&1; then
   apt_install chromium "renders report.html in the browser test" \
     || echo "[setup] warning: chromium not installed; tests/test_report_browser.py will skip" >&2
 fi

@@ -2,7 +2,7 @@
 # README command 2: set everything up, then run the test suite (real Flower, Ray and data).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/bootstrap.sh
+bash scripts/bootstrap.sh --tests
 PY="${FEDCONV_VENV:-.venv}/bin/python"
 echo "[lint] ruff check . && mypy (fedconv/)"
 "$PY" -m ruff check .

@@ -1,5 +1,5 @@
 """report.html as a person sees it: rendered by headless Chromium (Debian's ``chromium``,
-which scripts/bootstrap.sh installs), every plot decoded and on the page, and nothing
+which scripts/bootstrap.sh --tests installs), every plot decoded and on the page, and nothing
 fetched from the network."""
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def render(page: Path) -> dict:
 
 
 @pytest.mark.slow  # a Chromium process of its own
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install -y chromium; scripts/bootstrap.sh does)")
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (scripts/bootstrap.sh --tests installs it)")
 def test_the_html_report_shows_every_plot_and_fetches_nothing(tmp_path: Path) -> None:
     make_run(tmp_path / "runs" / "0", strategy="fedavg", seed=0, accs=[0.5, 0.7, 0.8], client_accs=[0.6, 0.8, 0.9])
     make_run(tmp_path / "runs" / "1", strategy="fedprox", mu=0.1, seed=0, accs=[0.4, 0.5, 0.6], mb_per_round=3.0)
