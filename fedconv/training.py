@@ -10,6 +10,7 @@ per batch, so a client never holds a float copy of its whole partition.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -216,7 +217,10 @@ def folded_for_inference(model: nn.Module) -> nn.Module:
     (``torch.fx``'s conv-BN fusion). Same predictions, about a third less time for the
     2conv family on CPU, where eval-mode BatchNorm is a separate pass over the activations.
     Models ``torch.fx`` cannot trace are returned as they are (in eval mode)."""
-    from torch.fx.experimental.optimization import fuse
+    with warnings.catch_warnings():  # that module imports torch.utils.mkldnn, whose classes use
+        # torch.jit.script_method: torch's deprecation of its own code, which no user can act on
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script_method` is deprecated", category=DeprecationWarning)
+        from torch.fx.experimental.optimization import fuse
 
     model.eval()
     try:

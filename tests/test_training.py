@@ -228,3 +228,22 @@ def test_compiled_training_step_gives_the_eager_predictions() -> None:
     compiled_preds = evaluate(models[True], ds.test_x, ds.test_y, norm).predictions
     eager_preds = evaluate(models[False], ds.test_x, ds.test_y, norm).predictions
     assert (compiled_preds == eager_preds).mean() > 0.99
+
+
+@pytest.mark.slow  # a Python process of its own: the import that warned happens once per process
+def test_folding_for_inference_prints_no_warning_a_user_cannot_act_on() -> None:
+    """Every run's central evaluation folds BatchNorm with torch.fx, whose module imports
+    torch.utils.mkldnn: torch 2.13 warns there that its own ``torch.jit.script_method`` is
+    deprecated, on every run's console. fedconv silences that one warning, nothing else."""
+    import subprocess
+    import sys
+
+    code = ("import torch; from fedconv.models import build_model; from fedconv.training import folded_for_inference; "
+            "from fedconv.config import compose; "
+            "m = build_model(compose(['dataset=digits'])['model'], (1, 8, 8), 10); folded_for_inference(m); "
+            "import warnings; warnings.warn('a deprecation of our own', DeprecationWarning)")
+    proc = subprocess.run([sys.executable, "-W", "always::DeprecationWarning", "-c", code],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "script_method" not in proc.stderr, proc.stderr[-2000:]
+    assert "a deprecation of our own" in proc.stderr  # the filter is that warning's alone
