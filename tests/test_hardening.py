@@ -87,8 +87,8 @@ def _option_keys() -> dict[tuple[str, str] | None, frozenset[str]]:
     that their keys are what these predict."""
     keys: dict[tuple[str, str] | None, frozenset[str]] = {None: frozenset(flatten(compose(["dataset=digits"])))}
     for i in range(max(len(o) for o in ALL_OPTIONS.values())):
-        groups = rotation(i)[1:]  # the dataset stays digits (its keys are the dataset's own)
-        composed = flatten(compose(["dataset=digits", *(f"{g}={o}" for g, o in groups)]))
+        groups = rotation(i)
+        composed = flatten(compose([f"{g}={o}" for g, o in groups]))
         for group, option in groups:
             keys[(group, option)] = frozenset(k for k in composed if k.split(".")[0] == group)
     return keys
@@ -102,10 +102,7 @@ def _keys_and_base(groups: tuple[tuple[str, str], ...]) -> tuple[tuple[str, ...]
     known = _option_keys()
     keys = {k for k in known[None] if k.split(".")[0] not in chosen}
     for group, option in groups:
-        if group == "dataset":  # not among the drawn groups: its options' keys composed apart
-            keys |= {k for k in flatten(compose([f"dataset={option}"])) if k.startswith("dataset.")}
-        else:
-            keys |= known[(group, option)]
+        keys |= known[(group, option)]
     base = [o for o in SMALL if o.split("=")[0] in keys or "=" in o and o.split("=")[0] == "dataset"]
     return tuple(sorted(k for k in keys if k != "dataset.name")), tuple([*base, *options])
 
