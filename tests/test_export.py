@@ -25,7 +25,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ds = task.dataset(cfg)
     model = task.initial_model(cfg, ds)
     train_local(model, ds.train_x, ds.train_y, task.normalizer(cfg, ds, train=True), cfg["client"],
-                lr=0.05, epochs=15, seed=0)
+                lr=0.05, epochs=5, seed=0)
     run_dir.write_config(run, cfg)
     run_dir.save_weights(run / run_dir.WEIGHTS, transmitted_state(model))
     return run
