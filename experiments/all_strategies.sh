@@ -8,4 +8,4 @@ root=results/sweeps/all_strategies
 python -m fedconv.simulate -m name=all_strategies server.rounds=10 \
   strategy=fedavg,fedavgm,fedadam,fedyogi,fedadagrad,fedmedian,fedtrimmedavg,krum,qfedavg,fedprox \
   "hydra.sweep.dir=$root" "$@"
-python -m fedconv.report "$root" --by strategy.name --baseline strategy.name=fedavg --out "$root/report"
+python -m fedconv.runs.report "$root" --by strategy.name --baseline strategy.name=fedavg --out "$root/report"

@@ -13,5 +13,5 @@ PY=${PYTHON:-python}
 root=${COMPRESSION_ROOT:-results/sweeps/compression}
 codecs=${CODECS:-none,fp16,bf16,int8,int8_both,int4,topk,randk,qsgd}
 "$PY" -m fedconv.simulate -m name=compression "compression=$codecs" "hydra.sweep.dir=$root" "$@"
-"$PY" -m fedconv.report "$root" --by compression.downlink.codec compression.uplink.codec \
+"$PY" -m fedconv.runs.report "$root" --by compression.downlink.codec compression.uplink.codec \
   --baseline compression.uplink.codec=none --out "$root/report"

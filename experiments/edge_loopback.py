@@ -1,8 +1,8 @@
 """Where a deployed round's time goes: a real SuperLink (TLS + SuperNode auth) and three real
-SuperNodes on 127.0.0.1, ``python -m fedconv.deploy`` on digits, one row per variant.
+SuperNodes on 127.0.0.1, ``python -m fedconv.edge.deploy`` on digits, one row per variant.
 
 Variants switch one thing at a time: the board's warm worker (``worker-socket`` in the node
-config, ``python -m fedconv.warm_worker`` beside each SuperNode), federated evaluation in its
+config, ``python -m fedconv.edge.warm_worker`` beside each SuperNode), federated evaluation in its
 own phase or with the training (``server.fed_eval``), and SuperExec's task poll interval
 (``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``, Flower's default 1 s). Every variant starts its own
 SuperLink and SuperNodes. Per variant: the seconds of each round (rounds.csv), and per train
@@ -33,8 +33,8 @@ from pathlib import Path
 
 import psutil
 
-from fedconv.certs import make_lab_keys
-from fedconv.deploy import flwr_env
+from fedconv.edge.certs import make_lab_keys
+from fedconv.edge.deploy import flwr_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -115,13 +115,13 @@ def run_variant(v: Variant, rounds: int, tmp: Path) -> dict:
             time.sleep(0.1)
         fed = [f"federation.address=127.0.0.1:{port}", f"federation.root_certificates={keys.ca_cert}",
                f"federation.supernode_keys={keys.ca_cert.parent / 'supernodes'}", "federation.num_supernodes=3"]
-        subprocess.run([sys.executable, "-m", "fedconv.deploy", *fed, "mode=register", f"hydra.run.dir={tmp / 'x'}"],
+        subprocess.run([sys.executable, "-m", "fedconv.edge.deploy", *fed, "mode=register", f"hydra.run.dir={tmp / 'x'}"],
                        cwd=ROOT, check=True, capture_output=True)
         for i in range(3):
             node_config = f"partition-id={i} num-partitions=3"
             if v.worker:
                 sock = tmp / f"worker-{i}" / "worker.sock"
-                lab.start(f"worker-{i}", [sys.executable, "-m", "fedconv.warm_worker", "--socket", str(sock)],
+                lab.start(f"worker-{i}", [sys.executable, "-m", "fedconv.edge.warm_worker", "--socket", str(sock)],
                           {**os.environ})
                 lab.wait_log(f"worker-{i}", "serving")
                 node_config += f' worker-socket="{sock}"'
@@ -133,7 +133,7 @@ def run_variant(v: Variant, rounds: int, tmp: Path) -> dict:
                                          "--port", str(free_port()), "--node-config", node_config], node_env)
         out = tmp / "run"
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "fedconv.deploy", *fed, "dataset=digits", f"server.rounds={rounds}",
+        proc = subprocess.run([sys.executable, "-m", "fedconv.edge.deploy", *fed, "dataset=digits", f"server.rounds={rounds}",
                                "server.fraction_train=1.0", "server.fraction_evaluate=1.0", f"server.fed_eval={v.fed_eval}",
                                "client.threads=1", "server.connect_timeout=120", f"hydra.run.dir={out}"],
                               cwd=ROOT, capture_output=True, text=True)

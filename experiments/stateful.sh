@@ -8,4 +8,4 @@ root=results/sweeps/stateful
 python -m fedconv.simulate -m name=stateful server.rounds=20 \
   strategy=fedavg,scaffold,fednova,feddyn,fedbn \
   "hydra.sweep.dir=$root" "$@"
-python -m fedconv.report "$root" --by strategy.name --baseline strategy.name=fedavg --out "$root/report"
+python -m fedconv.runs.report "$root" --by strategy.name --baseline strategy.name=fedavg --out "$root/report"

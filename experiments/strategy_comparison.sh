@@ -9,4 +9,4 @@ python -m fedconv.simulate -m name=strategy_comparison strategy=fedavg \
   partition.alpha=0.1,1.0 seed=0,1 "hydra.sweep.dir=$root/fedavg" "$@"
 python -m fedconv.simulate -m name=strategy_comparison strategy=fedprox strategy.mu=0.01,0.1 \
   partition.alpha=0.1,1.0 seed=0,1 "hydra.sweep.dir=$root/fedprox" "$@"
-python -m fedconv.report "$root/fedavg" "$root/fedprox" --facet partition.alpha --out "$root/report"
+python -m fedconv.runs.report "$root/fedavg" "$root/fedprox" --facet partition.alpha --out "$root/report"

@@ -18,10 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from fedconv import run_dir
 from fedconv.config import plain
-from fedconv.run_dir import _typed  # the rounds.csv cells as the ServerApp wrote them
-from fedconv.tracking import MlflowSink, TensorBoardSink
+from fedconv.runs import run_dir
+from fedconv.runs.run_dir import _typed  # the rounds.csv cells as the ServerApp wrote them
+from fedconv.runs.tracking import MlflowSink, TensorBoardSink
 
 
 def main(run: Path) -> None:

@@ -3,7 +3,7 @@
 # to MLflow, MLflow's own UI served on 127.0.0.1, and headless Chromium's screenshot of its
 # compare page for the sweep's child runs (seed against final central accuracy, the runs'
 # details and params). Re-runnable: the sweep skips completed jobs; the server is stopped at the end.
-# Then the same sweep's HTML report (python -m fedconv.report) rendered by Chromium.
+# Then the same sweep's HTML report (python -m fedconv.runs.report) rendered by Chromium.
 #   bash experiments/tracking_screenshot.sh   # -> docs/img/mlflow_sweep.png, docs/img/report_page.png
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +37,7 @@ url="http://127.0.0.1:$port/#/compare-runs?$query"
 chromium --headless=new --no-sandbox --disable-gpu --hide-scrollbars --window-size=1500,1300 \
   --virtual-time-budget=20000 --screenshot="$out" "$url" 2>/dev/null
 echo "screenshot of $url -> $out"
-"$PY" -m fedconv.report "$root/sweep" --out "$root/report"
+"$PY" -m fedconv.runs.report "$root/sweep" --out "$root/report"
 chromium --headless=new --no-sandbox --disable-gpu --hide-scrollbars --window-size=1200,1400 \
   --virtual-time-budget=5000 --screenshot=docs/img/report_page.png "file://$(realpath "$root/report/report.html")" 2>/dev/null
 echo "screenshot of $root/report/report.html -> docs/img/report_page.png"

@@ -1,3 +1,25 @@
-"""fedconv: federated learning of small CNNs (the 2conv family) with Flower, Hydra and Ray."""
+"""fedconv: federated learning of small CNNs (the 2conv family) with Flower, Hydra and Ray.
+
+The package in layers; a module imports only from its own layer and those listed before it
+list (``tests/test_architecture.py`` reads every import, those inside functions included,
+and fails on one that goes the other way or round a circle):
+
+1. core, these top-level modules: :mod:`~fedconv.config` (composing ``conf/``),
+   :mod:`~fedconv.checks` (the one-line refusals), :mod:`~fedconv.atomic` (files written
+   whole or not at all), :mod:`~fedconv.optional` (extras not installed),
+   :mod:`~fedconv.records` (typed reads of Flower's records);
+2. :mod:`fedconv.data`: datasets, partitions, a board's data folder;
+3. :mod:`fedconv.learning`: models, local training, the task;
+4. :mod:`fedconv.algorithms`: every aggregation algorithm, one module each;
+5. :mod:`fedconv.wire`: codecs, reply checks, the byte ledger;
+6. :mod:`fedconv.runs`: run directories, checkpoints, tracking, reports;
+7. :mod:`fedconv.federation`: the ServerApp, the ClientApp and the round engine;
+8. :mod:`~fedconv.validation`: a whole config checked, each group by the module that owns it;
+9. :mod:`fedconv.simulation`: Flower's simulation engine on Ray, a job's preparation;
+10. :mod:`fedconv.edge`: SuperNodes on boards, certificates, board data, model export;
+11. the commands: :mod:`~fedconv.simulate` (``python -m fedconv.simulate``),
+    :mod:`~fedconv.cli` (``fedconv <command>``), :mod:`~fedconv.bench`,
+    :mod:`~fedconv.partition_stats` (``fedconv partitions``).
+"""
 
 __version__ = "0.1.0"

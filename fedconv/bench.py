@@ -96,7 +96,7 @@ _WORKER: dict[str, Any] = {}
 def _limit_init(cfg: dict[str, Any]) -> None:
     import torch
 
-    from fedconv import task
+    from fedconv.learning import task
 
     torch.set_num_threads(1)
     ds = task.dataset(cfg)
@@ -107,8 +107,8 @@ def _limit_init(cfg: dict[str, Any]) -> None:
 def _limit_train(job: tuple[dict[str, Any], int, int, float]) -> tuple[dict[str, Any], int]:
     import torch
 
-    from fedconv import task
-    from fedconv.models import transmitted_state
+    from fedconv.learning import task
+    from fedconv.learning.models import transmitted_state
 
     state, pid, server_round, lr = job
     cfg, ds, model = _WORKER["cfg"], _WORKER["ds"], _WORKER["model"]
@@ -122,11 +122,11 @@ def measure_limit(overrides: list[str], workers: int) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from fedconv import task
-    from fedconv.cohorts import TRAIN_SALT, sample_cohort
     from fedconv.config import clients_per_round, compose
-    from fedconv.models import channels_last, transmitted_state
-    from fedconv.training import evaluate, folded_for_inference, lr_for_round
+    from fedconv.federation.cohorts import TRAIN_SALT, sample_cohort
+    from fedconv.learning import task
+    from fedconv.learning.models import channels_last, transmitted_state
+    from fedconv.learning.training import evaluate, folded_for_inference, lr_for_round
 
     t0 = time.perf_counter()
     cfg = compose(overrides)
@@ -234,7 +234,7 @@ EDGE_SNIPPET = """
 import json, resource, time, numpy as np, torch
 from fedconv import task
 from fedconv.config import compose
-from fedconv.training import train_local
+from fedconv.learning.training import train_local
 torch.set_num_threads(1)
 cfg = compose(["+experiment=bench"])
 ds = task.dataset(cfg)
@@ -259,8 +259,8 @@ EVAL_SNIPPET = """
 import json, statistics, sys, time, torch
 from fedconv import task
 from fedconv.config import compose
-from fedconv.models import channels_last
-from fedconv.training import evaluate, folded_for_inference
+from fedconv.learning.models import channels_last
+from fedconv.learning.training import evaluate, folded_for_inference
 cfg = compose(["+experiment=bench"])
 ds = task.dataset(cfg)
 model = channels_last(task.initial_model(cfg, ds))  # as the ServerApp holds it

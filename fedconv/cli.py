@@ -14,13 +14,13 @@ from fedconv.optional import MissingExtra
 
 COMMANDS = {
     "simulate": ("fedconv.simulate", "run a simulation or a sweep (Hydra overrides, -m)"),
-    "report": ("fedconv.report", "compare runs: tables and plots"),
-    "deploy": ("fedconv.deploy", "run on real SuperNodes through a SuperLink"),
-    "certs": ("fedconv.certs", "make a lab's CA, SuperLink certificate and SuperNode keys"),
-    "device-data": ("fedconv.device_data", "write one data folder per board"),
-    "export": ("fedconv.export", "export a run's model (TorchScript, ONNX, int8) and measure it"),
+    "report": ("fedconv.runs.report", "compare runs: tables and plots"),
+    "deploy": ("fedconv.edge.deploy", "run on real SuperNodes through a SuperLink"),
+    "certs": ("fedconv.edge.certs", "make a lab's CA, SuperLink certificate and SuperNode keys"),
+    "device-data": ("fedconv.edge.board_data", "write one data folder per board"),
+    "export": ("fedconv.edge.export", "export a run's model (TorchScript, ONNX, int8) and measure it"),
     "partitions": ("fedconv.partition_stats", "print and save partition statistics"),
-    "models": ("fedconv.models", "print the layer table of every model"),
+    "models": ("fedconv.learning.models", "print the layer table of every model"),
     "bench": ("fedconv.bench", "benchmark against the plain-PyTorch compute limit"),
 }
 

@@ -1,9 +1,9 @@
-"""``fedconv partitions`` (``python -m fedconv.partitioning``): partition statistics for
+"""``fedconv partitions``: partition statistics for
 override sets, Hydra's sweep syntax included (``partition.alpha=0.1,0.5,100``): every set is
 composed and validated before any is computed, then each gets ``partition.json`` and a
 label heatmap, and the console a table.
 
-A command above the library: it uses :mod:`fedconv.partitioning` and
+A command above the library: it uses :mod:`fedconv.data.partitioning` and
 :mod:`fedconv.validation`, which imports the partitioning module; nothing imports this one.
 """
 
@@ -20,8 +20,8 @@ import numpy as np
 
 from fedconv import atomic
 from fedconv.config import ConfigError, compose
-from fedconv.datasets import DatasetError, load_dataset
-from fedconv.partitioning import PartitionError, make_partitions, partition_record, save_heatmap
+from fedconv.data.datasets import DatasetError, load_dataset
+from fedconv.data.partitioning import PartitionError, make_partitions, partition_record, save_heatmap
 from fedconv.validation import validate
 
 
@@ -51,7 +51,7 @@ def _partition_jobs(args: list[str]) -> list[tuple[str, dict[str, Any]]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m fedconv.partitioning [--out DIR] partition.alpha=0.1,0.5,100 simulation.num_clients=100``."""
+    """``fedconv partitions [--out DIR] partition.alpha=0.1,0.5,100 simulation.num_clients=100``."""
     args = list(sys.argv[1:] if argv is None else argv)
     out_root = Path("results") / "partitions" / time.strftime("%Y-%m-%d_%H-%M-%S")
     if "--out" in args:

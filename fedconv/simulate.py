@@ -1,7 +1,7 @@
 """``python -m fedconv.simulate [overrides] [-m sweeps]``: a Flower simulation on Ray.
 
 Hydra composes and sweeps; this module validates the config, fixes the run directory,
-flattens the config into Flower's run config and hands it to :mod:`fedconv.runtime`.
+flattens the config into Flower's run config and hands it to :mod:`fedconv.simulation.runtime`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from fedconv import ray_session, resume, run_dir, sweep_progress, timeline, tracking
 from fedconv.config import (
     EXIT_BAD_CONFIG,
     ConfigError,
@@ -30,6 +29,8 @@ from fedconv.config import (
     unknown_keys,
     virtual_nodes,
 )
+from fedconv.runs import run_dir, timeline, tracking
+from fedconv.simulation import ray_session, resume, sweep_progress
 from fedconv.validation import validate
 
 register_resolvers()
@@ -80,9 +81,12 @@ def check_inputs(resolved: dict[str, Any], resume_from: Path | None = None) -> N
     """Load the data, make the partitions and build the model before Ray starts, so a
     missing file or an impossible partition fails in one line (and, on resume, every file
     of the run dir is checked against the others and against this config:
-    :mod:`fedconv.resume`). The ServerApp runs in this process, so this also warms its caches."""
-    from fedconv import algorithms, checkpoint, resources, task
-    from fedconv.datasets import declared_shape
+    :mod:`fedconv.simulation.resume`). The ServerApp runs in this process, so this also warms its caches."""
+    from fedconv import algorithms
+    from fedconv.data.datasets import declared_shape
+    from fedconv.learning import task
+    from fedconv.runs import checkpoint
+    from fedconv.simulation import resources
 
     ds = task.dataset(resolved)
     declared = declared_shape(resolved["dataset"])
@@ -123,7 +127,7 @@ def _results_config(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _checkpoint_round(out: Path) -> int:
-    from fedconv import checkpoint
+    from fedconv.runs import checkpoint
 
     return checkpoint.load(out / run_dir.CHECKPOINT).server_round
 
@@ -133,7 +137,7 @@ def prepare(cfg: DictConfig, out: Path, choices: dict[str, Any], overrides: list
     only: nothing in ``out`` changes here.
 
     ``resume=<run dir>`` continues that run with its saved config (and the overrides in
-    :data:`fedconv.resume.RESUME_OVERRIDES`; any other is refused). Otherwise a run dir that
+    :data:`fedconv.simulation.resume.RESUME_OVERRIDES`; any other is refused). Otherwise a run dir that
     already holds a run of the same config (a sweep re-run) is skipped when it completed and
     continued from its checkpoint when it did not; one with a different config is refused.
     """
@@ -172,10 +176,10 @@ def prepare(cfg: DictConfig, out: Path, choices: dict[str, Any], overrides: list
 
 def _bad_input_errors() -> tuple[type[Exception], ...]:
     """What a job's input can be refused with (imported late: they bring torch)."""
-    from fedconv.checkpoint import CheckpointError
-    from fedconv.datasets import DatasetError
-    from fedconv.models import ModelConfigError
-    from fedconv.partitioning import PartitionError
+    from fedconv.data.datasets import DatasetError
+    from fedconv.data.partitioning import PartitionError
+    from fedconv.learning.models import ModelConfigError
+    from fedconv.runs.checkpoint import CheckpointError
 
     return ConfigError, DatasetError, PartitionError, ModelConfigError, CheckpointError, run_dir.RunDirError
 
@@ -196,7 +200,7 @@ class Job:
 
 def _hold(cfg: DictConfig, job: Job) -> run_dir.RunLock | None:
     """Take the run dir for this process (None: a ``resume=`` that names no folder, which
-    :func:`prepare` refuses). Raises :class:`~fedconv.run_dir.RunDirHeld` naming the holder."""
+    :func:`prepare` refuses). Raises :class:`~fedconv.runs.run_dir.RunDirHeld` naming the holder."""
     if cfg.resume and not job.out.is_dir():
         return None
     try:
@@ -244,7 +248,7 @@ def _refused(job: Job, exc: Exception) -> dict[str, Any]:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run (or continue, or skip when completed) one simulation job; returns its summary.
-    The run dir is this process's for the job's life (:func:`fedconv.run_dir.hold`)."""
+    The run dir is this process's for the job's life (:func:`fedconv.runs.run_dir.hold`)."""
     global _TASK_STARTED, _JOBS_STARTED
     _TASK_STARTED = True
     # From here on an exception Hydra catches (a sweeper's, after its jobs) reaches cli()
@@ -289,7 +293,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def _attach(resolved: dict[str, Any]) -> None:
     """Attach to the Ray cluster the config names and check that a client fits on its nodes
     (a local Ray was checked against this machine in :func:`check_inputs`)."""
-    from fedconv import resources, runtime
+    from fedconv.simulation import resources, runtime
 
     backend = runtime.backend_config(resolved["simulation"], bool(resolved["verbose"]))
     ray_session.start(backend["init_args"], preload=ray_session.preload_workers(backend))
@@ -306,7 +310,8 @@ def _skip(job: Job) -> dict[str, Any]:
 
 def _execute(job: Job, resolved: dict[str, Any], action: str) -> dict[str, Any]:
     """Start Ray, write the config, run the rounds; record how the run ended."""
-    from fedconv import runtime, stopping
+    from fedconv.federation import stopping
+    from fedconv.simulation import runtime
 
     out, resuming = job.out, action == "resume"
     backend = runtime.backend_config(resolved["simulation"], bool(resolved["verbose"]))
@@ -358,7 +363,7 @@ def _execute(job: Job, resolved: dict[str, Any], action: str) -> dict[str, Any]:
 
 def _ended(job: Job, resolved: dict[str, Any], status: str, error: str, keep_ray: bool, started: float) -> dict[str, Any]:
     """Record how a job ended (summary.json, sweep.json) and let Ray go or stay."""
-    from fedconv import stopping
+    from fedconv.federation import stopping
 
     sweep_progress.job_outcome(status)
     stopping.run_ended()
@@ -395,8 +400,8 @@ def cli() -> None:
 
     Ctrl-C or SIGTERM (a batch scheduler's stop) ends a run as interrupted: the clients'
     in-flight updates finish, the completed rounds and the checkpoint stay, summary.json
-    says ``interrupted``, ``resume=<run dir>`` continues it (:mod:`fedconv.stopping`)."""
-    from fedconv import stopping
+    says ``interrupted``, ``resume=<run dir>`` continues it (:mod:`fedconv.federation.stopping`)."""
+    from fedconv.federation import stopping
 
     stopping.install_handlers()
     try:

@@ -1,6 +1,6 @@
 """A whole config checked: every group by the module that owns its vocabulary, the keys no
 group owns (the run's identity, ``server``, ``simulation``), and the checks across groups
-(cohorts against the federation). Also what needs every group at once: :func:`inert_keys`.
+(cohorts against the federation).
 
 Layering: this module sits above the group modules (datasets, models, partitioning,
 algorithms, training, faults, compression, tracking) and imports them; they import
@@ -24,46 +24,7 @@ from fedconv.config import (
     ConfigError,
     clients_per_round,
     flatten,
-    lookup,
 )
-
-# Keys that say where or how a run executes, never what it computes.
-EXECUTION_KEYS = frozenset({
-    "name", "output_dir", "resume", "verbose", "dataset.data_dir", "dataset.cache_dir", "dataset.download",
-    "simulation.nodes", "simulation.client_state_dir", "simulation.ray.address", "simulation.ray.num_cpus",
-    "simulation.ray.include_dashboard", "server.connect_timeout", "logger.tensorboard",
-})
-
-
-def inert_keys(cfg: Mapping[str, Any]) -> set[str]:
-    """Dotted keys whose value cannot change this run's numbers: the execution keys, and the
-    options of a mechanism the config leaves off (straggler handling without stragglers, a
-    step schedule's gamma under a cosine one, ...). A report warns only about the others."""
-    def get(key: str) -> Any:
-        return lookup(cfg, key)
-
-    inert = set(EXECUTION_KEYS)
-    if not get("faults.straggler_fraction"):
-        inert.add("strategy.stragglers")
-    if not str(get("faults.corrupt_partitions") or "").strip():
-        inert |= {"faults.corrupt_mode", "faults.scale_factor"}
-    elif get("faults.corrupt_mode") != "scale":
-        inert.add("faults.scale_factor")
-    if not str(get("faults.slow_partitions") or "").strip():
-        inert.add("faults.slow_seconds")
-    if get("server.fed_eval") == "with_train":
-        inert |= {"server.fraction_evaluate", "server.min_evaluate_clients"}
-    if get("server.lr_schedule") != "step":
-        inert |= {"server.lr_step_size", "server.lr_gamma"}
-    if get("server.lr_schedule") != "cosine":
-        inert.add("server.lr_min")
-    if get("client.optimizer") != "sgd":
-        inert.add("client.momentum")
-    if get("model.name") != "twoconv_se":
-        inert.add("model.se_reduction")
-    from fedconv import compression
-
-    return inert | compression.inert_keys(cfg)
 
 
 def config_problems(c: Checks) -> None:
@@ -127,7 +88,12 @@ def _cohort_problems(c: Checks) -> None:
 def checked(cfg: Mapping[str, Any]) -> Checks:
     """Every group checked by the module that owns it; the :class:`Checks` that did it
     (its ``seen`` keys say which keys a check read)."""
-    from fedconv import algorithms, compression, datasets, faults, models, partitioning, tracking, training
+    from fedconv import algorithms
+    from fedconv.data import datasets, partitioning
+    from fedconv.federation import faults
+    from fedconv.learning import models, training
+    from fedconv.runs import tracking
+    from fedconv.wire import compression
 
     c = Checks(cfg)
     for key, value in flatten(cfg).items():  # NaN and infinities are never a setting, whatever the key

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from fedconv import config as fedconv_config
-from fedconv import datasets
+from fedconv.data import datasets
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 

@@ -13,12 +13,13 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from test_strategies import FakeGrid, task_identity  # noqa: F401  (autouse fixture)
 
-from fedconv import algorithms, checkpoint
+from fedconv import algorithms
 from fedconv.algorithms.base import MODEL, Algorithm, Wire
-from fedconv.cohorts import Cohorts
 from fedconv.config import compose
-from fedconv.reply_checks import array_spec, reply_problem
-from fedconv.rounds import FederatedRounds
+from fedconv.federation.cohorts import Cohorts
+from fedconv.federation.rounds import FederatedRounds
+from fedconv.runs import checkpoint
+from fedconv.wire.reply_checks import array_spec, reply_problem
 
 
 @pytest.fixture(autouse=True)
@@ -298,7 +299,7 @@ def test_pool_phases_are_pure_functions_of_the_round() -> None:
 
 @pytest.mark.parametrize("mode,factor", [("signflip", -1.0), ("scale", 5.0)])
 def test_poisoned_updates_are_finite_and_well_formed(mode: str, factor: float) -> None:
-    from fedconv.faults import corrupt_state
+    from fedconv.federation.faults import corrupt_state
 
     received = {"conv.weight": torch.zeros(2, 2), "bn.running_var": torch.ones(2)}
     trained = {"conv.weight": torch.full((2, 2), 0.3), "bn.running_var": torch.full((2,), 2.0)}

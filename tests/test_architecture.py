@@ -1,6 +1,6 @@
 """The package's import graph, read from the source: no module imports itself round a circle,
 not even through an import inside a function (that only hides the circle from Python, which
-resolves it at call time)."""
+resolves it at call time), and every import goes down the layers ``fedconv/__init__.py`` lists."""
 
 from __future__ import annotations
 
@@ -9,6 +9,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "fedconv"
+
+# lowest first: a module may import its own layer and the ones before it (a subpackage, or
+# top-level modules by name); every module of the package belongs to exactly one
+LAYERS = (
+    ("core", ("fedconv", "fedconv.config", "fedconv.checks", "fedconv.atomic", "fedconv.optional", "fedconv.records")),
+    ("data", ("fedconv.data",)),
+    ("learning", ("fedconv.learning",)),
+    ("algorithms", ("fedconv.algorithms",)),
+    ("wire", ("fedconv.wire",)),
+    ("runs", ("fedconv.runs",)),
+    ("federation", ("fedconv.federation",)),
+    ("validation", ("fedconv.validation",)),
+    ("simulation", ("fedconv.simulation",)),
+    ("edge", ("fedconv.edge",)),
+    ("commands", ("fedconv.simulate", "fedconv.cli", "fedconv.bench", "fedconv.partition_stats")),
+)
 
 
 def module_name(path: Path) -> str:
@@ -53,6 +69,20 @@ def import_graph() -> dict[str, set[str]]:
     return {name: imported(ast.parse(path.read_text()), modules, name) for name, path in files.items()}
 
 
+def layer_of(module: str) -> int:
+    """The index in :data:`LAYERS` of the layer holding ``module`` (a subpackage holds its
+    modules; a top-level module is named)."""
+    found = [i for i, (_, members) in enumerate(LAYERS) for m in members
+             if module == m or (m != "fedconv" and module.startswith(m + "."))]
+    assert len(found) == 1, f"{module}: in {len(found)} layers of tests/test_architecture.py::LAYERS; add it to one"
+    return found[0]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return [f"{m} ({LAYERS[layer_of(m)][0]}) imports {t} ({LAYERS[layer_of(t)][0]})"
+            for m in sorted(graph) for t in sorted(graph[m]) if layer_of(t) > layer_of(m)]
+
+
 def a_cycle(graph: dict[str, set[str]]) -> list[str]:
     """One circle of the graph (empty when it has none): depth-first, grey nodes on the path."""
     state: dict[str, int] = {}
@@ -89,3 +119,18 @@ def test_nothing_in_the_package_imports_in_a_cycle() -> None:
     assert len(graph) > 40 and graph["fedconv.simulate"]  # the whole package was read
     cycle = a_cycle(graph)
     assert not cycle, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_layer_check_sees_an_import_that_goes_up() -> None:
+    graph = {"fedconv.data.datasets": {"fedconv.config"}, "fedconv.learning.models": {"fedconv.data.datasets"}}
+    assert upward_imports(graph) == []
+    graph["fedconv.data.datasets"].add("fedconv.federation.rounds")
+    assert upward_imports(graph) == [
+        "fedconv.data.datasets (data) imports fedconv.federation.rounds (federation)"]
+
+
+def test_every_import_goes_down_the_layers() -> None:
+    graph = import_graph()
+    assert upward_imports(graph) == []
+    top_level = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
+    assert {m.removeprefix("fedconv.") for _, ms in LAYERS for m in ms} - {"fedconv"} >= top_level

@@ -1,4 +1,4 @@
-"""Lab keys (``python -m fedconv.certs``): owner-only files, never overwritten in passing,
+"""Lab keys (``fedconv certs``): owner-only files, never overwritten in passing,
 kept out of git; and the launcher's SuperLink check against a real TLS listener on 127.0.0.1."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from fedconv.certs import main, make_lab_keys, server_hosts
-from fedconv.deploy import superlink_problem
+from fedconv.edge.certs import main, make_lab_keys, server_hosts
+from fedconv.edge.deploy import superlink_problem
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedconv import checkpoint
+from fedconv.runs import checkpoint
 
 
 def test_round_trip_is_exact(tmp_path: Path) -> None:

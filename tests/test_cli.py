@@ -42,7 +42,7 @@ def test_a_lean_board_install_runs_the_client_and_names_the_extra_for_the_rest(t
     from conftest import LEAN_BOARD_LACKS, lean_board_env
 
     env = lean_board_env(tmp_path)
-    code = ("import importlib.util, fedconv.client_app; "
+    code = ("import importlib.util, fedconv.federation.client_app; "
             f"print([m for m in {LEAN_BOARD_LACKS!r} if importlib.util.find_spec(m) is not None])")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr[-2000:]

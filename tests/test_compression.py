@@ -1,4 +1,4 @@
-"""The codecs of fedconv.compression against bounds computed here, their wire format, the
+"""The codecs of fedconv.wire.compression against bounds computed here, their wire format, the
 server's handling of compressed replies, and the config checks."""
 
 from __future__ import annotations
@@ -12,8 +12,11 @@ from test_algorithms import COUNTS, NODES, strategy_cfg
 from test_strategies import FakeGrid, task_identity  # noqa: F401  (autouse fixture)
 
 from fedconv import algorithms
-from fedconv.cohorts import Cohorts
-from fedconv.compression import (
+from fedconv.config import ConfigError, compose
+from fedconv.federation.cohorts import Cohorts
+from fedconv.federation.rounds import FederatedRounds
+from fedconv.validation import validate
+from fedconv.wire.compression import (
     PAYLOAD,
     Codec,
     Link,
@@ -25,9 +28,6 @@ from fedconv.compression import (
     position_bytes,
     rng_for,
 )
-from fedconv.config import ConfigError, compose
-from fedconv.rounds import FederatedRounds
-from fedconv.validation import validate
 
 
 def channels(seed: int = 0, shape: tuple[int, ...] = (16, 8, 3, 3)) -> np.ndarray:
@@ -343,7 +343,7 @@ def test_every_preset_validates() -> None:
 
 
 def test_report_labels_tell_keys_with_the_same_last_part_apart() -> None:
-    from fedconv.report import short_names
+    from fedconv.runs.report import short_names
 
     assert short_names(["compression.downlink.codec", "compression.uplink.codec", "strategy.name", "seed"]) == {
         "compression.downlink.codec": "downlink.codec", "compression.uplink.codec": "uplink.codec",

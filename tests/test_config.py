@@ -91,7 +91,7 @@ def test_pyproject_declares_the_flower_app_with_the_default_config() -> None:
 
     project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
     app = project["tool"]["flwr"]["app"]
-    assert app["components"] == {"serverapp": "fedconv.server_app:app", "clientapp": "fedconv.board_app:app"}
+    assert app["components"] == {"serverapp": "fedconv.federation.server_app:app", "clientapp": "fedconv.edge.board_app:app"}
     assert app["config"] == to_run_config(compose([]))
 
 
@@ -168,9 +168,9 @@ def entry_point_error(overrides: list[str], out) -> str:
 
     from fedconv import simulate
     from fedconv.config import CONF_DIR
-    from fedconv.datasets import DatasetError
-    from fedconv.models import ModelConfigError
-    from fedconv.partitioning import PartitionError
+    from fedconv.data.datasets import DatasetError
+    from fedconv.data.partitioning import PartitionError
+    from fedconv.learning.models import ModelConfigError
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
@@ -196,9 +196,12 @@ def test_bad_values_are_refused_in_one_line_naming_the_key(tmp_path, override: s
 
 def test_each_group_is_checked_by_its_owner() -> None:
     """The vocabularies live with the modules that use them; config validation asks them."""
-    from fedconv import algorithms, config, faults, partitioning, training
-    from fedconv.datasets import DATASETS
-    from fedconv.models import MODEL_NAMES
+    from fedconv import algorithms, config
+    from fedconv.data import partitioning
+    from fedconv.data.datasets import DATASETS
+    from fedconv.federation import faults
+    from fedconv.learning import training
+    from fedconv.learning.models import MODEL_NAMES
 
     assert not any(hasattr(config, name) for name in ("DATASETS", "PARTITIONS", "STRATEGIES", "CORRUPT_MODES"))
     cfg = compose([])
@@ -222,7 +225,7 @@ def test_the_group_modules_and_config_each_import_first_in_a_fresh_process() -> 
 def test_resume_refuses_to_change_rounds_under_a_cosine_schedule(tmp_path) -> None:
     """Checked from the saved config before any checkpoint is read (the end-to-end resume
     cases are in test_resume_and_outputs.py)."""
-    from fedconv import run_dir
+    from fedconv.runs import run_dir
 
     run = tmp_path / "cosine-run"
     run_dir.write_config(run, {**compose([*SMALL_RUN, "server.rounds=1"]), "output_dir": str(run)})

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import FASHION_DIR, require_fashion_mnist, write_cifar_dataset, write_idx, write_idx_dataset
-from fedconv.datasets import DatasetError, _fingerprint, load_dataset
+from fedconv.data.datasets import DatasetError, _fingerprint, load_dataset
 
 
 def idx_cfg(directory: Path, cache: str, name: str = "mnist") -> dict:
@@ -174,7 +174,7 @@ def test_real_fashion_mnist(cache_dir: str, monkeypatch: pytest.MonkeyPatch) -> 
 def test_idx_writer_bytes(tmp_path: Path) -> None:
     """The IDX writer every test and device folder uses, against a file spelled out by hand:
     magic 0x00000802 (unsigned bytes, 2 dims), dims 2 and 3 big-endian, then the bytes."""
-    from fedconv.datasets import encode_idx
+    from fedconv.data.datasets import encode_idx
 
     array = np.array([[1, 2, 3], [4, 5, 255]], dtype=np.uint8)
     assert encode_idx(array) == bytes([0, 0, 8, 2, 0, 0, 0, 2, 0, 0, 0, 3, 1, 2, 3, 4, 5, 255])

@@ -1,6 +1,6 @@
 """Deployment engine on loopback: a real SuperLink and real SuperNodes as processes, TLS and
-SuperNode authentication on, keys from ``python -m fedconv.certs``, the run started by
-``python -m fedconv.deploy``."""
+SuperNode authentication on, keys from ``fedconv certs``, the run started by
+``fedconv deploy``."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 
 from conftest import free_port, lean_board_env
-from fedconv.certs import LabKeys, make_lab_keys
 from fedconv.config import compose
-from fedconv.deploy import flwr_env
-from fedconv.device_data import export_partitions
+from fedconv.edge.board_data import export_partitions
+from fedconv.edge.certs import LabKeys, make_lab_keys
+from fedconv.edge.deploy import flwr_env
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -91,7 +91,7 @@ def processes() -> Iterator[Processes]:
 
 
 def deploy(*overrides: str, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fedconv.deploy", *overrides], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "fedconv.edge.deploy", *overrides], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, env=env or {**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
@@ -99,7 +99,7 @@ def secure_lab(tmp_path: Path, processes: Processes, boards: int,
                registered: int) -> tuple[LabKeys, int, list[str], subprocess.CompletedProcess]:
     """A SuperLink with TLS and SuperNode authentication on a free loopback port, keys for
     ``boards`` SuperNodes of which the first ``registered`` are registered by
-    ``fedconv.deploy mode=register``; returns the keys, the port, the federation overrides
+    ``fedconv.edge.deploy mode=register``; returns the keys, the port, the federation overrides
     and the registration's result."""
     keys = make_lab_keys(tmp_path / "keys", ["127.0.0.1", "localhost"], supernodes=boards)
     folder = tmp_path / "registered"
@@ -143,7 +143,7 @@ def test_three_authenticated_supernodes_train_and_an_unregistered_one_is_refused
         if i < 3:
             sock = tmp_path / f"worker-{i}" / "worker.sock"
             worker_log = tmp_path / f"worker-{i}.log"
-            workers[i] = processes.start([sys.executable, "-m", "fedconv.warm_worker", "--socket", str(sock)],
+            workers[i] = processes.start([sys.executable, "-m", "fedconv.edge.warm_worker", "--socket", str(sock)],
                                          worker_log, env)
             wait_for_text(worker_log, "serving", workers[i])
             node_configs[i] += f' worker-socket="{sock}"'
@@ -156,7 +156,7 @@ def test_three_authenticated_supernodes_train_and_an_unregistered_one_is_refused
     run = tmp_path / "run"
     t0 = time.perf_counter()
     run_proc = subprocess.Popen(
-        [sys.executable, "-m", "fedconv.deploy", *federation, "dataset=digits", "server.rounds=2",
+        [sys.executable, "-m", "fedconv.edge.deploy", *federation, "dataset=digits", "server.rounds=2",
          "server.fraction_train=1.0", "client.threads=1", "server.connect_timeout=120", f"hydra.run.dir={run}"],
         cwd=ROOT, stdout=(tmp_path / "deploy.log").open("w"), stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -294,7 +294,7 @@ def test_a_supernode_keeps_its_scaffold_control_variate_on_its_own_disk_across_a
     supernode(1, "supernode-1.log")
     run = tmp_path / "run"
     run_proc = subprocess.Popen(
-        [sys.executable, "-m", "fedconv.deploy", *federation, "dataset=digits", "strategy=scaffold", "server.rounds=3",
+        [sys.executable, "-m", "fedconv.edge.deploy", *federation, "dataset=digits", "strategy=scaffold", "server.rounds=3",
          "compression=topk", "server.fraction_train=1.0", "server.fraction_evaluate=0", "client.threads=1", "client.epochs=1",
          "server.connect_timeout=120", "server.round_timeout=90", f"hydra.run.dir={run}"],
         cwd=ROOT, stdout=(tmp_path / "deploy.log").open("w"), stderr=subprocess.STDOUT,

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedconv import task
 from fedconv.config import compose
-from fedconv.datasets import DatasetError
-from fedconv.device_data import export_partitions, load_device_data, main
+from fedconv.data.datasets import DatasetError
+from fedconv.data.device_data import load_device_data
+from fedconv.edge.board_data import export_partitions, main
+from fedconv.learning import task
 
 OVERRIDES = ["dataset=digits", "simulation.num_clients=3"]
 

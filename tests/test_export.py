@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from fedconv import run_dir, task
 from fedconv.config import compose
-from fedconv.export import export, main
-from fedconv.models import transmitted_state
-from fedconv.training import train_local
+from fedconv.edge.export import export, main
+from fedconv.learning import task
+from fedconv.learning.models import transmitted_state
+from fedconv.learning.training import train_local
+from fedconv.runs import run_dir
 
 # one worker trains the module's run once (pytest-xdist would otherwise train it on both)
 pytestmark = pytest.mark.xdist_group("export")
@@ -66,7 +67,7 @@ def test_the_console_shows_the_table_only(trained_run: Path) -> None:
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "fedconv.export", str(trained_run), "--out", str(trained_run / "cli")],
+    proc = subprocess.run([sys.executable, "-m", "fedconv.edge.export", str(trained_run), "--out", str(trained_run / "cli")],
                           capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stderr == ""

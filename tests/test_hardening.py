@@ -20,8 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import draws
-from fedconv import checkpoint, run_dir, simulate
+from fedconv import simulate
 from fedconv.config import CONF_DIR, ConfigError, compose, flatten
+from fedconv.runs import checkpoint, run_dir
 
 SMALL = ["dataset=digits", "simulation.num_clients=4", "server.fraction_train=1.0", "server.rounds=2",
          "partition.alpha=1.0", "server.lr_schedule=constant"]
@@ -189,8 +190,8 @@ def test_fedbn_is_checked_on_the_model_it_would_run_not_on_a_config_key(tmp_path
 
 
 def test_the_memory_estimate_counts_parameters_without_allocating_them() -> None:
-    from fedconv import resources
-    from fedconv.models import build_model, count_parameters
+    from fedconv.learning.models import build_model, count_parameters
+    from fedconv.simulation import resources
 
     cfg = compose(SMALL)
     built = build_model(cfg["model"], (1, 8, 8), 10)
@@ -229,11 +230,12 @@ def test_every_key_every_group_declares_is_read_by_a_check() -> None:
 def write_run_dir(run: Path, strategy: str = "fedavg", rounds_done: int = 2, extra: tuple[str, ...] = ()) -> Path:
     """A run dir as the ServerApp leaves it after ``rounds_done`` rounds, written by the same
     functions (config, rows, summary, checkpoint with the algorithm's state layout)."""
-    from fedconv import algorithms, task
+    from fedconv import algorithms
     from fedconv.algorithms.base import strategy_state
-    from fedconv.client_state import partitions_keep_state
-    from fedconv.compression import Link
-    from fedconv.models import transmitted_state
+    from fedconv.federation.client_state import partitions_keep_state
+    from fedconv.learning import task
+    from fedconv.learning.models import transmitted_state
+    from fedconv.wire.compression import Link
 
     cfg = {**compose([*SMALL, f"strategy={strategy}", "server.rounds=4", *extra]), "output_dir": str(run)}
     cfg["client"]["threads"] = 1
@@ -302,7 +304,7 @@ def test_resume_refuses_a_checkpoint_of_another_algorithm(tmp_path: Path, saved:
 def test_resume_refuses_a_state_layout_its_algorithm_does_not_keep(tmp_path: Path) -> None:
     """Same strategy keys, but the server state of another algorithm (FedAdam's moments
     missing): caught on the layout, not only the name."""
-    from fedconv.checkpoint import load, save
+    from fedconv.runs.checkpoint import load, save
 
     run = write_run_dir(tmp_path / "run", "fedadam")
     ckpt = load(run / run_dir.CHECKPOINT)
@@ -317,7 +319,7 @@ def test_resume_refuses_a_state_layout_its_algorithm_does_not_keep(tmp_path: Pat
     ({"strategy": ["fedadam"]}, "its bookkeeping is not a fedconv checkpoint's"),
 ])
 def test_a_checkpoint_whose_bookkeeping_has_the_wrong_shape_is_refused(tmp_path: Path, state: dict, message: str) -> None:
-    from fedconv.checkpoint import load, save
+    from fedconv.runs.checkpoint import load, save
 
     run = write_run_dir(tmp_path / "run", "fedadam")
     ckpt = load(run / run_dir.CHECKPOINT)
@@ -455,7 +457,7 @@ def test_an_idx_header_whose_dimensions_overflow_64_bits_is_refused(tmp_path: Pa
     """2^31 x 2^31 x 4 = 2^64 wraps to 0 in int64: a bare header would have 'matched'."""
     import struct
 
-    from fedconv.datasets import DatasetError, parse_idx
+    from fedconv.data.datasets import DatasetError, parse_idx
 
     path = tmp_path / "train-images-idx3-ubyte"
     path.write_bytes(bytes([0, 0, 8, 3]) + struct.pack(">III", 2**31, 2**31, 4))
@@ -466,7 +468,7 @@ def test_an_idx_header_whose_dimensions_overflow_64_bits_is_refused(tmp_path: Pa
 def test_a_gzip_that_inflates_past_the_bound_is_refused(tmp_path: Path, monkeypatch) -> None:
     import gzip
 
-    from fedconv import datasets
+    from fedconv.data import datasets
 
     monkeypatch.setattr(datasets, "MAX_DECOMPRESSED", 1 << 20)
     path = tmp_path / "train-images-idx3-ubyte.gz"
@@ -480,7 +482,7 @@ def test_a_cifar_pickle_cannot_ask_for_an_array_larger_than_itself(tmp_path: Pat
 
     import numpy as np
 
-    from fedconv.datasets import DatasetError, _read_cifar_batch
+    from fedconv.data.datasets import DatasetError, _read_cifar_batch
 
     reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy's own _reconstruct, where the allocation happens
 
@@ -505,7 +507,7 @@ def test_the_warm_worker_outlives_any_bytes_a_peer_sends(frames: list[bytes], fr
     import socket
     import struct
 
-    from fedconv import warm_worker
+    from fedconv.edge import warm_worker
 
     ours, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with ours, peer:
@@ -517,7 +519,7 @@ def test_the_warm_worker_outlives_any_bytes_a_peer_sends(frames: list[bytes], fr
 
 
 def test_certs_refuses_a_host_that_is_not_one_and_writes_nothing(tmp_path: Path, capsys) -> None:
-    from fedconv import certs
+    from fedconv.edge import certs
 
     for bad in ("not a host", "-lead.example", "a..b", "x" * 64, "under_score.lab", ""):
         assert certs.main([str(tmp_path / "keys"), f"--host={bad}"]) == 2
@@ -529,8 +531,8 @@ def test_certs_refuses_a_host_that_is_not_one_and_writes_nothing(tmp_path: Path,
 
 
 def test_deploy_names_a_supernode_key_that_is_not_one(tmp_path: Path) -> None:
-    from fedconv import certs
-    from fedconv.deploy import public_key_problem
+    from fedconv.edge import certs
+    from fedconv.edge.deploy import public_key_problem
 
     certs.main([str(tmp_path / "lab"), "--host", "127.0.0.1", "--supernodes", "1"])
     keys = tmp_path / "lab" / "supernodes"
@@ -546,7 +548,7 @@ def test_deploy_names_a_supernode_key_that_is_not_one(tmp_path: Path) -> None:
 
 
 def test_report_refuses_an_output_that_is_a_file_or_unwritable_before_reading_runs(tmp_path: Path, capsys) -> None:
-    from fedconv import report
+    from fedconv.runs import report
 
     run = completed(write_run_dir(tmp_path / "run"))
     afile = tmp_path / "afile"
@@ -560,7 +562,7 @@ def test_report_refuses_an_output_that_is_a_file_or_unwritable_before_reading_ru
 
 
 def test_a_report_that_fails_mid_write_leaves_no_half_report(tmp_path: Path, monkeypatch, capsys) -> None:
-    from fedconv import report
+    from fedconv.runs import report
 
     run = completed(write_run_dir(tmp_path / "run"))
     real = report.render_html
@@ -578,11 +580,11 @@ def test_a_report_that_fails_mid_write_leaves_no_half_report(tmp_path: Path, mon
 
 
 def test_export_names_corrupt_weights_and_a_config_that_is_not_one(tmp_path: Path, capsys) -> None:
-    from fedconv import export
-    from fedconv.models import transmitted_state
+    from fedconv.edge import export
+    from fedconv.learning.models import transmitted_state
 
     run = write_run_dir(tmp_path / "run")
-    from fedconv import task
+    from fedconv.learning import task
 
     cfg = compose([*SMALL, "server.rounds=4"])
     run_dir.save_weights(run / run_dir.WEIGHTS, transmitted_state(task.initial_model(cfg, task.dataset(cfg))))
@@ -629,7 +631,7 @@ def test_any_truncation_or_byte_flip_of_a_run_the_report_reads_is_used_or_exclud
     reason (or, with nothing usable left, one ReportError), never a traceback."""
     import shutil
 
-    from fedconv import report
+    from fedconv.runs import report
 
     runs = tmp_path_factory.mktemp("report")
     good, damaged = runs / "good", runs / "damaged"
@@ -689,7 +691,7 @@ def test_deploy_refuses_a_run_dir_another_process_writes(tmp_path: Path) -> None
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        proc = subprocess.run([sys.executable, "-m", "fedconv.deploy", "dataset=digits", f"output_dir={run}",
+        proc = subprocess.run([sys.executable, "-m", "fedconv.edge.deploy", "dataset=digits", f"output_dir={run}",
                                "federation.address=127.0.0.1:9", "federation.insecure=true"],
                               capture_output=True, text=True, timeout=120)
     finally:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fedconv.config import compose
-from fedconv.models import MODEL_NAMES, build_model, count_parameters, main
+from fedconv.learning.models import MODEL_NAMES, build_model, count_parameters, main
 
 SHAPES = [(1, 28, 28), (3, 32, 32)]
 

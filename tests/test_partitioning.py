@@ -13,14 +13,14 @@ import pytest
 
 from conftest import require_fashion_mnist
 from fedconv.config import compose
-from fedconv.datasets import load_dataset
-from fedconv.partition_stats import main
-from fedconv.partitioning import (
+from fedconv.data.datasets import load_dataset
+from fedconv.data.partitioning import (
     PartitionError,
     label_histograms,
     make_partitions,
     mean_label_entropy,
 )
+from fedconv.partition_stats import main
 
 LABELS = np.repeat(np.arange(10), 500)  # 5,000 examples, 500 per class
 np.random.default_rng(0).shuffle(LABELS)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, CaseRun, rows
-from fedconv.progress import RoundProgress
+from fedconv.runs.progress import RoundProgress
 
 SMALL = ["dataset=digits", "simulation.num_clients=3", "server.fraction_train=1.0", "server.fraction_evaluate=0",
          "server.rounds=3", "partition.alpha=1.0"]
@@ -69,7 +69,7 @@ def test_a_terminal_shows_the_bar_and_the_same_lines(tmp_path: Path, cases: dict
 def test_a_sweep_counts_its_jobs_and_estimates_from_those_that_ran() -> None:
     from omegaconf import OmegaConf
 
-    from fedconv.sweep_progress import eta, sweep_size
+    from fedconv.simulation.sweep_progress import eta, sweep_size
 
     grid = OmegaConf.create({"hydra": {"overrides": {"task": ["seed=0,1,2", "strategy=fedavg,fedprox", "a=1"]}}})
     assert sweep_size(grid) == 6

@@ -18,7 +18,7 @@ import yaml
 from safetensors.numpy import load_file
 
 from conftest import ROOT, CaseRun, rows, simulate
-from fedconv.faults import crashes, straggler_plan
+from fedconv.federation.faults import crashes, straggler_plan
 
 BASE = [
     "dataset=digits",
@@ -58,9 +58,9 @@ ALL_FAIL = (*BASE, "simulation.num_clients=4", "server.rounds=2", "faults.dropou
 
 @pytest.mark.cases(all_fail=ALL_FAIL)
 def test_all_clients_failing_skips_the_round_and_keeps_the_model(cases: dict[str, CaseRun]) -> None:
-    from fedconv import task
     from fedconv.config import compose
-    from fedconv.models import transmitted_state
+    from fedconv.learning import task
+    from fedconv.learning.models import transmitted_state
 
     run = cases["all_fail"].completed()
     table = rows(run.dir)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedconv import run_dir
-from fedconv.report import ReportError, compare, main
+from fedconv.runs import run_dir
+from fedconv.runs.report import ReportError, compare, main
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -146,7 +146,7 @@ def _three_seeds(tmp_path: Path) -> list[Path]:
 
 
 def _damage_of(run: Path) -> str | None:
-    from fedconv.run_reader import read_run
+    from fedconv.runs.run_reader import read_run
 
     return read_run(run).problem
 
@@ -258,7 +258,7 @@ def test_interval_and_paired_difference_against_a_baseline(tmp_path: Path) -> No
     assert paired["unpaired_seeds"] == [9] and paired["mean_diff_points"] == pytest.approx(2.0)
     assert paired["ci95_points"] == pytest.approx(t2 * statistics.stdev(diffs) / 3**0.5)  # 2.48: CI spans 0
     assert paired["significant"] is False
-    from fedconv.report import paired_sentence
+    from fedconv.runs.report import paired_sentence
 
     assert paired_sentence(paired) == ("fedadam vs fedavg: +2.00 ± 2.48 points (95% CI, 3 paired seeds): "
                                        "not distinguishable from 0")

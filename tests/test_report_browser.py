@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from test_report import make_run
 
-from fedconv.report import main as report_main
+from fedconv.runs.report import main as report_main
 
 CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser")) if p), None)
 PROBE = """

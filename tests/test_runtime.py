@@ -1,4 +1,4 @@
-"""The runtime's hooks into Flower's simulation engine (fedconv/runtime.py), in process."""
+"""The runtime's hooks into Flower's simulation engine (fedconv/simulation/runtime.py), in process."""
 
 import time
 from queue import Empty
@@ -6,7 +6,7 @@ from queue import Empty
 import pytest
 from flwr.server.superlink.fleet.vce import vce_api
 
-from fedconv import runtime
+from fedconv.simulation import runtime
 
 
 def test_the_engine_sees_its_stop_flag_promptly_and_gets_its_own_queue_back() -> None:

@@ -82,9 +82,9 @@ def test_saved_weights_reproduce_the_final_accuracy(runs: dict[str, Path]) -> No
     import torch
 
     from fedconv.config import compose
-    from fedconv.datasets import load_dataset
-    from fedconv.models import build_model
-    from fedconv.training import Normalizer, evaluate
+    from fedconv.data.datasets import load_dataset
+    from fedconv.learning.models import build_model
+    from fedconv.learning.training import Normalizer, evaluate
 
     cfg = compose(SMALL)
     ds = load_dataset(cfg["dataset"])
@@ -120,7 +120,7 @@ def test_bytes_down_is_cohort_times_model_bytes(runs: dict[str, Path]) -> None:
     from flwr.app import Array
 
     from fedconv.config import compose
-    from fedconv.models import build_model, transmitted_state
+    from fedconv.learning.models import build_model, transmitted_state
 
     model = build_model(compose(SMALL)["model"], (1, 8, 8), 10)
     state = transmitted_state(model)
@@ -186,7 +186,7 @@ def test_two_job_sweep_writes_two_runs_and_an_index(tmp_path: Path) -> None:
     assert time.perf_counter() - t0 < 60 and {p: (p / "rounds.csv").read_bytes() for p in before} == before
     assert [j["status"] for j in json.loads((tmp_path / "sweep.json").read_text())["jobs"]] == ["completed"] * 3
     # The report over the sweep folder: FedAvg over its two seeds, FedProx over its one.
-    report = subprocess.run([sys.executable, "-m", "fedconv.report", str(tmp_path)], cwd=ROOT,
+    report = subprocess.run([sys.executable, "-m", "fedconv.runs.report", str(tmp_path)], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr[-2000:]
     data = json.loads((tmp_path / "report" / "report.json").read_text())

@@ -13,15 +13,16 @@ from test_algorithms import COUNTS, NODES, models, play, strategy_cfg
 from test_strategies import FakeGrid, task_identity  # noqa: F401  (autouse fixture)
 from torch import nn
 
-from fedconv import algorithms, client_state
+from fedconv import algorithms
 from fedconv.algorithms.base import TrainHook
 from fedconv.algorithms.feddyn import DynamicRegularizer
 from fedconv.algorithms.fednova import NormalizingFactor, normalizing_factor
 from fedconv.algorithms.scaffold import ControlVariates
-from fedconv.client_state import ClientStateStore, StateError, store_for
-from fedconv.cohorts import Cohorts
-from fedconv.rounds import FederatedRounds
-from fedconv.training import Normalizer, train_local
+from fedconv.federation import client_state
+from fedconv.federation.client_state import ClientStateStore, StateError, store_for
+from fedconv.federation.cohorts import Cohorts
+from fedconv.federation.rounds import FederatedRounds
+from fedconv.learning.training import Normalizer, train_local
 
 TRAIN_CFG = {"optimizer": "sgd", "momentum": 0.0, "weight_decay": 0.0, "batch_size": 4}
 
@@ -293,7 +294,7 @@ def test_client_state_advances_only_with_accepted_updates_and_is_checkpointed() 
 
 
 def test_fedbn_keeps_every_batchnorm_array_off_the_wire_and_out_of_the_aggregate() -> None:
-    from fedconv.models import batchnorm_names
+    from fedconv.learning.models import batchnorm_names
 
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 2))
     local = batchnorm_names(model)
@@ -325,7 +326,7 @@ def test_fedbn_keeps_every_batchnorm_array_off_the_wire_and_out_of_the_aggregate
 
 
 def test_recalibrated_batchnorm_holds_the_statistics_of_the_calibration_images() -> None:
-    from fedconv.models import recalibrate_batchnorm
+    from fedconv.learning.models import recalibrate_batchnorm
 
     bn = nn.BatchNorm2d(2)
     bn.running_mean.fill_(5.0)

@@ -14,8 +14,8 @@ from safetensors.numpy import load_file
 
 from conftest import CaseRun, rows
 from fedconv.config import compose
-from fedconv.datasets import load_dataset
-from fedconv.models import batchnorm_names, build_model, parameter_names
+from fedconv.data.datasets import load_dataset
+from fedconv.learning.models import batchnorm_names, build_model, parameter_names
 
 pytestmark = pytest.mark.slow
 

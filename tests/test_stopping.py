@@ -7,7 +7,7 @@ from types import SimpleNamespace
 from flwr.app import Message, RecordDict
 from test_strategies import task_identity  # noqa: F401  (autouse fixture)
 
-from fedconv import stopping
+from fedconv.federation import stopping
 
 
 class SlowGrid:

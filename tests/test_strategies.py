@@ -8,9 +8,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedconv import algorithms
-from fedconv.cohorts import Cohorts, sample_cohort
-from fedconv.ledger import message_array_bytes
-from fedconv.rounds import FederatedRounds, RoundPolicy
+from fedconv.federation.cohorts import Cohorts, sample_cohort
+from fedconv.federation.rounds import FederatedRounds, RoundPolicy
+from fedconv.wire.ledger import message_array_bytes
 
 
 @pytest.fixture(autouse=True)
@@ -116,7 +116,7 @@ def test_message_bytes_are_the_serialised_array_bytes() -> None:
 
 
 def _model_state() -> dict:
-    from fedconv.models import build_model, transmitted_state
+    from fedconv.learning.models import build_model, transmitted_state
 
     return transmitted_state(build_model({"name": "twoconv", "filters1": 4, "filters2": 8, "kernel_size": 3,
                                           "batch_norm": True, "activation": "relu", "pool": "max", "head": "gap",
@@ -126,8 +126,8 @@ def _model_state() -> dict:
 
 @pytest.mark.parametrize("mode", ["nan", "inf", "shape", "dtype", "names", "num_examples"])
 def test_corrupt_replies_are_rejected_before_aggregation(mode: str) -> None:
-    """Each corruption a faulty client can inject (fedconv.faults) is caught by the server's checks."""
-    from fedconv.faults import corrupt_num_examples, corrupt_state
+    """Each corruption a faulty client can inject (fedconv.federation.faults) is caught by the server's checks."""
+    from fedconv.federation.faults import corrupt_num_examples, corrupt_state
 
     nodes = [11, 22, 33]
     strategy = ledgered({"name": "fedavg"}, nodes, 3, sizes={0: 50, 1: 50, 2: 50})
@@ -175,7 +175,7 @@ def test_too_few_valid_replies_skip_the_round() -> None:
 
 @pytest.mark.parametrize("policy,aggregated", [("drop", 3), ("aggregate", 6)])
 def test_stragglers_get_partial_work_and_the_policy_decides(policy: str, aggregated: int) -> None:
-    from fedconv.faults import straggler_plan
+    from fedconv.federation.faults import straggler_plan
 
     nodes = list(range(500, 506))
     strategy = ledgered({"name": "fedavg"}, nodes, 6, seed=3,
@@ -198,7 +198,7 @@ def test_stragglers_get_partial_work_and_the_policy_decides(policy: str, aggrega
 
 
 def test_straggler_plan_with_one_epoch_cuts_steps() -> None:
-    from fedconv.faults import straggler_plan
+    from fedconv.federation.faults import straggler_plan
 
     plan = straggler_plan(0, 1, range(10), 0.3, 1)
     assert len(plan) == 3

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from conftest import free_port, rows, simulate, stop_ray_cluster
-from fedconv import run_dir
+from fedconv.runs import run_dir
 
 
 def _write_entries(sweep_dir: str, worker: int, count: int) -> None:

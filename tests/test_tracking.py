@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import CaseRun, rows, simulate
-from fedconv.tracking import TRACKING_IDS, MlflowSink, TensorBoardSink, Tracking, WandbSink, heatmap, scalar_name
+from fedconv.runs.tracking import TRACKING_IDS, MlflowSink, TensorBoardSink, Tracking, WandbSink, heatmap, scalar_name
 
 if TYPE_CHECKING:  # imported where used: mlflow alone takes 2 s to import, on every worker that collects
     from mlflow.tracking import MlflowClient

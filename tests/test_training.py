@@ -11,9 +11,9 @@ import torch
 from fedconv.algorithms.base import LocalTraining
 from fedconv.algorithms.fedprox import ProximalTerm
 from fedconv.config import compose
-from fedconv.datasets import load_dataset
-from fedconv.models import build_model
-from fedconv.training import (
+from fedconv.data.datasets import load_dataset
+from fedconv.learning.models import build_model
+from fedconv.learning.training import (
     Normalizer,
     augment_batch,
     classification_report,
@@ -153,7 +153,7 @@ def test_channels_last_training_matches_the_default_layout_and_hands_back_contig
     """train_local trains in channels-last layout for speed; the weights it hands back (and
     that go on the wire) are in the default layout and equal a default-layout run up to
     floating-point reordering."""
-    from fedconv.training import _train_steps
+    from fedconv.learning.training import _train_steps
 
     cfg = compose(["dataset=digits"])
     ds = load_dataset(cfg["dataset"])
@@ -175,11 +175,11 @@ def test_channels_last_training_matches_the_default_layout_and_hands_back_contig
 def test_bf16_autocast_trains_float32_weights_close_to_the_fp32_path() -> None:
     """client.precision=bf16: the forward pass in bfloat16, the weights, the optimizer state and
     what is sent stay float32; the result stays close to the fp32 path's."""
-    from fedconv import task
     from fedconv.config import compose
-    from fedconv.datasets import load_dataset
-    from fedconv.models import build_model, transmitted_state
-    from fedconv.training import evaluate, train_local
+    from fedconv.data.datasets import load_dataset
+    from fedconv.learning import task
+    from fedconv.learning.models import build_model, transmitted_state
+    from fedconv.learning.training import evaluate, train_local
 
     cfg = compose(["dataset=digits"])
     ds = load_dataset(cfg["dataset"])
@@ -204,11 +204,11 @@ def test_compiled_training_step_gives_the_eager_predictions() -> None:
     """client.compile=true trains the model's own parameters through torch.compile: after the
     same local epoch (no dropout, so no random draws) the weights and the test-set predictions
     match the eager path's within float tolerance, and nothing compiled leaks into the state."""
-    from fedconv import task
     from fedconv.config import compose
-    from fedconv.datasets import load_dataset
-    from fedconv.models import build_model
-    from fedconv.training import evaluate, train_local
+    from fedconv.data.datasets import load_dataset
+    from fedconv.learning import task
+    from fedconv.learning.models import build_model
+    from fedconv.learning.training import evaluate, train_local
 
     cfg = compose(["dataset=digits", "model.dropout=0"])
     ds = load_dataset(cfg["dataset"])
@@ -238,7 +238,8 @@ def test_folding_for_inference_prints_no_warning_a_user_cannot_act_on() -> None:
     import subprocess
     import sys
 
-    code = ("import torch; from fedconv.models import build_model; from fedconv.training import folded_for_inference; "
+    code = ("import torch; from fedconv.learning.models import build_model; "
+            "from fedconv.learning.training import folded_for_inference; "
             "from fedconv.config import compose; "
             "m = build_model(compose(['dataset=digits'])['model'], (1, 8, 8), 10); folded_for_inference(m); "
             "import warnings; warnings.warn('a deprecation of our own', DeprecationWarning)")

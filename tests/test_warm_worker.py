@@ -1,5 +1,5 @@
-"""The board's warm worker (fedconv.warm_worker) as a real process on a real Unix socket,
-driven through the deployed ClientApp's handler (fedconv.board_app) with real Flower
+"""The board's warm worker (fedconv.edge.warm_worker) as a real process on a real Unix socket,
+driven through the deployed ClientApp's handler (fedconv.edge.board_app) with real Flower
 messages: same reply as in-process, a killed or restarted worker, a worker that dies or
 hangs mid-message, owner-only socket, and a client path that imports neither the simulation
 stack (ClientApp) nor torch (the per-message app)."""
@@ -22,23 +22,24 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.app.message import make_message
 from flwr.app.metadata import Metadata
 
-from fedconv import board_app, task, warm_worker
 from fedconv.config import compose, to_run_config
-from fedconv.models import transmitted_state
+from fedconv.edge import board_app, warm_worker
+from fedconv.learning import task
+from fedconv.learning.models import transmitted_state
 
 ROOT = Path(__file__).resolve().parent.parent
 worker_process = pytest.mark.slow  # each starts a worker process (≈ 3 s): kept off the fast path
 
 
 class Worker:
-    """``python -m fedconv.warm_worker`` on ``socket``, started and stopped by the test."""
+    """``python -m fedconv.edge.warm_worker`` on ``socket``, started and stopped by the test."""
 
     def __init__(self, sock: Path, log: Path) -> None:
         self.sock, self.log = sock, log
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "fedconv.warm_worker", "--socket", str(self.sock)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "fedconv.edge.warm_worker", "--socket", str(self.sock)],
                                      cwd=ROOT, stdout=self.log.open("a"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
         while f"pid {self.proc.pid} serving" not in self.log.read_text():
@@ -158,13 +159,13 @@ def test_an_error_in_the_worker_fails_the_message_and_the_worker_stays(worker: W
 
 @worker_process
 def test_a_second_worker_on_the_same_socket_is_refused(worker: Worker, tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "fedconv.warm_worker", "--socket", str(worker.sock)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "fedconv.edge.warm_worker", "--socket", str(worker.sock)], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and proc.stderr.strip() == f"error: another warm worker already serves {worker.sock}"
     shared = tmp_path / "shared"
     shared.mkdir(mode=0o777)
     shared.chmod(0o777)
-    proc = subprocess.run([sys.executable, "-m", "fedconv.warm_worker", "--socket", str(shared / "w.sock")], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "fedconv.edge.warm_worker", "--socket", str(shared / "w.sock")], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "may be written by other users" in proc.stderr
 
@@ -188,5 +189,5 @@ def _imported(module: str, names: tuple[str, ...]) -> list[str]:
 @pytest.mark.slow  # two Python processes of their own
 def test_the_client_path_imports_no_simulation_stack_and_the_message_app_no_torch() -> None:
     heavy = ("hydra", "omegaconf", "matplotlib", "sklearn", "datasets", "pyarrow", "ray", "pandas")
-    assert _imported("fedconv.client_app", heavy) == []
-    assert _imported("fedconv.board_app", heavy + ("torch", "fedconv.client_app")) == []
+    assert _imported("fedconv.federation.client_app", heavy) == []
+    assert _imported("fedconv.edge.board_app", heavy + ("torch", "fedconv.federation.client_app")) == []

@@ -13,7 +13,7 @@
 # the install size, the client path's import time, one local epoch natively and emulated
 # (their ratio: a rough board-speed factor), then runs a real SuperLink (TLS + SuperNode auth)
 # on 127.0.0.1 with two native SuperNodes and the emulated board's SuperNode and warm worker,
-# and `python -m fedconv.deploy` for $ROUNDS rounds of digits. Results: $OUT/<time>/.
+# and `python -m fedconv.edge.deploy` for $ROUNDS rounds of digits. Results: $OUT/<time>/.
 # Needs root (chroot, mounts). Re-runnable: finished setup steps are kept in $BOARD; every
 # process and mount it starts is stopped on exit.
 set -euo pipefail
@@ -142,14 +142,14 @@ mb = lambda b: round(b / 2**20, 1)
 print(json.dumps({"site_packages_mb": mb(size(sp)), "torch_mb": mb(size(sp / "torch")),
                   "packages": sorted(p.name.split("-")[0] for p in sp.glob("*.dist-info"))}))
 EOF
-  for module in fedconv.client_app fedconv.board_app; do
+  for module in fedconv.federation.client_app fedconv.edge.board_app; do
     for _ in 1 2 3; do
       in_board python -c "import time; t=time.perf_counter(); import $module; print(round(time.perf_counter()-t, 3))"
     done >"$RES/import-$module.txt"
   done
 
   # 2. one local epoch, native and emulated, on the same data (digits partition 2 of 3)
-  (cd "$REPO" && "$PY" -m fedconv.device_data "$work/devices" dataset=digits simulation.num_clients=3 >/dev/null)
+  (cd "$REPO" && "$PY" -m fedconv.data.device_data "$work/devices" dataset=digits simulation.num_clients=3 >/dev/null)
   (cd "$REPO" && "$PY" -c "import json, sys; from fedconv.config import compose, to_run_config; \
     json.dump(to_run_config(compose(['dataset=digits', 'client.threads=1', 'simulation.num_clients=3'])), sys.stdout)") \
     >"$work/run_config.json"
@@ -162,7 +162,7 @@ EOF
   in_board python "$pi/work/one_message.py" "$pi/work/run_config.json" "$pi/fedconv-data" >"$RES/epoch-board.json"
 
   # 3. a deployment: SuperLink (TLS + auth) on loopback, two native SuperNodes, the board's
-  (cd "$REPO" && "$PY" -m fedconv.certs "$work/keys" --host 127.0.0.1 --supernodes 3 >/dev/null)
+  (cd "$REPO" && "$PY" -m fedconv.edge.certs "$work/keys" --host 127.0.0.1 --supernodes 3 >/dev/null)
   mkdir -p "$BOARD$pi/keys" && cp "$work/keys/ca.crt" "$work/keys/supernodes/supernode-2" "$BOARD$pi/keys/"
   local port; port=$(free_port)
   local fed=("federation.address=127.0.0.1:$port" "federation.root_certificates=$work/keys/ca.crt"
@@ -174,23 +174,23 @@ EOF
     --ssl-keyfile "$work/keys/superlink.key" --enable-supernode-auth --disable-runtime-dependency-installation \
     --host 127.0.0.1 --port "$port"
   sleep 3
-  (cd "$REPO" && "$PY" -m fedconv.deploy "${fed[@]}" mode=register "hydra.run.dir=$work/unused") >"$RES/register.log" 2>&1
+  (cd "$REPO" && "$PY" -m fedconv.edge.deploy "${fed[@]}" mode=register "hydra.run.dir=$work/unused") >"$RES/register.log" 2>&1
   for i in 0 1; do
-    start "worker-$i" "$PY" -m fedconv.warm_worker --socket "$work/worker-$i/worker.sock"
+    start "worker-$i" "$PY" -m fedconv.edge.warm_worker --socket "$work/worker-$i/worker.sock"
     start "supernode-$i" "${flwr_env[@]}" FLWR_HOME="$work/supernode-$i-home" flower-supernode \
       --superlink "127.0.0.1:$port" --root-certificates "$work/keys/ca.crt" \
       --auth-supernode-private-key "$work/keys/supernodes/supernode-$i" --port "$(free_port)" \
       --node-config "partition-id=$i num-partitions=3 worker-socket=\"$work/worker-$i/worker.sock\""
   done
   say "board: warm worker and SuperNode (TLS + auth) starting, emulated"
-  start worker-board "${IN_BOARD[@]}" python -m fedconv.warm_worker --socket /run/fedconv/worker.sock
+  start worker-board "${IN_BOARD[@]}" python -m fedconv.edge.warm_worker --socket /run/fedconv/worker.sock
   start supernode-board "${IN_BOARD[@]}" flower-supernode --superlink "127.0.0.1:$port" \
     --root-certificates "$pi/keys/ca.crt" --auth-supernode-private-key "$pi/keys/supernode-2" --port "$(free_port)" \
     --node-config "partition-id=2 data-dir=\"$pi/fedconv-data\" state-dir=\"$pi/fedconv-state\" worker-socket=\"/run/fedconv/worker.sock\""
   wait_for "$RES/worker-board.log" "serving" 900
   say "deploy: $ROUNDS rounds of digits on 2 native SuperNodes + the emulated board"
   local t0=$SECONDS
-  (cd "$REPO" && "$PY" -m fedconv.deploy "${fed[@]}" dataset=digits "server.rounds=$ROUNDS" server.fraction_train=1.0 \
+  (cd "$REPO" && "$PY" -m fedconv.edge.deploy "${fed[@]}" dataset=digits "server.rounds=$ROUNDS" server.fraction_train=1.0 \
      client.threads=1 server.connect_timeout=900 server.round_timeout=1800 "hydra.run.dir=$RES/run") \
      >"$RES/deploy.log" 2>&1 || { tail -30 "$RES/deploy.log" >&2; exit 1; }
   echo "$((SECONDS - t0))" >"$RES/deploy-wall-seconds.txt"

@@ -21,11 +21,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict  # noqa: E40
 from flwr.app.message import make_message  # noqa: E402
 from flwr.app.metadata import Metadata  # noqa: E402
 
-from fedconv import client_app, task  # noqa: E402
 from fedconv.config import from_run_config  # noqa: E402
-from fedconv.datasets import declared_shape  # noqa: E402
-from fedconv.device_data import load_device_data  # noqa: E402
-from fedconv.models import transmitted_state  # noqa: E402
+from fedconv.data.datasets import declared_shape  # noqa: E402
+from fedconv.data.device_data import load_device_data  # noqa: E402
+from fedconv.federation import client_app  # noqa: E402
+from fedconv.learning import task  # noqa: E402
+from fedconv.learning.models import transmitted_state  # noqa: E402
 
 IMPORTED = time.perf_counter() - T0
 
@@ -33,7 +34,7 @@ IMPORTED = time.perf_counter() - T0
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("run_config", help="the flat run config as JSON (fedconv.config.to_run_config)")
-    parser.add_argument("data_dir", help="a device data folder (python -m fedconv.device_data)")
+    parser.add_argument("data_dir", help="a device data folder (python -m fedconv.edge.board_data)")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     run_config = json.loads(open(args.run_config).read())

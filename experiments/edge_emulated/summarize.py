@@ -12,7 +12,7 @@ from pathlib import Path
 def main(res: Path) -> None:
     install = json.loads((res / "install.json").read_text())
     imports = {m: statistics.median(float(x) for x in (res / f"import-{m}.txt").read_text().split())
-               for m in ("fedconv.client_app", "fedconv.board_app")}
+               for m in ("fedconv.federation.client_app", "fedconv.edge.board_app")}
     native, board = (json.loads((res / f"epoch-{k}.json").read_text()) for k in ("native", "board"))
     with (res / "run" / "rounds.csv").open() as f:
         rounds = list(csv.DictReader(f))
@@ -30,8 +30,8 @@ def main(res: Path) -> None:
         "| what | native (x86, 1 thread) | emulated aarch64 board |",
         "|---|---|---|",
         f"| board install (site-packages, MB) | | {install['site_packages_mb']:.0f} (torch {install['torch_mb']:.0f}) |",
-        f"| `import fedconv.client_app` (s, median of 3) | | {imports['fedconv.client_app']:.2f} |",
-        f"| `import fedconv.board_app` (s, median of 3) | | {imports['fedconv.board_app']:.2f} |",
+        f"| `import fedconv.federation.client_app` (s, median of 3) | | {imports['fedconv.federation.client_app']:.2f} |",
+        f"| `import fedconv.edge.board_app` (s, median of 3) | | {imports['fedconv.edge.board_app']:.2f} |",
         f"| one local epoch, digits partition 2 ({native['examples']} examples, s) | {native['epoch_seconds']:.3f} "
         f"| {board['epoch_seconds']:.3f} |",
         f"| native/emulated epoch ratio (board-speed factor) | 1 "

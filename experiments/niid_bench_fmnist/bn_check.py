@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from fedconv import checkpoint, run_dir, task
-from fedconv.training import evaluate, folded_for_inference
+from fedconv.learning import task
+from fedconv.learning.training import evaluate, folded_for_inference
+from fedconv.runs import checkpoint, run_dir
 
 
 def final_weights(run: Path) -> dict[str, torch.Tensor]:

@@ -40,6 +40,6 @@ for cell in $CELLS; do
     "$PY" -m fedconv.simulate -m +experiment=niid_bench_fmnist "strategy=$STRATEGIES" "seed=$SEEDS" \
       "${models[@]}" $(partition_of "$cell") "$@" "hydra.sweep.dir=$ROOT/$cell"
   fi
-  "$PY" -m fedconv.report "$ROOT/$cell" --by model.name strategy.name strategy.mu --out "$ROOT/$cell/report" >/dev/null
+  "$PY" -m fedconv.runs.report "$ROOT/$cell" --by model.name strategy.name strategy.mu --out "$ROOT/$cell/report" >/dev/null
 done
 "$PY" experiments/niid_bench_fmnist/table.py "$ROOT"

@@ -213,7 +213,7 @@ def tables(root: Path) -> str:
 
 def plot_models(runs: list[Run], out: Path) -> list[Path]:
     """Accuracy vs round of every model per federated cell and strategy (unfinished runs
-    included, which ``fedconv.report`` leaves out), and the centralized reference per epoch."""
+    included, which ``fedconv.runs.report`` leaves out), and the centralized reference per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -9,12 +9,12 @@ An algorithm says four things, and nothing else in fedconv knows about it:
 - **server state**: the names of the strategy's attributes that carry state from one round to
   the next (FedAdam's moments, FedAvgM's momentum); the checkpoint stores them as tensors and
   a resumed run puts them back (:func:`strategy_state` / :func:`restore_strategy_state`);
-- **client**: a :class:`TrainHook` that local training calls (a loss term, a gradient
+- **client**: a :class:`~fedconv.learning.training.TrainHook` that local training calls (a loss term, a gradient
   correction, extra metrics or arrays for the reply), and whether the client keeps state of
-  its own between rounds (SCAFFOLD's control variate), which :mod:`fedconv.client_state`
+  its own between rounds (SCAFFOLD's control variate), which :mod:`fedconv.federation.client_state`
   stores by partition id;
 - **wire**: a :class:`Wire` declaring the records of a train reply, from which
-  :mod:`fedconv.reply_checks` derives what a valid reply is.
+  :mod:`fedconv.wire.reply_checks` derives what a valid reply is.
 
 Written here because Flower's strategies are server-side only: the client half and the
 checkpointable state of an algorithm have no place in Flower's API.
@@ -30,8 +30,12 @@ import numpy as np
 
 from fedconv.checks import Checks
 
+# the client half: local training's extension points, which every algorithm's hook implements
+from fedconv.learning.training import LocalTraining as LocalTraining
+from fedconv.learning.training import Tensors as Tensors
+from fedconv.learning.training import TrainHook as TrainHook
+
 if TYPE_CHECKING:
-    import torch
     from flwr.app import ArrayRecord, ConfigRecord, RecordDict
     from flwr.serverapp.strategy import Strategy
     from torch import nn
@@ -55,66 +59,6 @@ class Wire:
     finite: tuple[str, ...] = ()
 
 
-@dataclass
-class LocalTraining:
-    """What a hook may look at when a client starts training: the model (holding the global
-    weights), the client's training images and labels, how batches are normalised, and the
-    round's local learning rate."""
-
-    model: nn.Module
-    images: np.ndarray
-    labels: np.ndarray
-    normalize: Callable[[np.ndarray], torch.Tensor]
-    lr: float = 0.0
-
-
-Tensors = dict[str, "torch.Tensor"]
-
-
-class TrainHook:
-    """An algorithm's additions to local training; the default adds nothing (FedAvg).
-
-    The client calls :meth:`receive` with the server's extra ArrayRecords and this
-    partition's stored state (stateful algorithms); :func:`fedconv.training.train_local`
-    calls :meth:`begin` once before the first step, :meth:`loss` for every batch (its value
-    is added to the data loss), :meth:`before_step` after ``backward`` and before the
-    optimizer step (gradient corrections), :meth:`after_step` after it (corrections of the
-    weights themselves), and :meth:`end` after the last step; the client
-    then sends :meth:`reply_metrics` and :meth:`reply_arrays` and stores :meth:`new_state`."""
-
-    def receive(self, arrays: Mapping[str, Tensors], state: Tensors | None) -> None:
-        """The message's ArrayRecords other than the model, and the state this partition
-        stored after its last accepted round (None: it has none yet)."""
-
-    def begin(self, local: LocalTraining) -> None:
-        """Before the first step, with the received global weights in ``local.model``."""
-
-    def loss(self, model: nn.Module) -> torch.Tensor | None:
-        """A term added to each batch's loss, or None."""
-        return None
-
-    def before_step(self, model: nn.Module) -> None:
-        """After ``backward()``, before ``optimizer.step()``."""
-
-    def after_step(self, model: nn.Module) -> None:
-        """After ``optimizer.step()``."""
-
-    def end(self, model: nn.Module, steps: int) -> None:
-        """After the last step; ``steps`` optimizer steps were taken."""
-
-    def reply_metrics(self) -> dict[str, float]:
-        """Extra metrics this algorithm's server side reads from the reply."""
-        return {}
-
-    def reply_arrays(self) -> dict[str, Tensors]:
-        """Extra ArrayRecords of the reply (by record name), as the wire declares them."""
-        return {}
-
-    def new_state(self) -> Tensors | None:
-        """The state to keep for the next round this partition trains (None: keep nothing)."""
-        return None
-
-
 BufferRule = Literal["strategy", "mean"]
 
 
@@ -123,7 +67,7 @@ class Algorithm:
     """One aggregation algorithm (see the module docstring).
 
     ``client_state`` says the client keeps state of its own between rounds (the hook's
-    :meth:`TrainHook.new_state`), stored by partition id (:mod:`fedconv.client_state`).
+    :meth:`TrainHook.new_state`), stored by partition id (:mod:`fedconv.federation.client_state`).
 
     ``local_arrays`` names the model arrays that never leave a client (FedBN's BatchNorm
     layers): the server sends and aggregates the others, each client keeps its own copy of
@@ -151,7 +95,7 @@ class Algorithm:
 
     def make_strategy(self, strategy_cfg: Mapping[str, Any]) -> Strategy:
         """Flower's strategy with this algorithm's hyper-parameters. Cohorts are fedconv's
-        (:mod:`fedconv.cohorts`): the strategy is told to take every node it is shown."""
+        (:mod:`fedconv.federation.cohorts`): the strategy is told to take every node it is shown."""
         common: dict[str, Any] = dict(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=1,
                                       min_evaluate_nodes=1, min_available_nodes=1)
         return self.strategy_class(**common, **self.strategy_kwargs(strategy_cfg))

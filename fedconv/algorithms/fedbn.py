@@ -3,7 +3,7 @@ Features via Local Batch Normalization").
 
 Every BatchNorm layer (affine weight and bias, running mean and variance) stays on its
 client: it is never sent, never averaged, and each partition keeps its own copy in the
-client-state store (:mod:`fedconv.client_state`) from one round it trains to the next (a
+client-state store (:mod:`fedconv.federation.client_state`) from one round it trains to the next (a
 partition that has not trained yet starts from the initial model's layers). Everything else
 is FedAvg: Flower's ``FedAvg`` aggregates the shared arrays, weighted by examples.
 
@@ -28,7 +28,7 @@ from torch import nn
 
 from fedconv.algorithms.base import Algorithm
 from fedconv.checks import Checks
-from fedconv.models import batchnorm_names
+from fedconv.learning.models import batchnorm_names
 
 
 def config_problems(c: Checks, cohort: int) -> None:

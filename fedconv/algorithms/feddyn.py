@@ -15,7 +15,7 @@ and sends θ_i. Server, over the round's replies S of N clients:
     h ← h − α (1/N) Σ_{i∈S} (θ_i − x)
     x ← (1/|S|) Σ_{i∈S} θ_i − h / α
 
-g_i lives in the client-state store by partition id (:mod:`fedconv.client_state`), h in the
+g_i lives in the client-state store by partition id (:mod:`fedconv.federation.client_state`), h in the
 checkpoint; the wire carries what FedAvg's does. BatchNorm's running statistics take the
 example-weighted mean. Not in Flower, hence written here.
 """

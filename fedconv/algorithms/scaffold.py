@@ -21,7 +21,7 @@ reference runs) or 1/|S| (``uniform``, the paper's notation).
 Both directions carry twice FedAvg's payload on the parameters: x and c down, y_i and Δc_i
 up (c covers trainable parameters; BatchNorm's running statistics have no gradient and take
 the example-weighted mean). c_i lives in the client-state store by partition id
-(:mod:`fedconv.client_state`), c in the checkpoint. Not in Flower, hence written here.
+(:mod:`fedconv.federation.client_state`), c in the checkpoint. Not in Flower, hence written here.
 """
 
 from __future__ import annotations

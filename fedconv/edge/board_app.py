@@ -2,9 +2,9 @@
 
 Flower 1.42 starts a fresh ``flwr-clientapp`` process per message. This app keeps that
 process light: when the node config names a ``worker-socket`` (a board's
-:mod:`fedconv.warm_worker`, started once per board), it hands the message over and replies
+:mod:`fedconv.edge.warm_worker`, started once per board), it hands the message over and replies
 with the worker's answer; otherwise, or when no worker answers on that socket, it imports
-:mod:`fedconv.client_app` and does the work itself (one line on stderr says why). Either
+:mod:`fedconv.federation.client_app` and does the work itself (one line on stderr says why). Either
 way the work is fedconv's ClientApp and the server checks the reply like any other.
 
 Every reply's metrics also say what the message cost on the board, for client_metrics.csv:
@@ -20,7 +20,8 @@ import time
 from flwr.app import Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
 
-from fedconv import timeline, warm_worker
+from fedconv.edge import warm_worker
+from fedconv.runs import timeline
 
 app = ClientApp()
 WORK_SECONDS, PROCESS_SECONDS, WARM_WORKER = "work-seconds", "process-seconds", "warm-worker"

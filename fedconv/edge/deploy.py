@@ -1,4 +1,4 @@
-"""``python -m fedconv.deploy federation=<name> [overrides]``: a run on real SuperNodes.
+"""``fedconv deploy federation=<name> [overrides]``: a run on real SuperNodes.
 
 Hydra composes the same config groups as the simulation plus ``conf/federation/<name>``;
 this module validates them, registers the SuperNodes' public keys with the SuperLink,
@@ -31,8 +31,8 @@ import tomli_w
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from fedconv import run_dir, task, tracking
 from fedconv.config import (
+    CONF_DIR,
     EXIT_BAD_CONFIG,
     ConfigError,
     config_errors_exit_2,
@@ -41,8 +41,10 @@ from fedconv.config import (
     to_run_config,
     unknown_keys,
 )
-from fedconv.datasets import DatasetError
-from fedconv.runtime import write_app_dir
+from fedconv.data.datasets import DatasetError
+from fedconv.learning import task
+from fedconv.runs import run_dir, tracking
+from fedconv.simulation.runtime import write_app_dir
 from fedconv.validation import validate
 
 register_resolvers()
@@ -77,7 +79,7 @@ def _problems(fed: Mapping[str, Any]) -> list[str]:
         if not fed.get("root_certificates") or not cert.is_file():
             out.append(
                 f"federation.root_certificates={fed.get('root_certificates')!r}: must be the lab CA certificate "
-                "file (make one with `python -m fedconv.certs`), or set federation.insecure=true for loopback tests"
+                "file (make one with `fedconv certs`), or set federation.insecure=true for loopback tests"
             )
     keys = fed.get("supernode_keys") or ""
     if keys and not sorted(Path(str(keys)).glob("*.pub")):
@@ -164,14 +166,14 @@ def public_key_problem(keys_dir: Path) -> str | None:
         return f"{key_name}={keys_dir}: no such folder"
     keys = sorted(keys_dir.glob("*.pub"))
     if not keys:
-        return f"{key_name}={keys_dir}: holds no *.pub key (python -m fedconv.certs OUT --supernodes N makes them)"
+        return f"{key_name}={keys_dir}: holds no *.pub key (fedconv certs OUT --supernodes N makes them)"
     for key in keys:
         try:
             public = load_ssh_public_key(key.read_bytes())
         except (ValueError, OSError, UnicodeDecodeError) as exc:
             return f"{key_name}: {key} is not an OpenSSH public key ({exc})"
         if not isinstance(public, ec.EllipticCurvePublicKey):
-            return f"{key_name}: {key} is a {type(public).__name__}; SuperNodes authenticate with EC keys (fedconv.certs)"
+            return f"{key_name}: {key} is a {type(public).__name__}; SuperNodes authenticate with EC keys (fedconv.edge.certs)"
     return None
 
 
@@ -296,7 +298,7 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
     return summary
 
 
-@hydra.main(version_base=None, config_path="../conf", config_name="deploy")
+@hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="deploy")
 def main(cfg: DictConfig) -> None:
     """One deployment; the launcher holds its run dir for the run's life, as a simulation does
     (the ServerApp under the SuperLink writes into it; a second launcher is refused)."""

@@ -33,7 +33,7 @@ every codec and lossy downlink error never accumulates in the global model.
 
 Error feedback (``uplink.error_feedback``, Seide et al. 2014, Stich et al. 2018): the client
 encodes update + residual, and keeps residual ← (update + residual) − decoded in its client
-state, by partition id (:mod:`fedconv.client_state`), so it survives the node pool and resume.
+state, by partition id (:mod:`fedconv.federation.client_state`), so it survives the node pool and resume.
 
 A compressed record travels as **one** uint8 array (:data:`PAYLOAD`): the payloads, and the
 raw bytes of the tensors sent raw, back to back in the model's order. Every length follows

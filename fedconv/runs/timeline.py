@@ -2,16 +2,21 @@
 of a sweep run in one process, of the job) to each milestone before round 1.
 
 The marks go into summary.json (``startup_seconds``) and the benchmark's start-up breakdown,
-so "start-up" is measured by the run itself rather than guessed from outside.
+so "start-up" is measured by the run itself rather than guessed from outside. Beside them,
+what ran the job's clients (:func:`record_runtime`: Ray's node and the actors a sweep's job
+took over), set by the simulation layer and read by the ServerApp, which never imports it.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
+from typing import Any
 
 _origin: float | None = None
 _marks: dict[str, float] = {}
+_runtime: dict[str, dict[str, Any]] = {}
 
 
 def _process_start() -> float:
@@ -34,6 +39,7 @@ def begin(from_process_start: bool) -> None:
     global _origin
     _origin = _process_start() if from_process_start else time.monotonic()
     _marks.clear()
+    _runtime.clear()
 
 
 def mark(name: str) -> None:
@@ -44,6 +50,16 @@ def mark(name: str) -> None:
 
 def marks() -> dict[str, float]:
     return dict(_marks)
+
+
+def record_runtime(name: str, facts: Mapping[str, Any]) -> None:
+    """What runs this job's clients (``name="ray"``: :func:`fedconv.simulation.ray_session.describe`)."""
+    _runtime[name] = dict(facts)
+
+
+def runtime(name: str) -> dict[str, Any]:
+    """The facts recorded under ``name``; empty where nothing recorded them (a deployed ServerApp)."""
+    return dict(_runtime.get(name, {}))
 
 
 def process_age() -> float:

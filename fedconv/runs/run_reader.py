@@ -3,7 +3,7 @@
 A report must never print a number it cannot stand behind. A run whose files disagree (a
 rounds.csv cut mid-line, a summary that says 30 rounds over 15 rows, bytes that go down)
 is read as *damaged*, with the reason, never as a shorter or different run. The writer
-side of the contract is :mod:`fedconv.run_dir`.
+side of the contract is :mod:`fedconv.runs.run_dir`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from fedconv import run_dir
 from fedconv.config import lookup
+from fedconv.runs import run_dir
 
 REQUIRED_ROUND_COLUMNS = run_dir.ROUND_COLUMNS[:14]  # the contract's columns; extras may follow
 IN_PROGRESS = "in progress"

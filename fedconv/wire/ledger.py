@@ -52,7 +52,7 @@ class RoundRecord:
     bytes_down: int = 0
     bytes_up: int = 0
     bytes_eval_down: int = 0
-    bytes_down_raw: int = 0  # what the same messages would carry uncompressed (fedconv.compression)
+    bytes_down_raw: int = 0  # what the same messages would carry uncompressed (fedconv.wire.compression)
     bytes_up_raw: int = 0
     bytes_eval_down_raw: int = 0
     eval_clients_sampled: int = 0

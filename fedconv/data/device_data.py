@@ -1,5 +1,4 @@
-"""A board's own data (``data-dir`` in its SuperNode's ``--node-config``) and the tool that
-writes one such folder per device from a dataset's partitions.
+"""A board's own data (``data-dir`` in its SuperNode's ``--node-config``).
 
 A device folder holds either IDX files (``train-images-idx3-ubyte[.gz]`` and
 ``train-labels-idx1-ubyte[.gz]``, optionally ``t10k-*`` as the local held-out split; colour
@@ -7,25 +6,21 @@ images use ``idx4`` files, N x C x H x W) or one sub-folder per class (``0/``, `
 class names, sorted) of PNG/JPEG images, which are converted to the dataset's channels and
 size. ``meta.json`` (written by the export tool) carries the whole dataset's normalisation
 statistics, so a board normalises exactly like the server; without it the device's own
-statistics are used.
-
-    python -m fedconv.device_data OUT [hydra overrides]   # OUT/device-<i>/ for every partition
+statistics are used. The operator's tool that writes one such folder per board:
+:mod:`fedconv.edge.board_data` (``fedconv device-data``).
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from fedconv import atomic
-from fedconv.datasets import DatasetError, ImageDataset, _channel_stats, find_idx, idx_name, parse_idx, write_idx
-from fedconv.partitioning import split_held_out
+from fedconv.data.datasets import DatasetError, ImageDataset, _channel_stats, find_idx, idx_name, parse_idx
+from fedconv.data.partitioning import split_held_out
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm")
 
@@ -115,59 +110,3 @@ def load_device_data(
     ds = ImageDataset(name=f"device:{directory}", train_x=x, train_y=y, test_x=x[:0], test_y=y[:0],
                       num_classes=num_classes, mean=mean, std=std)
     return DeviceData(ds, held_x=test[0], held_y=test[1])
-
-
-def export_partitions(cfg: dict[str, Any], out: Path) -> list[Path]:
-    """Write ``out/device-<i>/`` (IDX train + held-out files, meta.json) for every partition."""
-    from fedconv import task
-
-    ds = task.dataset(cfg)
-    n = int(cfg["simulation"]["num_clients"])
-    parts = task.partitions(cfg, n)
-    ndim = 3 if ds.input_shape[0] == 1 else 4
-    folders = []
-    for pid in range(n):
-        folder = out / f"device-{pid}"
-        folder.mkdir(parents=True, exist_ok=True)
-        for split, idx in (("train", parts.train[pid]), ("t10k", parts.test[pid])):
-            images = ds.train_x[idx]
-            write_idx(folder / f"{idx_name(split, 'images', ndim)}.gz", images[:, 0] if ndim == 3 else images)
-            write_idx(folder / f"{idx_name(split, 'labels', 1)}.gz", np.asarray(ds.train_y[idx], dtype=np.uint8))
-        meta = {
-            "partition_id": pid, "num_partitions": n, "dataset": cfg["dataset"]["name"],
-            "partition": cfg["partition"], "seed": int(cfg["seed"]),
-            "num_train": len(parts.train[pid]), "num_held_out": len(parts.test[pid]),
-            "label_histogram": np.bincount(np.asarray(ds.train_y)[parts.train[pid]], minlength=ds.num_classes).tolist(),
-            "mean": list(ds.mean), "std": list(ds.std),
-            "node_config": f"partition-id={pid} num-partitions={n} data-dir=\"<this folder on the board>\"",
-        }
-        atomic.write_text(folder / "meta.json", json.dumps(meta, indent=2) + "\n")
-        folders.append(folder)
-    return folders
-
-
-def main(argv: list[str] | None = None) -> int:
-    from fedconv.config import ConfigError, compose
-    from fedconv.validation import validate
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0].startswith("-") or "=" in args[0]:
-        print("usage: python -m fedconv.device_data OUT_DIR [hydra overrides, e.g. simulation.num_clients=8]",
-              file=sys.stderr)
-        return 2
-    out, overrides = Path(args[0]), args[1:]
-    try:
-        cfg = compose(overrides)
-        validate(cfg)
-        folders = export_partitions(cfg, out)
-    except (ConfigError, DatasetError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    for folder in folders:
-        meta = json.loads((folder / "meta.json").read_text())
-        print(f"{folder}: {meta['num_train']} train + {meta['num_held_out']} held-out images")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
-"""Compare runs: ``python -m fedconv.report <sweep dir | run dirs | globs> [--by K] [--facet K]``.
+"""Compare runs: ``fedconv report <sweep dir | run dirs | globs> [--by K] [--facet K]``.
 
-Reads run directories (see :mod:`fedconv.run_dir`), groups them by config keys, averages
+Reads run directories (see :mod:`fedconv.runs.run_dir`), groups them by config keys, averages
 over seeds, and writes report.md, a self-contained report.html and PNG/SVG plots.
 :func:`compare` returns the same table as plain rows for notebooks.
 """
@@ -15,16 +15,17 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fedconv import atomic, run_dir
-from fedconv.config import flatten
-from fedconv.run_reader import IN_PROGRESS, Run, read_run
-from fedconv.validation import inert_keys
+from fedconv import atomic
+from fedconv.config import flatten, lookup
+from fedconv.runs import run_dir
+from fedconv.runs.run_reader import IN_PROGRESS, Run, read_run
+from fedconv.wire import compression
 
 DEFAULT_BY = ("strategy.name", "strategy.mu")
 AVERAGED_OVER = "seed"
@@ -33,6 +34,43 @@ ROUND_POLICY_KEYS = frozenset({"strategy.stragglers"})  # in every strategy's co
 
 class ReportError(ValueError):
     """Nothing to report on, or a bad argument; the message says what was looked at."""
+
+
+# Keys that say where or how a run executes, never what it computes.
+EXECUTION_KEYS = frozenset({
+    "name", "output_dir", "resume", "verbose", "dataset.data_dir", "dataset.cache_dir", "dataset.download",
+    "simulation.nodes", "simulation.client_state_dir", "simulation.ray.address", "simulation.ray.num_cpus",
+    "simulation.ray.include_dashboard", "server.connect_timeout", "logger.tensorboard",
+})
+
+
+def inert_keys(cfg: Mapping[str, Any]) -> set[str]:
+    """Dotted keys whose value cannot change this run's numbers: the execution keys, and the
+    options of a mechanism the config leaves off (straggler handling without stragglers, a
+    step schedule's gamma under a cosine one, ...). A report warns only about the others."""
+    def get(key: str) -> Any:
+        return lookup(cfg, key)
+
+    inert = set(EXECUTION_KEYS)
+    if not get("faults.straggler_fraction"):
+        inert.add("strategy.stragglers")
+    if not str(get("faults.corrupt_partitions") or "").strip():
+        inert |= {"faults.corrupt_mode", "faults.scale_factor"}
+    elif get("faults.corrupt_mode") != "scale":
+        inert.add("faults.scale_factor")
+    if not str(get("faults.slow_partitions") or "").strip():
+        inert.add("faults.slow_seconds")
+    if get("server.fed_eval") == "with_train":
+        inert |= {"server.fraction_evaluate", "server.min_evaluate_clients"}
+    if get("server.lr_schedule") != "step":
+        inert |= {"server.lr_step_size", "server.lr_gamma"}
+    if get("server.lr_schedule") != "cosine":
+        inert.add("server.lr_min")
+    if get("client.optimizer") != "sgd":
+        inert.add("client.momentum")
+    if get("model.name") != "twoconv_se":
+        inert.add("model.se_reduction")
+    return inert | compression.inert_keys(cfg)
 
 
 def _sweep_index(path: Path) -> dict[str, Any] | None:
@@ -87,7 +125,7 @@ def _why_excluded(run: Run) -> str:
 
 def uncontrolled_differences(runs: Sequence[Run], keys: Iterable[str]) -> dict[str, list[Any]]:
     """Config keys that differ between runs, are neither grouped nor faceted on, and can
-    change the numbers in at least one of them (:func:`fedconv.validation.inert_keys`)."""
+    change the numbers in at least one of them (:func:`inert_keys`)."""
     grouped = {*keys, AVERAGED_OVER}
     flats = [flatten(r.config) for r in runs]
     inert = set.intersection(*(inert_keys(r.config) for r in runs)) if runs else set()
@@ -561,7 +599,7 @@ def _default_out(inputs: Sequence[str]) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fedconv.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="fedconv report", description=__doc__.splitlines()[0])
     parser.add_argument("inputs", nargs="+", help="sweep dirs, run dirs or globs")
     parser.add_argument("--by", nargs="+", default=list(DEFAULT_BY),
                         help="config keys to group on (default: strategy.name strategy.mu); "

@@ -1,7 +1,7 @@
 """The 2conv model family: the canonical two-block CNN, its variants and two reference CNNs.
 
 ``build_model(cfg, input_shape, num_classes, seed)`` is the only entry point the rest of
-fedconv uses; ``python -m fedconv.models [model=...] [dataset=...]`` prints layer tables.
+fedconv uses; ``fedconv models [model=...] [dataset=...]`` prints layer tables.
 """
 
 from __future__ import annotations
@@ -332,7 +332,7 @@ def format_summary(name: str, model: nn.Module, input_shape: tuple[int, int, int
 def main(argv: list[str] | None = None) -> int:
     """Print layer tables. With no ``model=`` override, every variant is printed."""
     from fedconv.config import ConfigError, compose
-    from fedconv.datasets import declared_shape
+    from fedconv.data.datasets import declared_shape
 
     overrides = list(sys.argv[1:] if argv is None else argv)
     names = [None] if any(o.startswith("model=") for o in overrides) else list(MODEL_NAMES)

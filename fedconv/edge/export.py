@@ -1,4 +1,4 @@
-"""``python -m fedconv.export RUN_DIR``: the trained global model for inference on a board.
+"""``fedconv export RUN_DIR``: the trained global model for inference on a board.
 
 Writes four artifacts next to each other (default ``RUN_DIR/export/``), each taking float32
 images in [0, 1] (N x C x H x W; the dataset's normalisation is inside the model):
@@ -31,16 +31,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedconv import atomic, run_dir
-from fedconv.datasets import DatasetError
-from fedconv.training import Normalize
+from fedconv import atomic
+from fedconv.data.datasets import DatasetError
+from fedconv.learning.training import Normalize
+from fedconv.runs import run_dir
 
 Predict = Callable[[np.ndarray], np.ndarray]  # float32 [0, 1] images -> logits
 
 
 def load_run_model(run: Path) -> tuple[dict[str, Any], Any, nn.Module]:
     """The run's config, dataset and model with its final weights (safetensors, no pickle)."""
-    from fedconv import resume, task
+    from fedconv.learning import task
+    from fedconv.simulation import resume
 
     cfg_path, weights = run / run_dir.CONFIG, run / run_dir.WEIGHTS
     for path in (cfg_path, weights):
@@ -210,7 +212,7 @@ def table(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fedconv.export", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="fedconv export", description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="a completed run directory (config.yaml + model.safetensors)")
     parser.add_argument("--out", type=Path, help="where to write the artifacts (default RUN/export)")
     parser.add_argument("--runs", type=int, default=200, help="timed single-image runs per artifact (>= 200)")

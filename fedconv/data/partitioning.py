@@ -2,13 +2,12 @@
 
 ``make_partitions`` returns, per client, the indices of its local training set and of its
 local held-out split (for federated evaluation). The same seed always gives the same
-mapping. ``python -m fedconv.partitioning`` (:mod:`fedconv.partition_stats`) prints and saves
+mapping. ``fedconv partitions`` (:mod:`fedconv.partition_stats`) prints and saves
 partition statistics.
 """
 
 from __future__ import annotations
 
-import sys
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -283,9 +282,3 @@ def config_problems(c: Checks) -> None:
         c.in_range("partition.exponent", 0, lo_open=True)
         c.in_range("partition.beta", 0, lo_open=True)
         c.in_range("partition.min_partition_size", 1, integer=True)
-
-
-if __name__ == "__main__":  # the command lives above the library: fedconv.partition_stats
-    from fedconv.partition_stats import main
-
-    sys.exit(main())

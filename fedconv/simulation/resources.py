@@ -30,7 +30,7 @@ def parameter_count(cfg: Mapping[str, Any], input_shape: tuple[int, int, int], n
     """The model's parameter count from a build on the meta device (no memory used)."""
     import torch
 
-    from fedconv.models import build_model
+    from fedconv.learning.models import build_model
 
     with torch.device("meta"):
         model = build_model(cfg["model"], input_shape, num_classes)

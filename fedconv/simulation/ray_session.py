@@ -13,14 +13,14 @@
 - **One Ray for a sweep**: Hydra's basic launcher runs a sweep's jobs one after another in
   this process. Between two jobs that completed, Ray stays up and the job's idle actors are
   parked (:func:`kept_actors`), with what their processes cached (data, partitions, models;
-  bounded by :mod:`fedconv.task`'s LRU caches), for the next job's pool. A job that did not
+  bounded by :mod:`fedconv.learning.task`'s LRU caches), for the next job's pool. A job that did not
   complete, or one that needs other Ray settings or client resources, gets a fresh Ray / fresh
   actors. Results do not depend on which process trains a client: training seeds torch per
-  message and client state lives on disk (:mod:`fedconv.client_state`).
+  message and client state lives on disk (:mod:`fedconv.federation.client_state`).
 
 Flower's ``RayBackend`` shuts Ray down and kills its actors at the end of every run, and has
 no option to keep them; :func:`kept_actors` swaps in subclasses for the run's duration, the
-way :func:`fedconv.runtime.reserved_actors` does for a shared cluster.
+way :func:`fedconv.simulation.runtime.reserved_actors` does for a shared cluster.
 """
 
 from __future__ import annotations
@@ -36,11 +36,13 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any
 
+from fedconv.runs import timeline
+
 # Modules every local Ray worker imports as it starts, during ``ray.init``: the ClientApp
 # (torch, Flower) and torch's compiler front end, which the first ``torch.optim`` optimizer
 # imports (≈ 1.5 s here). The imports overlap this process's own start-up instead of
 # delaying the first round.
-WORKER_PRELOAD = ("fedconv.client_app", "torch._dynamo")
+WORKER_PRELOAD = ("fedconv.federation.client_app", "torch._dynamo")
 
 _starting: Future[None] | None = None
 _handlers: dict[int, Any] = {}
@@ -120,7 +122,7 @@ def start(init_args: Mapping[str, Any], *, background: bool = False, preload: bo
     """Start Ray as Flower's backend would (``RayBackend.init_ray``, which then skips its own
     ``ray.init``) and give this process its signal handlers back: ``ray.init`` installs a
     SIGTERM handler that exits at once and Ray's core worker one that aborts the process, so
-    a batch scheduler's stop would end a run without its summary (see :mod:`fedconv.stopping`).
+    a batch scheduler's stop would end a run without its summary (see :mod:`fedconv.federation.stopping`).
 
     ``background=True`` only begins; the next call waits for it. ``preload``: the local
     workers import :data:`WORKER_PRELOAD` as they start. A Ray this process started for an
@@ -238,6 +240,7 @@ def _kept_classes() -> tuple[type, type]:
                 _kill(_parked)
             self.reused = list(_parked)
             _reused = len(self.reused)
+            timeline.record_runtime("ray", describe())
             _parked.clear()
             _parked_resources = None
             fresh = self.create_actor_fn

@@ -16,9 +16,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from fedconv import run_dir
-from fedconv.checkpoint import Checkpoint, CheckpointError
 from fedconv.config import ConfigError, assign, plain
+from fedconv.runs import run_dir
+from fedconv.runs.checkpoint import Checkpoint, CheckpointError
 from fedconv.validation import validate
 
 # What ``resume=`` may change: where and how the rest of the run executes, and how many
@@ -57,7 +57,7 @@ def _override_key(override: str) -> str:
 def resume_config(cfg: DictConfig, out: Path, overrides: list[str]) -> dict[str, Any]:
     """The saved config of the run in ``out``, rooted at ``out`` (a run dir that was moved or
     copied continues where it is now, never where it was made), with the allowed overrides."""
-    from fedconv.output_check import unwritable
+    from fedconv.simulation.output_check import unwritable
 
     if not out.is_dir():
         raise ConfigError(f"resume={out}: no such run directory")
@@ -96,7 +96,7 @@ def _disagree(path: Path, what: str, saved: Any, config: Any, key: str) -> Check
 def check_checkpoint(out: Path, cfg: Mapping[str, Any], ckpt: Checkpoint, model: Any) -> None:
     """The checkpoint against the config that continues it: strategy and its keys, seed,
     the model's weights, and the algorithm's state layout and shapes."""
-    from fedconv import task
+    from fedconv.learning import task
 
     path = out / run_dir.CHECKPOINT
     try:
@@ -125,8 +125,10 @@ def _check_identity(path: Path, cfg: Mapping[str, Any], state: Mapping[str, Any]
 
 def _check_layout(path: Path, cfg: Mapping[str, Any], ckpt: Checkpoint, model: Any) -> None:
     """The server state the checkpoint holds is exactly what this algorithm keeps, shaped like the model."""
-    from fedconv import algorithms, client_state, compression
-    from fedconv.models import transmitted_state
+    from fedconv import algorithms
+    from fedconv.federation import client_state
+    from fedconv.learning.models import transmitted_state
+    from fedconv.wire import compression
 
     name = cfg["strategy"]["name"]
     algorithm = algorithms.get(name)

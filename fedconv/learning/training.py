@@ -1,7 +1,7 @@
 """Local training and evaluation loops, shared by clients and server.
 
 An algorithm's client side (FedProx's proximal term, q-FedAvg's loss report, ...) enters
-through its :class:`~fedconv.algorithms.base.TrainHook`, never through arguments here.
+through its :class:`TrainHook`, never through arguments here.
 
 Images stay uint8 until a batch is drawn; normalisation and optional augmentation happen
 per batch, so a client never holds a float copy of its whole partition.
@@ -19,9 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedconv.algorithms.base import LocalTraining, TrainHook
 from fedconv.checks import Checks
-from fedconv.models import channels_last
+from fedconv.learning.models import channels_last
 
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "step", "cosine")
@@ -59,6 +58,66 @@ class Normalizer:
         if self.augment and generator is not None:
             x = augment_batch(x, generator)
         return self.layer(x)
+
+
+@dataclass
+class LocalTraining:
+    """What a hook may look at when a client starts training: the model (holding the global
+    weights), the client's training images and labels, how batches are normalised, and the
+    round's local learning rate."""
+
+    model: nn.Module
+    images: np.ndarray
+    labels: np.ndarray
+    normalize: Callable[[np.ndarray], torch.Tensor]
+    lr: float = 0.0
+
+
+Tensors = dict[str, "torch.Tensor"]
+
+
+class TrainHook:
+    """An algorithm's additions to local training; the default adds nothing (FedAvg).
+
+    The client calls :meth:`receive` with the server's extra ArrayRecords and this
+    partition's stored state (stateful algorithms); :func:`fedconv.learning.training.train_local`
+    calls :meth:`begin` once before the first step, :meth:`loss` for every batch (its value
+    is added to the data loss), :meth:`before_step` after ``backward`` and before the
+    optimizer step (gradient corrections), :meth:`after_step` after it (corrections of the
+    weights themselves), and :meth:`end` after the last step; the client
+    then sends :meth:`reply_metrics` and :meth:`reply_arrays` and stores :meth:`new_state`."""
+
+    def receive(self, arrays: Mapping[str, Tensors], state: Tensors | None) -> None:
+        """The message's ArrayRecords other than the model, and the state this partition
+        stored after its last accepted round (None: it has none yet)."""
+
+    def begin(self, local: LocalTraining) -> None:
+        """Before the first step, with the received global weights in ``local.model``."""
+
+    def loss(self, model: nn.Module) -> torch.Tensor | None:
+        """A term added to each batch's loss, or None."""
+        return None
+
+    def before_step(self, model: nn.Module) -> None:
+        """After ``backward()``, before ``optimizer.step()``."""
+
+    def after_step(self, model: nn.Module) -> None:
+        """After ``optimizer.step()``."""
+
+    def end(self, model: nn.Module, steps: int) -> None:
+        """After the last step; ``steps`` optimizer steps were taken."""
+
+    def reply_metrics(self) -> dict[str, float]:
+        """Extra metrics this algorithm's server side reads from the reply."""
+        return {}
+
+    def reply_arrays(self) -> dict[str, Tensors]:
+        """Extra ArrayRecords of the reply (by record name), as the wire declares them."""
+        return {}
+
+    def new_state(self) -> Tensors | None:
+        """The state to keep for the next round this partition trains (None: keep nothing)."""
+        return None
 
 
 def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

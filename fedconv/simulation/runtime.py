@@ -22,7 +22,7 @@ there, the pool is :class:`ReservedActorPool`: sized to the job's largest cohort
 all at once as a Ray placement group, so a job either holds every CPU its clients need or
 queues until it can.
 
-When Ray starts, and how it is kept between the jobs of a sweep: :mod:`fedconv.ray_session`.
+When Ray starts, and how it is kept between the jobs of a sweep: :mod:`fedconv.simulation.ray_session`.
 """
 
 from __future__ import annotations
@@ -38,10 +38,11 @@ from typing import Any
 
 import tomli_w
 
-from fedconv import ray_session, timeline
+from fedconv.runs import timeline
+from fedconv.simulation import ray_session
 
-CLIENT_APP = "fedconv.board_app:app"  # a deployed message: the warm worker or in-process
-SERVER_APP = "fedconv.server_app:app"
+CLIENT_APP = "fedconv.edge.board_app:app"  # a deployed message: the warm worker or in-process
+SERVER_APP = "fedconv.federation.server_app:app"
 
 
 def write_app_dir(directory: Path, run_config: Mapping[str, Any]) -> None:
@@ -171,7 +172,7 @@ def run_simulation(run_config: Mapping[str, Any], num_supernodes: int, backend: 
                    max_actors: int = 0, keep_actors: bool = False) -> None:
     """Run the fedconv ServerApp against ``num_supernodes`` virtual SuperNodes on Ray.
     Inside a Ray worker (a launcher's job) at most ``max_actors`` actors, reserved at once;
-    ``keep_actors``: Ray and the idle actors outlive the run (:mod:`fedconv.ray_session`)."""
+    ``keep_actors``: Ray and the idle actors outlive the run (:mod:`fedconv.simulation.ray_session`)."""
     from flwr.app import Context, RecordDict
     from flwr.common.constant import RUN_ID_NUM_BYTES, SUPERLINK_NODE_ID, TASK_ID_NUM_BYTES
     from flwr.server.superlink.linkstate.utils import generate_rand_int_from_bytes
@@ -181,8 +182,8 @@ def run_simulation(run_config: Mapping[str, Any], num_supernodes: int, backend: 
     from flwr.supercore.task_identity import TaskIdentity
     from flwr.supercore.telemetry import EventType
 
-    from fedconv.client_app import app as client_app
-    from fedconv.server_app import app as server_app
+    from fedconv.federation.client_app import app as client_app
+    from fedconv.federation.server_app import app as server_app
 
     flwr_logger = logging.getLogger("flwr")
     flwr_logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
@@ -201,6 +202,7 @@ def run_simulation(run_config: Mapping[str, Any], num_supernodes: int, backend: 
     )
     ray_session.start(backend["init_args"], preload=ray_session.preload_workers(backend))
     timeline.mark("ray")
+    timeline.record_runtime("ray", ray_session.describe())
     if in_ray_worker():
         pool: Any = reserved_actors(max_actors or num_supernodes)
     else:

@@ -59,7 +59,7 @@ def numeric_columns(row: Mapping[str, Any]) -> dict[str, int | float]:
 
 def sweep_dir(out: Path) -> Path | None:
     """The sweep folder a run dir belongs to (its parent holds sweep.json), or None."""
-    from fedconv import run_dir
+    from fedconv.runs import run_dir
 
     return out.parent if (out.parent / run_dir.SWEEP_INDEX).exists() else None
 
@@ -149,7 +149,7 @@ class MlflowSink:
             self.logged = max((m.step for m in history), default=0)
             return
         experiment = self._experiment(str(cfg.get("name") or "default"), artifacts)
-        tags = {"mlflow.runName": out.name, "status": "running", "fedconv.run_dir": str(out),
+        tags = {"mlflow.runName": out.name, "status": "running", "fedconv.runs.run_dir": str(out),
                 "strategy": _get(cfg, "strategy", "name"), "dataset": _get(cfg, "dataset", "name"),
                 "model": _get(cfg, "model", "name"), "partition": _get(cfg, "partition", "name"),
                 "seed": str(cfg.get("seed"))}
@@ -183,7 +183,7 @@ class MlflowSink:
     def _sweep_parent(self, uri: str, artifacts: str | None, cfg: Mapping[str, Any]) -> str | None:
         """The sweep's parent run (made by its first job, under the sweep lock), or None
         when this run is not a sweep job (no sweep.json beside its run dir)."""
-        from fedconv import run_dir
+        from fedconv.runs import run_dir
 
         sweep = sweep_dir(self.out)
         if sweep is None:
@@ -212,7 +212,7 @@ class MlflowSink:
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def end(self, summary: Mapping[str, Any]) -> None:
-        from fedconv import run_dir
+        from fedconv.runs import run_dir
 
         status = str(summary.get("status"))
         self.client.set_tag(self.run_id, "status", status)
@@ -282,7 +282,7 @@ def _read_ids(folder: Path) -> dict[str, Any]:
 
 
 def _write_ids(folder: Path, sink: str, ids: Mapping[str, Any]) -> None:
-    from fedconv import run_dir
+    from fedconv.runs import run_dir
 
     run_dir.write_json(folder / TRACKING_IDS, {**_read_ids(folder), sink: dict(ids)})
 

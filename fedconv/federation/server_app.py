@@ -22,23 +22,14 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedconv import (
-    __version__,
-    algorithms,
-    checkpoint,
-    client_state,
-    compression,
-    ray_session,
-    records,
-    run_dir,
-    stopping,
-    task,
-    timeline,
-)
-from fedconv.cohorts import Cohorts
+from fedconv import __version__, algorithms, records
 from fedconv.config import cohort_sizes, from_run_config, virtual_nodes, with_train_eval
-from fedconv.ledger import short_reason
-from fedconv.models import (
+from fedconv.data.partitioning import histogram_record, partition_record
+from fedconv.federation import client_state, stopping
+from fedconv.federation.cohorts import Cohorts
+from fedconv.federation.rounds import FederatedRounds, RoundPolicy
+from fedconv.learning import task
+from fedconv.learning.models import (
     buffer_names,
     channels_last,
     count_parameters,
@@ -46,11 +37,12 @@ from fedconv.models import (
     state_bytes,
     transmitted_state,
 )
-from fedconv.partitioning import histogram_record, partition_record
-from fedconv.progress import RoundProgress
-from fedconv.rounds import FederatedRounds, RoundPolicy
-from fedconv.tracking import Tracking
-from fedconv.training import classification_report, evaluate, folded_for_inference, lr_for_round
+from fedconv.learning.training import classification_report, evaluate, folded_for_inference, lr_for_round
+from fedconv.runs import checkpoint, run_dir, timeline
+from fedconv.runs.progress import RoundProgress
+from fedconv.runs.tracking import Tracking
+from fedconv.wire import compression
+from fedconv.wire.ledger import short_reason
 
 app = ServerApp()
 
@@ -149,7 +141,7 @@ def source_commit() -> str:
     uncommitted changes, or "" outside a git checkout (an installed wheel)."""
     import subprocess
 
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # the fedconv package
     try:
         head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()
@@ -380,7 +372,7 @@ class RunRecorder:
             "versions": _versions(),
             # seconds from the command's (or sweep job's) start to each milestone before round 1
             "startup_seconds": timeline.marks(),
-            "ray": ray_session.describe(),
+            "ray": timeline.runtime("ray"),
         }
 
 

@@ -1,9 +1,9 @@
 """A federated round around any algorithm's Flower strategy.
 
 The pieces are separate and built once from plain data: the seeded cohorts
-(:mod:`fedconv.cohorts`), the :class:`RoundPolicy` (stragglers, replies a round needs), the
-reply checks (:mod:`fedconv.reply_checks`, from the algorithm's wire declaration) and the
-ledger (:mod:`fedconv.ledger`). :class:`FederatedRounds` only passes messages between them
+(:mod:`fedconv.federation.cohorts`), the :class:`RoundPolicy` (stragglers, replies a round needs), the
+reply checks (:mod:`fedconv.wire.reply_checks`, from the algorithm's wire declaration) and the
+ledger (:mod:`fedconv.wire.ledger`). :class:`FederatedRounds` only passes messages between them
 and Flower's strategy, which aggregates exactly as Flower wrote it: fedconv hands it the
 cohort's nodes, and the replies that passed the checks, in partition order.
 """
@@ -30,12 +30,12 @@ from fedconv.algorithms.base import (
     restore_strategy_state,
     strategy_state,
 )
-from fedconv.client_state import STATE_ROUND, partitions_keep_state
-from fedconv.cohorts import CohortGrid, Cohorts, Phase
-from fedconv.compression import PAYLOAD, Link, PayloadError, decode_arrays, encode_arrays, encoded_names
-from fedconv.faults import straggler_plan
-from fedconv.ledger import RoundRecord, message_array_bytes, short_reason
-from fedconv.reply_checks import array_spec, reply_problem
+from fedconv.federation.client_state import STATE_ROUND, partitions_keep_state
+from fedconv.federation.cohorts import CohortGrid, Cohorts, Phase
+from fedconv.federation.faults import straggler_plan
+from fedconv.wire.compression import PAYLOAD, Link, PayloadError, decode_arrays, encode_arrays, encoded_names
+from fedconv.wire.ledger import RoundRecord, message_array_bytes, short_reason
+from fedconv.wire.reply_checks import array_spec, reply_problem
 
 
 @dataclass(frozen=True)
@@ -50,19 +50,19 @@ class RoundPolicy:
 
 class FederatedRounds:
     """Train and evaluate phases of each round for one algorithm (the four calls of Flower's
-    ``Strategy`` loop, so :func:`fedconv.server_app.run_rounds` drives any algorithm).
+    ``Strategy`` loop, so :func:`fedconv.federation.server_app.run_rounds` drives any algorithm).
 
     ``buffer_names`` are the model's non-parameter arrays (BatchNorm running statistics);
     the algorithm's ``buffers`` rule says whether its strategy sees them.
 
     For an algorithm with client state, ``client_rounds`` maps each partition to its last
     round whose update was aggregated; every message names that version (``state-round``),
-    and the checkpoint keeps the map (:mod:`fedconv.client_state`).
+    and the checkpoint keeps the map (:mod:`fedconv.federation.client_state`).
 
     ``local_names`` are arrays that stay on the clients: messages carry the rest, and the
     global model keeps the server's own copy of them.
 
-    ``link`` compresses what travels (:mod:`fedconv.compression`): the model down, each
+    ``link`` compresses what travels (:mod:`fedconv.wire.compression`): the model down, each
     client's update up, which is decoded onto the server's exact model before the reply
     checks, so the strategy sees whole models; the ledger counts the compressed arrays. Its
     error feedback is client state, versioned as an algorithm's.

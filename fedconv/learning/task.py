@@ -18,16 +18,15 @@ import torch
 from torch import nn
 
 from fedconv import __version__
-from fedconv.datasets import ImageDataset, cache_root, load_dataset
-from fedconv.models import build_model, transmitted_state
-from fedconv.partitioning import Partitions, load_partitions, make_partitions, save_partitions
+from fedconv.data.datasets import ImageDataset, cache_root, load_dataset
+from fedconv.data.partitioning import Partitions, load_partitions, make_partitions, save_partitions
+from fedconv.learning.models import build_model, transmitted_state
 
 __all__ = [
     "ImageDataset", "Partitions", "dataset", "partitions", "reusable_model", "initial_model", "normalizer",
     "load_global", "train_partition",
 ]
-from fedconv.algorithms.base import TrainHook
-from fedconv.training import Normalizer, TrainResult, train_local
+from fedconv.learning.training import Normalizer, TrainHook, TrainResult, train_local
 
 
 def _key(cfg: Mapping[str, Any]) -> str:

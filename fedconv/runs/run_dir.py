@@ -57,7 +57,7 @@ ROUND_COLUMNS = [
 ]
 ROUND_TEXT_COLUMNS = ("fed_cohort",)  # every other rounds.csv cell is a number or empty
 CLIENT_REQUIRED = ["round", "phase", "partition_id", "num_examples", "loss", "accuracy", "status"]
-# What a deployed message cost on its board (fedconv.board_app); empty in simulation and in
+# What a deployed message cost on its board (fedconv.edge.board_app); empty in simulation and in
 # runs written before these columns existed.
 CLIENT_COSTS = ["work_seconds", "process_seconds", "warm_worker"]
 CLIENT_COLUMNS = CLIENT_REQUIRED + CLIENT_COSTS

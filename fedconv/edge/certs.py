@@ -1,4 +1,4 @@
-"""``python -m fedconv.certs OUT --host IP_OR_NAME ... --supernodes N``: a lab's TLS and auth keys.
+"""``fedconv certs OUT --host IP_OR_NAME ... --supernodes N``: a lab's TLS and auth keys.
 
 Writes a lab certificate authority, the SuperLink's TLS certificate signed by it (every
 ``--host`` in its subject alternative names: the address the boards dial must be there),
@@ -135,14 +135,14 @@ def _make_server_cert(ca_cert_path: Path, ca_key_path: Path, cert_path: Path, ke
     ca_cert = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
     ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
-        raise ValueError(f"{ca_key_path}: not an EC private key (fedconv.certs makes P-384 keys)")
+        raise ValueError(f"{ca_key_path}: not an EC private key (fedconv.edge.certs makes P-384 keys)")
     if new_key or not key_path.exists():
         key = ec.generate_private_key(ec.SECP384R1())
         _write_private(key_path, _pem_key(key), replace=new_key)
     else:
         loaded = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
         if not isinstance(loaded, ec.EllipticCurvePrivateKey):
-            raise ValueError(f"{key_path}: not an EC private key (fedconv.certs makes P-384 keys)")
+            raise ValueError(f"{key_path}: not an EC private key (fedconv.edge.certs makes P-384 keys)")
         key = loaded
     now = dt.datetime.now(dt.UTC)
     cert = (
@@ -210,7 +210,7 @@ def make_lab_keys(out: Path, hosts: list[str], supernodes: int, force: bool = Fa
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fedconv.certs", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="fedconv certs", description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="folder to write the keys into")
     parser.add_argument("--host", action="append", default=[],
                         help="IP address or DNS name of the SuperLink as the boards dial it (repeatable); "

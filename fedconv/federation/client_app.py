@@ -18,13 +18,16 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedconv import algorithms, client_state, compression, faults, records, task
+from fedconv import algorithms, records
 from fedconv.algorithms.base import EVAL_NUM_EXAMPLES
 from fedconv.config import from_run_config, with_train_eval
-from fedconv.datasets import declared_shape
-from fedconv.device_data import load_device_data
-from fedconv.models import buffer_names, parameter_names, transmitted_state
-from fedconv.training import evaluate as evaluate_model
+from fedconv.data.datasets import declared_shape
+from fedconv.data.device_data import load_device_data
+from fedconv.federation import client_state, faults
+from fedconv.learning import task
+from fedconv.learning.models import buffer_names, parameter_names, transmitted_state
+from fedconv.learning.training import evaluate as evaluate_model
+from fedconv.wire import compression
 
 app = ClientApp()
 # A partition's stored state: the algorithm hook's own arrays, the layers it keeps local, and
@@ -73,7 +76,7 @@ def node_data(cfg: dict, context: Context, msg: Message) -> NodeData:
     if data_dir and _assigned_partition(msg) is not None:
         raise PoolError(
             f"this node trains on its own data-dir ({data_dir}) but the server assigned it partition {pid}: "
-            "run devices with simulation.nodes=per_client (python -m fedconv.deploy sets it)"
+            "run devices with simulation.nodes=per_client (fedconv deploy sets it)"
         )
     if data_dir:
         d = cfg["dataset"]

@@ -3,10 +3,10 @@ a deployed message costs its training rather than Python and torch start-up.
 
 Flower 1.42 runs every message in a fresh ``flwr-clientapp`` process (Flower issue #3670,
 "non-ephemeral ClientApp", is open). The ClientApp a SuperNode loads in deployment,
-:mod:`fedconv.board_app`, imports Flower only; when its node config names a
+:mod:`fedconv.edge.board_app`, imports Flower only; when its node config names a
 ``worker-socket``, it hands the message and context to this process over that Unix socket and
 returns the worker's reply content as its own reply, which the server then checks like any
-other. The work itself is :data:`fedconv.client_app.app` called as Flower calls it, so the
+other. The work itself is :data:`fedconv.federation.client_app.app` called as Flower calls it, so the
 worker and the in-process path run the same code and give the same numbers.
 
 Written by hand because no library offers a warm ClientApp for Flower's SuperNode; the wire
@@ -20,7 +20,7 @@ and runs the message itself. A worker that dies or hangs while working on a mess
 that message fail with one line naming the socket (the server counts the board as failed for
 that round), never a hang past ``server.round_timeout``.
 
-    python -m fedconv.warm_worker --socket /run/fedconv/worker.sock
+    python -m fedconv.edge.warm_worker --socket /run/fedconv/worker.sock
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def call(path: str, message: Message, context: Context, timeout: float) -> tuple
 
 def run_in_process(message: Message, context: Context) -> Message:
     """The message handled by fedconv's ClientApp in this process, as Flower calls it."""
-    from fedconv.client_app import app
+    from fedconv.federation.client_app import app
 
     return app(message=message, context=context)
 
@@ -232,7 +232,7 @@ def _claim(path: Path) -> socket.socket:
     return server
 
 
-def serve(path: Path, preload: tuple[str, ...] = ("fedconv.client_app", "torch._dynamo")) -> None:
+def serve(path: Path, preload: tuple[str, ...] = ("fedconv.federation.client_app", "torch._dynamo")) -> None:
     """Serve messages one at a time until SIGTERM/SIGINT (a SuperNode runs one at a time)."""
     import importlib
 
@@ -266,7 +266,7 @@ def serve_one(conn: socket.socket) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fedconv.warm_worker", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m fedconv.edge.warm_worker", description=__doc__.split("\n\n")[0])
     parser.add_argument("--socket", required=True, type=Path,
                         help="Unix socket to serve; the SuperNode's node config names it as worker-socket=...")
     args = parser.parse_args(argv)
