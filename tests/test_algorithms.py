@@ -19,7 +19,8 @@ from fedconv.config import compose
 from fedconv.federation.cohorts import Cohorts
 from fedconv.federation.rounds import FederatedRounds
 from fedconv.runs import checkpoint
-from fedconv.wire.reply_checks import array_spec, reply_problem
+from fedconv.wire.channel import spec_of
+from fedconv.wire.reply_checks import reply_problem
 
 
 @pytest.fixture(autouse=True)
@@ -60,7 +61,7 @@ def play(strategy: FederatedRounds, server_round: int, x: dict[str, np.ndarray],
     msgs = strategy.configure_train(server_round, sent, ConfigRecord({}), FakeGrid(NODES))
     replies = []
     for m in msgs:
-        pid = strategy._train.pid(m.metadata.dst_node_id)
+        pid = strategy.round.train.pid(m.metadata.dst_node_id)
         metrics = {"train_loss": 9.0, "train_accuracy": 0.5, "num-examples": COUNTS[pid], "steps": 3,
                    "global_loss": (losses or [1.0] * len(NODES))[pid],
                    "nova_a": (nova_a or [3.0 + i for i in range(len(NODES))])[pid]}
@@ -267,7 +268,7 @@ def test_server_state_survives_a_checkpoint_exactly(name: str, tmp_path: Path) -
 def test_the_wire_declaration_decides_what_a_valid_reply_is() -> None:
     """An algorithm that sends a second model-shaped record needs no edit to the checks."""
     sent = ArrayRecord({"w": Array(np.zeros(3, np.float32))})
-    spec = {MODEL: array_spec(sent)}
+    spec = {MODEL: spec_of(sent)}
     wire = Wire(arrays={"arrays": MODEL, "control": MODEL}, metrics=("num-examples", "c"), finite=("c",))
 
     def reply(records: dict[str, np.ndarray], metrics: dict) -> Message:
@@ -321,7 +322,7 @@ def test_the_aggregate_does_not_depend_on_reply_order(name: str) -> None:
         msgs = strategy.configure_train(1, sent, ConfigRecord({}), FakeGrid(NODES))
         replies = []
         for m in msgs:
-            pid = strategy._train.pid(m.metadata.dst_node_id)
+            pid = strategy.round.train.pid(m.metadata.dst_node_id)
             metrics = {"train_loss": 1.0 + pid, "train_accuracy": 0.5, "num-examples": COUNTS[pid], "steps": 3,
                        "global_loss": 1.0 + pid, "nova_a": 2.0 + pid}
             arrays = {k: Array(v) for k, v in reversed(list(clients[pid].items()))}  # any array order, too

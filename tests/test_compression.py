@@ -270,7 +270,7 @@ def _round(link: Link, tamper: dict[int, object] | None = None) -> tuple[Federat
                                     FakeGrid(NODES))
     replies = []
     for m in msgs:
-        pid = strategy._train.pid(m.metadata.dst_node_id)
+        pid = strategy.round.train.pid(m.metadata.dst_node_id)
         record = m.content.array_records["arrays"]
         received = (decode_arrays(record[PAYLOAD].numpy(), spec, link.down, encoded_names(spec, set(), link.down), ())
                     if link.down.active else {k: a.numpy() for k, a in record.items()})

@@ -104,7 +104,7 @@ def test_scaffold_server_follows_the_paper() -> None:
     for r in (1, 2):
         dcs = [{k: np.float32(0.1 * (i + r)) * np.ones_like(v) for k, v in x.items()} for i in range(len(NODES))]
         got = play(strategy, r, x, clients, controls=dcs)
-        cohort = sorted(strategy._train.node_to_pid.values())
+        cohort = sorted(strategy.round.train.node_to_pid.values())
         assert len(cohort) == 3
         w = np.array([COUNTS[i] for i in cohort], dtype=np.float64)
         w /= w.sum()
@@ -229,7 +229,7 @@ def test_feddyn_server_keeps_h_and_corrects_the_mean() -> None:
     for r in (1, 2, 3):
         clients = [{k: v + np.float32(0.01 * r) for k, v in c.items()} for c in clients]
         got = play(strategy, r, x, clients)
-        cohort = sorted(strategy._train.node_to_pid.values())
+        cohort = sorted(strategy.round.train.node_to_pid.values())
         for k in x:
             h[k] = h[k] - 0.1 / 7 * sum(clients[i][k].astype(np.float64) - x[k] for i in cohort)
             want = np.mean([clients[i][k].astype(np.float64) for i in cohort], axis=0) - h[k] / 0.1
@@ -281,7 +281,7 @@ def test_client_state_advances_only_with_accepted_updates_and_is_checkpointed() 
     play(strategy, 1, x, bad)
     assert strategy.client_rounds == {i: 1 for i in range(7) if i != 2}
     sent = strategy.configure_train(2, ArrayRecord({k: Array(v) for k, v in x.items()}), ConfigRecord({}), FakeGrid(NODES))
-    by_pid = {strategy._train.pid(m.metadata.dst_node_id): m.content.config_records["config"]["state-round"] for m in sent}
+    by_pid = {strategy.round.train.pid(m.metadata.dst_node_id): m.content.config_records["config"]["state-round"] for m in sent}
     assert by_pid == {0: 1, 1: 1, 2: 0, 3: 1, 4: 1, 5: 1, 6: 1}
     tensors, layout = strategy.state()
     resumed = partial_driver("scaffold", per_round=7)
@@ -310,7 +310,7 @@ def test_fedbn_keeps_every_batchnorm_array_off_the_wire_and_out_of_the_aggregate
     metrics = {"num-examples": 10, "train_loss": 1.0, "train_accuracy": 0.5, "steps": 1}
     replies = []
     for m in sent:
-        mine = clients[strategy._train.pid(m.metadata.dst_node_id)]
+        mine = clients[strategy.round.train.pid(m.metadata.dst_node_id)]
         content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in mine.items()}), "metrics": MetricRecord(metrics)})
         replies.append(Message(content, reply_to=m))
     arrays, _ = strategy.aggregate_train(1, replies)

@@ -38,8 +38,8 @@ def ledgered(strategy_cfg: dict, nodes: list[int], per_round: int, seed: int = 0
 
 
 def pid(strategy: FederatedRounds, m: Message) -> int:
-    assert strategy._train is not None
-    return strategy._train.pid(m.metadata.dst_node_id)
+    assert strategy.round.train is not None
+    return strategy.round.train.pid(m.metadata.dst_node_id)
 
 
 def reply(to: Message, arrays: dict[str, np.ndarray], n: int, loss: float = 1.0) -> Message:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedconv import algorithms, records
@@ -26,8 +26,10 @@ from fedconv.data.device_data import load_device_data
 from fedconv.federation import client_state, faults
 from fedconv.learning import task
 from fedconv.learning.models import buffer_names, parameter_names, transmitted_state
+from fedconv.learning.training import TrainHook
 from fedconv.learning.training import evaluate as evaluate_model
 from fedconv.wire import compression
+from fedconv.wire.channel import Channel, spec_of
 
 app = ClientApp()
 # A partition's stored state: the algorithm hook's own arrays, the layers it keeps local, and
@@ -150,19 +152,15 @@ def _prepare(msg: Message, context: Context) -> Work:
     return work
 
 
-def _spec(state: dict[str, torch.Tensor]) -> dict[str, tuple[tuple[int, ...], str]]:
-    return {k: (tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in state.items()}
-
-
 def _received_model(msg: Message, model: torch.nn.Module, local: frozenset[str],
                     codec: compression.Codec) -> dict[str, torch.Tensor]:
-    """The global model of the message, decoded when the downlink is compressed."""
+    """The global model of the message, decoded when the downlink is compressed (a value
+    codec decodes without draws: no key)."""
     record = msg.content.array_records["arrays"]
     if not codec.active:
         return record.to_torch_state_dict()
-    spec = _spec({k: v for k, v in transmitted_state(model).items() if k not in local})
-    names = compression.encoded_names(spec, buffer_names(model), codec)
-    decoded = compression.decode_arrays(record[compression.PAYLOAD].numpy(), spec, codec, names, ())
+    spec = spec_of({k: v for k, v in transmitted_state(model).items() if k not in local})
+    decoded = Channel.of(codec, spec, buffer_names(model)).receive(record)
     return {k: torch.from_numpy(np.array(v)) for k, v in decoded.items()}
 
 
@@ -172,13 +170,11 @@ def _reply_arrays(work: Work, state: dict[str, torch.Tensor], server_round: int)
     codec = work.link.up
     if not codec.active or work.received is None:
         return ArrayRecord(state), {}
-    spec = _spec(state)
-    names = compression.encoded_names(spec, buffer_names(work.model), codec)
+    channel = Channel.of(codec, spec_of(state), buffer_names(work.model), work.link.up_key(server_round, work.pid))
     trained = {k: v.detach().cpu().numpy() for k, v in state.items()}
     residual = {k: v.numpy() for k, v in (work.stored(RESIDUAL) or {}).items()}
-    payload, new_residual = compression.compress_update(trained, work.received, spec, codec, names,
-                                                        work.link.up_key(server_round, work.pid), residual)
-    return ArrayRecord({compression.PAYLOAD: Array(payload)}), {k: torch.from_numpy(v) for k, v in new_residual.items()}
+    record, new_residual = channel.send(trained, reference=work.received, residual=residual)
+    return record, {k: torch.from_numpy(v) for k, v in new_residual.items()}
 
 
 def _load_local_layers(work: Work, local: frozenset[str]) -> None:
@@ -204,29 +200,55 @@ def _inject_delay_or_crash(cfg: dict, pid: int, server_round: int) -> None:
         raise faults.InjectedCrash(f"injected crash of partition {pid} in round {server_round} (faults.dropout={p})")
 
 
+def _noop_reply(msg: Message, num_examples: int) -> Message:
+    """``client.noop`` (the framework-overhead benchmark): the received model back, no local work."""
+    metrics = MetricRecord({"train_loss": float("nan"), "train_accuracy": float("nan"),
+                            "num-examples": num_examples, "steps": 0})
+    return Message(RecordDict({"arrays": msg.content["arrays"], "metrics": metrics}), reply_to=msg)
+
+
+def _corrupted(work: Work, state: dict[str, torch.Tensor], received: dict[str, torch.Tensor],
+               num_examples: int) -> tuple[dict[str, torch.Tensor], int]:
+    """``faults.corrupt_partitions``: this partition's reply as a faulty or malicious client sends it."""
+    flt = work.cfg.get("faults", {})
+    mode = str(flt["corrupt_mode"])
+    state = faults.corrupt_state(state, mode, received=received, parameters=parameter_names(work.model),
+                                 factor=float(flt.get("scale_factor", 1.0)))
+    return state, faults.corrupt_num_examples(num_examples, mode)
+
+
+def _save_state(work: Work, server_round: int, hook: TrainHook, local: frozenset[str],
+                residual: dict[str, torch.Tensor]) -> None:
+    """The partition's next state, for the server to name if it accepts this reply."""
+    if work.store is None:
+        return
+    work.store.save(work.pid, server_round, {
+        **{HOOK + k: v for k, v in (hook.new_state() or {}).items()},
+        **{LOCAL + k: v.detach().clone() for k, v in transmitted_state(work.model).items() if k in local},
+        **{RESIDUAL + k: v for k, v in residual.items()},
+    }, started_from=work.started)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     work = _prepare(msg, context)
     cfg, pid, model, algorithm = work.cfg, work.pid, work.model, work.algorithm
-    ds, idx = work.data.ds, work.data.train_idx
+    idx = work.data.train_idx
     if len(idx) == 0:
         raise ValueError(f"partition {pid} has no training data (partition.allow_empty=true)")
     config = msg.content.config_records["config"]
     server_round = records.integer(config, "server-round")
     _inject_delay_or_crash(cfg, pid, server_round)
-    flt = cfg.get("faults", {})
-    corrupt = faults.partition_ids(flt.get("corrupt_partitions", ""))
-    if cfg["client"].get("noop"):  # framework-overhead benchmark: no local work at all
-        metrics = MetricRecord({"train_loss": float("nan"), "train_accuracy": float("nan"),
-                                "num-examples": len(idx), "steps": 0})
-        return Message(RecordDict({"arrays": msg.content["arrays"], "metrics": metrics}), reply_to=msg)
+    if cfg["client"].get("noop"):
+        return _noop_reply(msg, len(idx))
+    corrupt = pid in faults.partition_ids(cfg.get("faults", {}).get("corrupt_partitions", ""))
     before = _evaluate_received(work) if with_train_eval(cfg) else {}
     hook = algorithm.client_hook(cfg["strategy"], config)
     hook.receive({name: rec.to_torch_state_dict() for name, rec in msg.content.array_records.items() if name != "arrays"},
                  work.stored(HOOK))
-    received = transmitted_state(model, copy=True) if pid in corrupt else {}
+    received = transmitted_state(model, copy=True) if corrupt else {}
     result = task.train_partition(
-        cfg, ds, model, idx,
+        cfg, work.data.ds, model, idx,
         server_round=server_round,
         pid=pid,
         lr=records.number(config, "lr"),
@@ -237,28 +259,12 @@ def train(msg: Message, context: Context) -> Message:
     local = algorithm.local_arrays(model)
     state = {k: v for k, v in transmitted_state(model).items() if k not in local}
     num_examples = result.num_examples
-    if pid in corrupt:
-        mode = str(flt["corrupt_mode"])
-        state = faults.corrupt_state(state, mode, received=received, parameters=parameter_names(model),
-                                     factor=float(flt.get("scale_factor", 1.0)))
-        num_examples = faults.corrupt_num_examples(num_examples, mode)
+    if corrupt:
+        state, num_examples = _corrupted(work, state, received, num_examples)
     arrays, residual = _reply_arrays(work, state, server_round)
-    if work.store is not None:  # the partition's next state, for the server to name if it accepts this reply
-        work.store.save(pid, server_round, {
-            **{HOOK + k: v for k, v in (hook.new_state() or {}).items()},
-            **{LOCAL + k: v.detach().clone() for k, v in transmitted_state(model).items() if k in local},
-            **{RESIDUAL + k: v for k, v in residual.items()},
-        }, started_from=work.started)
-    metrics = MetricRecord(
-        {
-            "train_loss": result.loss,
-            "train_accuracy": result.accuracy,
-            "num-examples": num_examples,
-            "steps": result.steps,
-            **before,
-            **hook.reply_metrics(),
-        }
-    )
+    _save_state(work, server_round, hook, local, residual)
+    metrics = MetricRecord({"train_loss": result.loss, "train_accuracy": result.accuracy, "num-examples": num_examples,
+                            "steps": result.steps, **before, **hook.reply_metrics()})
     extra = {name: ArrayRecord(arrays) for name, arrays in hook.reply_arrays().items()}
     return Message(RecordDict({"arrays": arrays, **extra, "metrics": metrics}), reply_to=msg)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import numpy as np
@@ -33,9 +33,10 @@ from fedconv.algorithms.base import (
 from fedconv.federation.client_state import STATE_ROUND, partitions_keep_state
 from fedconv.federation.cohorts import CohortGrid, Cohorts, Phase
 from fedconv.federation.faults import straggler_plan
-from fedconv.wire.compression import PAYLOAD, Link, PayloadError, decode_arrays, encode_arrays, encoded_names
+from fedconv.wire.channel import Channel, spec_of
+from fedconv.wire.compression import Link, PayloadError, Spec
 from fedconv.wire.ledger import RoundRecord, message_array_bytes, short_reason
-from fedconv.wire.reply_checks import array_spec, reply_problem
+from fedconv.wire.reply_checks import reply_problem
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,22 @@ class RoundPolicy:
     local_epochs: int = 1
     stragglers: str = "drop"  # drop | aggregate
     min_train_replies: int = 1
+
+
+@dataclass
+class RoundState:
+    """What the round engine holds from configuring a phase to aggregating its replies: the
+    whole global model (local arrays included), the spec of what was sent and of each array
+    kind a wire declaration may name, the sent model as the uplink's reference and the arrays
+    its codec encodes, and each phase's cohort (node -> partition)."""
+
+    specs: dict[str, Spec]
+    global_model: ArrayRecord = field(default_factory=ArrayRecord)
+    sent_spec: Spec = field(default_factory=dict)
+    reference: dict[str, np.ndarray] = field(default_factory=dict)
+    up_names: frozenset[str] = frozenset()
+    train: Phase | None = None
+    evaluate: Phase | None = None
 
 
 class FederatedRounds:
@@ -97,15 +114,9 @@ class FederatedRounds:
         self.link = link or Link()
         self.evaluate_with_train = evaluate_with_train
         self.stateful = partitions_keep_state(algorithm, self.link)  # a partition keeps state between rounds
-        self._x: dict[str, np.ndarray] = {}  # the shared model sent this round: the uplink's reference
-        self._up_names: frozenset[str] = frozenset()  # the arrays the uplink codec encodes this round
         self.local_names = frozenset(local_names)  # never sent (FedBN's BatchNorm layers)
-        self._global = ArrayRecord()
         self.current: RoundRecord | None = None
-        self._train: Phase | None = None
-        self._eval: Phase | None = None
-        self._sent_spec: dict[str, tuple[tuple[int, ...], str]] = {}
-        self._specs = self._specs_of({})
+        self.round = RoundState(specs=self._specs_of({}))  # this round's, between configure and aggregate
         self._arrays_key = str(getattr(self.strategy, "arrayrecord_key", "arrays"))
         self._config_key = str(getattr(self.strategy, "configrecord_key", "config"))
 
@@ -150,26 +161,19 @@ class FederatedRounds:
 
     def _downlink(self, arrays: ArrayRecord, key: tuple[int, ...]) -> ArrayRecord:
         """The model as it travels down: encoded by the downlink codec, or as it is."""
-        codec = self.link.down
-        if not codec.active:
+        if not self.link.down.active:
             return arrays
-        spec = array_spec(arrays)
-        payload = encode_arrays({k: a.numpy() for k, a in arrays.items()}, spec, codec,
-                                encoded_names(spec, self.model_buffers, codec), key)
-        return ArrayRecord({PAYLOAD: Array(payload)})
+        channel = Channel.of(self.link.down, spec_of(arrays), self.model_buffers, key)
+        return channel.send({k: a.numpy() for k, a in arrays.items()})[0]
 
     def _decoded(self, reply: Message, pid: int, server_round: int) -> tuple[Message, str | None]:
         """The reply with its model record decoded onto the sent model (uplink codec), or the
         reply as it came and why its payload cannot be decoded."""
-        codec = self.link.up
-        if not codec.active or self._arrays_key not in reply.content.array_records:
+        if not self.link.up.active or self._arrays_key not in reply.content.array_records:
             return reply, None
-        record = reply.content.array_records[self._arrays_key]
-        if list(record.keys()) != [PAYLOAD]:
-            return reply, f"compressed update: expected the one array '{PAYLOAD}', got {list(record.keys())[:3]}"
+        channel = Channel(self.link.up, self.round.sent_spec, self.link.up_key(server_round, pid), self.round.up_names)
         try:
-            model = decode_arrays(record[PAYLOAD].numpy(), self._sent_spec, codec, self._up_names,
-                                  self.link.up_key(server_round, pid), self._x)
+            model = channel.receive(reply.content.array_records[self._arrays_key], reference=self.round.reference)
         except PayloadError as exc:
             return reply, f"compressed update: {exc}"
         content = RecordDict(dict(reply.content.items()))
@@ -184,7 +188,7 @@ class FederatedRounds:
             return arrays
         return ArrayRecord({k: a for k, a in arrays.items() if k not in self.buffer_names})
 
-    def _specs_of(self, sent: dict[str, tuple[tuple[int, ...], str]]) -> dict[str, dict[str, tuple[tuple[int, ...], str]]]:
+    def _specs_of(self, sent: Spec) -> dict[str, Spec]:
         """Each array kind of a wire declaration -> the names, shapes and dtypes it means."""
         return {MODEL: sent, PARAMETERS: {k: v for k, v in sent.items() if k not in self.model_buffers}}
 
@@ -194,7 +198,7 @@ class FederatedRounds:
         MetricRecord. Fresh records, so a strategy that pops arrays (FedTrimmedAvg) leaves the
         ledger's reply intact, with the arrays in the order the server sent them, whatever
         order the client used."""
-        specs = self._specs
+        specs = self.round.specs
         # In the order sent: FedAvgM and q-FedAvg pair a reply's arrays with the model's by position.
         names = {record: [k for k in specs[kind] if record != self._arrays_key or k not in self.buffer_names]
                  for record, kind in self.algorithm.wire.arrays.items()}
@@ -212,12 +216,12 @@ class FederatedRounds:
         self.current = record
         record.lr = float(self.lr_for_round(server_round))
         config["lr"] = record.lr
-        phase = self._train = self.cohorts.phase(server_round, train=True)
-        self._global, arrays = arrays, self._shared(arrays)
-        self._sent_spec = array_spec(arrays)
-        self._specs = self._specs_of(self._sent_spec)  # once per round, not per reply
-        self._x = {k: a.numpy() for k, a in arrays.items()} if self.link.up.active else {}
-        self._up_names = encoded_names(self._sent_spec, self.model_buffers, self.link.up)
+        phase = self.round.train = self.cohorts.phase(server_round, train=True)
+        self.round.global_model, arrays = arrays, self._shared(arrays)
+        self.round.sent_spec = spec_of(arrays)
+        self.round.specs = self._specs_of(self.round.sent_spec)  # once per round, not per reply
+        self.round.reference = {k: a.numpy() for k, a in arrays.items()} if self.link.up.active else {}
+        self.round.up_names = Channel.of(self.link.up, self.round.sent_spec, self.model_buffers).names
         wire = self._downlink(arrays, self.link.down_key(server_round))
         sent = self.strategy.configure_train(server_round, self._strategy_view(arrays), config,
                                              _cohort_grid(grid, phase))
@@ -235,7 +239,7 @@ class FederatedRounds:
         return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        record, phase = self.current, self._train
+        record, phase = self.current, self.round.train
         assert record is not None and phase is not None
         pid_of = phase.node_to_pid
         # Reply order is completion order; aggregate in partition order so runs are repeatable.
@@ -253,7 +257,7 @@ class FederatedRounds:
             m, problem = self._decoded(m, pid, server_round)
             record.bytes_up_raw += message_array_bytes(m)
             if problem is None:
-                problem = reply_problem(m, self.algorithm.wire, self._specs, self.partition_sizes.get(pid))
+                problem = reply_problem(m, self.algorithm.wire, self.round.specs, self.partition_sizes.get(pid))
             if problem is not None:
                 rejected.append(m)
                 record.failures.append(f"partition {pid}: reply rejected: {problem}")
@@ -278,10 +282,10 @@ class FederatedRounds:
             return None, None
         if self.buffer_names:
             buffers = aggregate_arrayrecords([_only(m, self._arrays_key, self.buffer_names) for m in accepted], "num-examples")
-            arrays = ArrayRecord({k: (arrays[k] if k in arrays else buffers[k]) for k in self._sent_spec})
-        arrays = _as_sent(arrays, self._sent_spec)
+            arrays = ArrayRecord({k: (arrays[k] if k in arrays else buffers[k]) for k in self.round.sent_spec})
+        arrays = _as_sent(arrays, self.round.sent_spec)
         if self.local_names:  # the global model keeps the server's copy of what stays local
-            arrays = ArrayRecord({k: (arrays[k] if k in arrays else self._global[k]) for k in self._global})
+            arrays = ArrayRecord({k: (arrays[k] if k in arrays else self.round.global_model[k]) for k in self.round.global_model})
         if self.stateful:  # these partitions' new states are now the current ones
             self.client_rounds.update({phase.pid(m.metadata.src_node_id): server_round for m in accepted})
         if metrics is not None:
@@ -314,7 +318,7 @@ class FederatedRounds:
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:
         if self.cohorts.eval_per_round == 0:
             return []
-        phase = self._eval = self.cohorts.phase(server_round, train=False)
+        phase = self.round.evaluate = self.cohorts.phase(server_round, train=False)
         arrays = self._shared(arrays)
         sent = self.strategy.configure_evaluate(server_round, arrays, config, _cohort_grid(grid, phase))
         wire = self._downlink(arrays, self.link.down_key(server_round, evaluate=True))
@@ -327,7 +331,7 @@ class FederatedRounds:
         return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        record, phase = self.current, self._eval
+        record, phase = self.current, self.round.evaluate
         assert record is not None and phase is not None
         replies = sorted(replies, key=lambda m: phase.pid(m.metadata.src_node_id))
         ok = [m for m in replies if not m.has_error()]

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -61,9 +61,6 @@ import numpy as np
 
 from fedconv.checks import Checks
 
-VALUE_CODECS = ("none", "fp16", "bf16", "int8", "int4")
-UPDATE_CODECS = ("topk", "randk", "qsgd")
-CODECS = VALUE_CODECS + UPDATE_CODECS
 GRANULARITIES = ("channel", "tensor")
 ROUNDINGS = ("nearest", "stochastic")
 DOWN, UP, EVAL_DOWN = 0, 1, 2  # directions, part of every random key
@@ -99,65 +96,39 @@ class Codec:
 
     # ------------------------------------------------------------------ one tensor
 
+    @property
+    def kind(self) -> CodecKind:
+        if self.codec not in KINDS:
+            raise ValueError(f"codec '{self.codec}' has no payload")
+        return KINDS[self.codec]
+
     def encode(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """``x`` (float32) as the uint8 payload of this codec."""
-        x = np.ascontiguousarray(x, dtype=F32)
-        if self.codec == "fp16":
-            return _bytes(x.astype("<f2"))
-        if self.codec == "bf16":
-            return _bytes(_to_bf16(x, "nearest"))
-        if self.codec in ("int8", "int4"):
-            return self._encode_affine(x, rng)
-        if self.codec == "topk":
-            return self._encode_topk(x)
-        if self.codec == "randk":
-            idx = self._random_indices(x.size, rng)
-            values = x.reshape(-1)[idx] * (1.0 if self.error_feedback else x.size / len(idx))
-            return _bytes(values.astype(F32))
-        if self.codec == "qsgd":
-            return self._encode_qsgd(x, rng)
-        raise ValueError(f"codec '{self.codec}' encodes nothing")
+        return self.kind.encode(self, np.ascontiguousarray(x, dtype=F32), rng)
 
     def decode(self, payload: np.ndarray, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
         """The float32 tensor of ``shape`` a payload stands for; :class:`PayloadError` when
         the payload cannot be one (``rng``: the encoder's, for randk's positions)."""
         if payload.dtype != np.uint8 or payload.ndim != 1:
             raise PayloadError(f"payload is {payload.dtype}{list(payload.shape)}, expected a 1-D uint8 array")
-        if not self.active:
+        if self.codec not in KINDS:
             raise PayloadError(f"codec '{self.codec}' decodes nothing")
         _expect_length(payload, self.payload_bytes(shape))  # every codec's length follows from the shape
-        n = math.prod(shape)
-        if self.codec in ("fp16", "bf16"):
-            out = payload.view("<f2").astype(F32) if self.codec == "fp16" else _from_bf16(payload.view("<u2"))
-            return _finite(out, "values").reshape(shape)
-        if self.codec in ("int8", "int4"):
-            return self._decode_affine(payload, shape)
-        if self.codec == "topk":
-            return self._decode_topk(payload, shape)
-        if self.codec == "randk":
-            idx = self._random_indices(n, rng)
-            out = np.zeros(n, dtype=F32)
-            out[idx] = _finite(payload.view(F32), "values")
-            return out.reshape(shape)
-        if self.codec == "qsgd":
-            return self._decode_qsgd(payload, shape)
-        raise PayloadError(f"codec '{self.codec}' decodes nothing")
+        return self.kind.decode(self, payload, shape, rng)
 
     def payload_bytes(self, shape: tuple[int, ...]) -> int:
         """Bytes of one tensor's payload: a function of the shape and the options only, so
         the receiver splits a record's payloads without any length on the wire."""
-        n = math.prod(shape)
-        if self.codec in ("fp16", "bf16"):
-            return 2 * n
-        if self.codec in ("int8", "int4"):
-            return 4 * self.groups(shape) + (n if self.bits == 8 else (n + 1) // 2)
-        if self.codec == "topk":
-            return 4 * self.k(n) + position_bytes(n, self.k(n))
-        if self.codec == "randk":
-            return 4 * self.k(n)
-        if self.codec == "qsgd":
-            return 4 * -(-n // self.bucket) + n
-        raise ValueError(f"codec '{self.codec}' has no payload")
+        return self.kind.payload_bytes(self, shape)
+
+    # ------------------------------------------------------------------ fp16 / bf16
+
+    def _encode_half(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return _bytes(x.astype("<f2") if self.codec == "fp16" else _to_bf16(x, "nearest"))
+
+    def _decode_half(self, payload: np.ndarray, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+        out = payload.view("<f2").astype(F32) if self.codec == "fp16" else _from_bf16(payload.view("<u2"))
+        return _finite(out, "values").reshape(shape)
 
     # ------------------------------------------------------------------ int8 / int4
 
@@ -192,7 +163,11 @@ class Codec:
             q = _pack_nibbles(q)
         return np.concatenate([_bytes(lo_bits), _bytes(scale_bits), q])
 
-    def _decode_affine(self, payload: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    def _affine_bytes(self, shape: tuple[int, ...]) -> int:
+        n = math.prod(shape)
+        return 4 * self.groups(shape) + (n if self.bits == 8 else (n + 1) // 2)
+
+    def _decode_affine(self, payload: np.ndarray, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
         g, n = self.groups(shape), math.prod(shape)
         lo = _finite(_from_bf16(payload[: 2 * g].view("<u2")), "lo")
         scale = _finite(_from_bf16(payload[2 * g : 4 * g].view("<u2")), "scale")
@@ -212,13 +187,17 @@ class Codec:
     def _random_indices(self, n: int, rng: np.random.Generator) -> np.ndarray:
         return np.sort(rng.choice(n, size=self.k(n), replace=False))
 
-    def _encode_topk(self, x: np.ndarray) -> np.ndarray:
+    def _topk_bytes(self, shape: tuple[int, ...]) -> int:
+        n = math.prod(shape)
+        return 4 * self.k(n) + position_bytes(n, self.k(n))
+
+    def _encode_topk(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         flat = x.reshape(-1)
         k = self.k(flat.size)
         idx = np.sort(np.argpartition(np.abs(flat), flat.size - k)[flat.size - k :])
         return np.concatenate([_bytes(flat[idx]), _encode_positions(idx, flat.size)])
 
-    def _decode_topk(self, payload: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    def _decode_topk(self, payload: np.ndarray, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
         n = math.prod(shape)
         k = self.k(n)
         values = _finite(payload[: 4 * k].view(F32), "values")
@@ -227,7 +206,22 @@ class Codec:
         out[idx] = values
         return out.reshape(shape)
 
+    def _encode_randk(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        idx = self._random_indices(x.size, rng)
+        values = x.reshape(-1)[idx] * (1.0 if self.error_feedback else x.size / len(idx))
+        return _bytes(values.astype(F32))
+
+    def _decode_randk(self, payload: np.ndarray, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+        n = math.prod(shape)
+        out = np.zeros(n, dtype=F32)
+        out[self._random_indices(n, rng)] = _finite(payload.view(F32), "values")
+        return out.reshape(shape)
+
     # ------------------------------------------------------------------ QSGD
+
+    def _qsgd_bytes(self, shape: tuple[int, ...]) -> int:
+        n = math.prod(shape)
+        return 4 * -(-n // self.bucket) + n
 
     def _encode_qsgd(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         flat, s, d = x.reshape(-1).astype(np.float64), self.levels, self.bucket
@@ -243,7 +237,7 @@ class Codec:
         signed = (np.sign(buckets) * np.minimum(level, s)).reshape(-1)[: flat.size]
         return np.concatenate([_bytes(norms), signed.astype(np.int8).view(np.uint8)])
 
-    def _decode_qsgd(self, payload: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    def _decode_qsgd(self, payload: np.ndarray, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
         n, s, d = math.prod(shape), self.levels, self.bucket
         b = -(-n // d)
         norms = _finite(payload[: 4 * b].view(F32), "norms")
@@ -256,6 +250,43 @@ class Codec:
         padded[:n] = level
         values = padded.reshape(b, d) * norms.astype(np.float64)[:, None] / s
         return values.reshape(-1)[:n].astype(F32).reshape(shape)
+
+
+@dataclass(frozen=True)
+class CodecKind:
+    """One codec: what it applies to (the model's ``value`` or a client's ``update``, uplink
+    only), the :class:`Codec` options it reads (the others are inert for it), and its three
+    functions. Adding a codec is one entry of :data:`KINDS` and its options in ``conf/compression``."""
+
+    applies_to: str
+    options: tuple[str, ...]
+    encode: Callable[[Codec, np.ndarray, np.random.Generator], np.ndarray]
+    decode: Callable[[Codec, np.ndarray, tuple[int, ...], np.random.Generator], np.ndarray]
+    payload_bytes: Callable[[Codec, tuple[int, ...]], int]
+
+
+def _two_bytes_each(codec: Codec, shape: tuple[int, ...]) -> int:
+    return 2 * math.prod(shape)
+
+
+def _four_bytes_per_kept(codec: Codec, shape: tuple[int, ...]) -> int:
+    return 4 * codec.k(math.prod(shape))
+
+
+AFFINE_OPTIONS = ("granularity", "rounding")
+KINDS: dict[str, CodecKind] = {
+    "fp16": CodecKind("value", (), Codec._encode_half, Codec._decode_half, _two_bytes_each),
+    "bf16": CodecKind("value", (), Codec._encode_half, Codec._decode_half, _two_bytes_each),
+    "int8": CodecKind("value", AFFINE_OPTIONS, Codec._encode_affine, Codec._decode_affine, Codec._affine_bytes),
+    "int4": CodecKind("value", AFFINE_OPTIONS, Codec._encode_affine, Codec._decode_affine, Codec._affine_bytes),
+    "topk": CodecKind("update", ("fraction",), Codec._encode_topk, Codec._decode_topk, Codec._topk_bytes),
+    "randk": CodecKind("update", ("fraction",), Codec._encode_randk, Codec._decode_randk, _four_bytes_per_kept),
+    "qsgd": CodecKind("update", ("levels", "bucket"), Codec._encode_qsgd, Codec._decode_qsgd, Codec._qsgd_bytes),
+}
+VALUE_CODECS = ("none", *(name for name, kind in KINDS.items() if kind.applies_to == "value"))
+UPDATE_CODECS = tuple(name for name, kind in KINDS.items() if kind.applies_to == "update")
+CODECS = VALUE_CODECS + UPDATE_CODECS
+CODEC_OPTIONS = ("granularity", "rounding", "fraction", "levels", "bucket")  # each read by some codec
 
 
 # ------------------------------------------------------------------ positions (top-k)
@@ -491,13 +522,8 @@ def inert_keys(cfg: Mapping[str, Any]) -> set[str]:
     inert: set[str] = set()
     for d in ("downlink", "uplink"):
         codec = lookup(cfg, f"compression.{d}.codec")
-        p = f"compression.{d}."
-        if codec not in ("int8", "int4"):
-            inert |= {p + "granularity", p + "rounding"}
-        if codec not in ("topk", "randk"):
-            inert.add(p + "fraction")
-        if codec != "qsgd":
-            inert |= {p + "levels", p + "bucket"}
-        if codec in (None, "none"):
-            inert |= {p + "min_size", p + "error_feedback"}
+        used = KINDS[codec].options if codec in KINDS else ()
+        inert |= {f"compression.{d}.{option}" for option in CODEC_OPTIONS if option not in used}
+        if codec not in KINDS:
+            inert |= {f"compression.{d}.min_size", f"compression.{d}.error_feedback"}
     return inert

@@ -17,13 +17,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message
 
 from fedconv.algorithms.base import NUM_EXAMPLES, Wire
-
-ArraySpec = Mapping[str, tuple[tuple[int, ...], str]]
-
-
-def array_spec(arrays: ArrayRecord) -> dict[str, tuple[tuple[int, ...], str]]:
-    """Name -> (shape, dtype) of the arrays the server sent."""
-    return {name: (tuple(a.shape), str(a.dtype)) for name, a in arrays.items()}
+from fedconv.wire.compression import Spec as ArraySpec  # what fedconv.wire.channel.spec_of describes
 
 
 def _arrays_problem(record_name: str, arrays: ArrayRecord, spec: ArraySpec) -> str | None:
