@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
 import tomli_w
@@ -228,23 +228,24 @@ def wait_for_summary(out: Path, timeout: float = 30.0) -> dict[str, Any] | None:
     return None
 
 
-def run(cfg: DictConfig) -> dict[str, Any] | None:
-    global _TASK_STARTED
-    _TASK_STARTED = True
-    hc = HydraConfig.get()
-    out = Path(cfg.output_dir or hc.runtime.output_dir).resolve()
+def _refuse(out: Path, message: str, code: int = EXIT_BAD_CONFIG) -> NoReturn:
+    """One line on stderr and the exit code; an output folder this command made and left empty goes."""
+    run_dir.discard_if_empty(out)
+    print(message, file=sys.stderr)
+    sys.exit(code)
+
+
+def _checked(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """The resolved run config, the federation and the mode, or one line and exit 2: every
+    check that needs no SuperLink (the config, the SuperNode keys, the dataset, the output)."""
     try:
         resolved = resolve(cfg, out)
     except ConfigError as exc:
-        run_dir.discard_if_empty(out)
-        print(f"config error: {exc}", file=sys.stderr)
-        sys.exit(EXIT_BAD_CONFIG)
+        _refuse(out, f"config error: {exc}")
     fed = resolved.pop("federation")
     mode = resolved.pop("mode")
     if fed["supernode_keys"] and (problem := public_key_problem(Path(fed["supernode_keys"]))):
-        run_dir.discard_if_empty(out)
-        print(f"config error: {problem}", file=sys.stderr)
-        sys.exit(EXIT_BAD_CONFIG)
+        _refuse(out, f"config error: {problem}")
     if fed["insecure"]:
         print("WARNING: federation.insecure=true: TLS is off, model updates travel in clear text and "
               "SuperNodes are not authenticated. Use it on loopback only.", file=sys.stderr, flush=True)
@@ -252,18 +253,34 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
         try:
             task.dataset(resolved)
         except DatasetError as exc:
-            run_dir.discard_if_empty(out)
-            print(f"error: {exc} (the ServerApp evaluates on its test set on the SuperLink's machine; "
-                  "run this launcher there)", file=sys.stderr)
-            sys.exit(EXIT_BAD_CONFIG)
+            _refuse(out, f"error: {exc} (the ServerApp evaluates on its test set on the SuperLink's machine; "
+                         "run this launcher there)")
         if run_dir.existing_run(out) != "none":
             print(f"config error: output_dir={out}: already holds a run; choose another", file=sys.stderr)
             sys.exit(EXIT_BAD_CONFIG)
+    return resolved, fed, mode
+
+
+def _failed(out: Path, code: int, run_id: Any, summary: dict[str, Any] | None, rounds: int) -> NoReturn:
+    """A deployed run that did not complete: say so, and leave a ``failed`` summary where the
+    ServerApp wrote none."""
+    status = summary.get("status") if summary else "no summary.json"
+    print(f"deploy failed: flwr run exited {code}, run {run_id}, status {status}", file=sys.stderr)
+    if summary is None:
+        done = run_dir.complete_rounds(out / run_dir.ROUNDS, rounds)
+        run_dir.write_json(out / run_dir.SUMMARY, {"status": "failed", "error": f"flwr run exited {code}",
+                                                   "run_id": run_id, "rounds_completed": done})
+    sys.exit(1)
+
+
+def run(cfg: DictConfig) -> dict[str, Any] | None:
+    global _TASK_STARTED
+    _TASK_STARTED = True
+    out = Path(cfg.output_dir or HydraConfig.get().runtime.output_dir).resolve()
+    resolved, fed, mode = _checked(cfg, out)
     problem = superlink_problem(str(fed["address"]), None if fed["insecure"] else str(fed["root_certificates"]))
     if problem:
-        run_dir.discard_if_empty(out)
-        print(f"error: no SuperLink at {fed['address']} ({problem})", file=sys.stderr)
-        sys.exit(EXIT_BAD_CONFIG)
+        _refuse(out, f"error: no SuperLink at {fed['address']} ({problem})")
     with tempfile.TemporaryDirectory(prefix="fedconv-deploy-") as tmp:
         flwr_home = Path(tmp) / "flwr-home"
         env = flwr_env(flwr_home)
@@ -273,9 +290,7 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
                 for line in register_supernodes(Path(fed["supernode_keys"]), env):
                     print(line, flush=True)
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                run_dir.discard_if_empty(out)
-                print(f"error: {exc}", file=sys.stderr)
-                sys.exit(1)
+                _refuse(out, f"error: {exc}", code=1)
         if mode == "register":
             run_dir.discard_if_empty(out)
             return None
@@ -288,13 +303,7 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
         code, run_id = start_run(app_dir, env, bool(fed.get("stream_logs", True)))
     summary = wait_for_summary(out)
     if code != 0 or summary is None or summary.get("status") != "completed":
-        status = summary.get("status") if summary else "no summary.json"
-        print(f"deploy failed: flwr run exited {code}, run {run_id}, status {status}", file=sys.stderr)
-        if summary is None:
-            done = run_dir.complete_rounds(out / run_dir.ROUNDS, int(resolved["server"]["rounds"]))
-            run_dir.write_json(out / run_dir.SUMMARY, {"status": "failed", "error": f"flwr run exited {code}",
-                                                       "run_id": run_id, "rounds_completed": done})
-        sys.exit(1)
+        _failed(out, code, run_id, summary, int(resolved["server"]["rounds"]))
     return summary
 
 

@@ -271,6 +271,19 @@ class RunRecorder:
         self.resumed_from = k
 
     def write_round(self, server_round: int, record: Any, central: dict[str, float]) -> None:
+        """One round: its rows in ``rounds.csv`` and ``clients.csv``, the sinks, the console."""
+        row = self._round_row(server_round, record, central)
+        run_dir.append_row(self.out / run_dir.ROUNDS, run_dir.ROUND_COLUMNS, row)
+        self.tracking.round(row)
+        for client_row in record.client_rows:
+            run_dir.append_row(self.out / run_dir.CLIENTS, run_dir.CLIENT_COLUMNS, client_row)
+        self.rows.append(row)
+        self._print_round(server_round, record, row)
+        if self.progress is not None:
+            self.progress.round_done(server_round, row.get("central_accuracy"), self.bytes_total / 1e6)
+
+    def _round_row(self, server_round: int, record: Any, central: dict[str, float]) -> dict[str, Any]:
+        """The round's ``rounds.csv`` row, the run's byte totals counted on."""
         now = time.perf_counter()
         self.bytes_down += record.bytes_down + record.bytes_eval_down
         self.bytes_up += record.bytes_up
@@ -279,7 +292,7 @@ class RunRecorder:
         self.bytes_down_raw += raw_down
         self.bytes_up_raw += record.bytes_up_raw
         fed_accs = [r["accuracy"] for r in record.client_rows if r["phase"] == "evaluate"]
-        row = {
+        return {
             "round": server_round,
             **central,
             "fed_accuracy": record.fed_accuracy,
@@ -310,11 +323,8 @@ class RunRecorder:
             "compression_down": _ratio(record.bytes_down + record.bytes_eval_down, raw_down),
             "compression_up": _ratio(record.bytes_up, record.bytes_up_raw),
         }
-        run_dir.append_row(self.out / run_dir.ROUNDS, run_dir.ROUND_COLUMNS, row)
-        self.tracking.round(row)
-        for client_row in record.client_rows:
-            run_dir.append_row(self.out / run_dir.CLIENTS, run_dir.CLIENT_COLUMNS, client_row)
-        self.rows.append(row)
+
+    def _print_round(self, server_round: int, record: Any, row: Mapping[str, Any]) -> None:
         acc = row.get("central_accuracy")
         acc_s = f"acc {acc:.4f}  loss {row['central_loss']:.4f}" if acc is not None else "acc    -  "
         fails = "".join(
@@ -333,8 +343,6 @@ class RunRecorder:
         )
         for failure in record.failures:
             self.console(f"    client failure: {failure[:300]}")
-        if self.progress is not None:
-            self.progress.round_done(server_round, acc, self.bytes_total / 1e6)
 
     def summary(self, status: str, model: torch.nn.Module) -> dict[str, Any]:
         evaluated = [r for r in self.rows if r.get("central_accuracy") is not None]
@@ -389,23 +397,21 @@ def main(grid: Grid, context: Context) -> None:
         _console(f"{stop} before the first round")
 
 
-def serve(grid: Grid, context: Context) -> None:
-    """Discover the nodes, run the rounds, write the run directory."""
-    timeline.mark("server_app")
-    cfg = from_run_config(context.run_config)
+def _output_dir(cfg: dict[str, Any], context: Context) -> Path:
     # `flwr run .` of the repo's own app has no output_dir: write under the ServerApp's cwd.
     out = Path(str(cfg.get("output_dir") or Path.cwd() / "results" / "flwr-runs" / str(context.run_id)))
     if not out.is_absolute():
         raise ValueError(f"output_dir must be an absolute path, got '{out}'")
     out.mkdir(parents=True, exist_ok=True)
-    ds = task.dataset(cfg)
+    return out
+
+
+def _federation(grid: Grid, cfg: dict[str, Any], ds: task.ImageDataset, out: Path) -> tuple[Cohorts, dict[int, int]]:
+    """Discover the nodes, write ``partition.json``: the cohorts and each partition's size."""
     num_clients = int(cfg["simulation"]["num_clients"])
-    server = cfg["server"]
-    timeout = float(server["round_timeout"])
-    connect_timeout = float(server.get("connect_timeout", 600))
+    connect_timeout = float(cfg["server"].get("connect_timeout", 600))
     train_k, eval_k = cohort_sizes(cfg)
     seed = int(cfg["seed"])
-
     if cfg["simulation"].get("nodes", "per_client") == "pool":
         # Virtual nodes of a simulation can load any partition: only the pool is queried (to
         # warm it up), the server knows the partitions (made once per machine, from the disk
@@ -419,16 +425,18 @@ def serve(grid: Grid, context: Context) -> None:
             client["source"] = "partition"
         run_dir.write_json(out / run_dir.PARTITION, record)
         cohorts = Cohorts.pooled(pool, num_clients, seed=seed, train_per_round=train_k, eval_per_round=eval_k)
-        sizes = {pid: len(t) for pid, t in enumerate(parts.train)}
-    else:
-        reports = discover_partitions(grid, num_clients, connect_timeout)
-        timeline.mark("nodes_ready")
-        run_dir.write_json(out / run_dir.PARTITION, reported_partitions(reports, ds.num_classes))
-        owners = {node: rep.partition_id for node, rep in reports.items()}
-        cohorts = Cohorts.owned(owners, seed=seed, train_per_round=train_k, eval_per_round=eval_k)
-        sizes = {rep.partition_id: rep.num_train for rep in reports.values()}
-    model = task.initial_model(cfg, ds)
-    flt = cfg.get("faults", {})
+        return cohorts, {pid: len(t) for pid, t in enumerate(parts.train)}
+    reports = discover_partitions(grid, num_clients, connect_timeout)
+    timeline.mark("nodes_ready")
+    run_dir.write_json(out / run_dir.PARTITION, reported_partitions(reports, ds.num_classes))
+    owners = {node: rep.partition_id for node, rep in reports.items()}
+    cohorts = Cohorts.owned(owners, seed=seed, train_per_round=train_k, eval_per_round=eval_k)
+    return cohorts, {rep.partition_id: rep.num_train for rep in reports.values()}
+
+
+def _round_engine(cfg: dict[str, Any], cohorts: Cohorts, sizes: dict[int, int], model: torch.nn.Module) -> FederatedRounds:
+    """The configured algorithm's Flower strategy inside fedconv's round engine."""
+    server, flt = cfg["server"], cfg.get("faults", {})
     policy = RoundPolicy(
         straggler_fraction=float(flt.get("straggler_fraction", 0.0)),
         local_epochs=int(cfg["client"]["epochs"]),
@@ -436,39 +444,45 @@ def serve(grid: Grid, context: Context) -> None:
         min_train_replies=int(server.get("min_train_replies", 1)),
     )
     algorithm = algorithms.get(str(cfg["strategy"]["name"]))
-    strategy = FederatedRounds(
+    return FederatedRounds(
         algorithm, cfg["strategy"], cohorts,
         lr_for_round=lambda r: lr_for_round(server, float(cfg["client"]["lr"]), r),
         policy=policy, partition_sizes=sizes, buffer_names=buffer_names(model),
         local_names=algorithm.local_arrays(model), link=compression.Link.from_config(cfg),
         evaluate_with_train=with_train_eval(cfg),
     )
-    if strategy.stateful:
-        client_state.prepare_shared(cfg)
-    eval_model = channels_last(task.initial_model(cfg, ds))
-    recorder = RunRecorder(out, cfg, strategy, eval_model)
-    arrays = ArrayRecord(transmitted_state(model))
-    first_round = 1
-    if cfg.get("resume"):
-        ckpt = checkpoint.load(out / run_dir.CHECKPOINT)
-        task.load_global(model, ckpt.weights)  # the checkpoint must fit this config's model
-        arrays = ArrayRecord({k: ckpt.weights[k] for k in transmitted_state(model)})
-        torch.set_rng_state(ckpt.torch_rng)
-        recorder.restore(ckpt)
-        first_round = ckpt.server_round + 1
-        _console(f"resuming after round {ckpt.server_round} from {out / run_dir.CHECKPOINT}")
-    status = "failed"
-    # Flower's q-FedAvg, Bulyan and FedTrimmedAvg call gc.collect() for every reply; with the
-    # start-up heap (torch, Flower, the dataset) frozen out of the collector's reach, each
-    # collection scans only what the rounds allocate.
-    gc.freeze()
+
+
+def _resumed(cfg: dict[str, Any], out: Path, model: torch.nn.Module, recorder: RunRecorder) -> tuple[ArrayRecord, int]:
+    """The global model to send first and the first round: the initial model and 1, or the
+    checkpoint's model and the round after it (``resume=``), with its state put back."""
+    if not cfg.get("resume"):
+        return ArrayRecord(transmitted_state(model)), 1
+    ckpt = checkpoint.load(out / run_dir.CHECKPOINT)
+    task.load_global(model, ckpt.weights)  # the checkpoint must fit this config's model
+    arrays = ArrayRecord({k: ckpt.weights[k] for k in transmitted_state(model)})
+    torch.set_rng_state(ckpt.torch_rng)
+    recorder.restore(ckpt)
+    _console(f"resuming after round {ckpt.server_round} from {out / run_dir.CHECKPOINT}")
+    return arrays, ckpt.server_round + 1
+
+
+def _start_sinks(recorder: RunRecorder, cfg: dict[str, Any], out: Path, first_round: int) -> None:
+    """The console's progress bar and the tracking sinks, continuing from ``first_round``."""
     recorder.progress = RoundProgress(recorder.rounds, done=first_round - 1)
     clients = json.loads((out / run_dir.PARTITION).read_text()).get("clients", [])
     recorder.tracking = Tracking.for_run(cfg, out, first_round,
                                          np.array([c.get("label_histogram", []) for c in clients]))
-    timeline.mark("first_round")
+
+
+def _rounds_then_summary(strategy: FederatedRounds, grid: Grid, arrays: ArrayRecord, first_round: int,
+                         out: Path, model: torch.nn.Module, recorder: RunRecorder) -> dict[str, Any]:
+    """Run the rounds; whatever ends them, write the final weights and ``summary.json``."""
+    server = recorder.cfg["server"]
+    status = "failed"
     try:
-        run_rounds(strategy, grid, arrays, first_round, int(server["rounds"]), timeout, recorder.end_round)
+        run_rounds(strategy, grid, arrays, first_round, int(server["rounds"]), float(server["round_timeout"]),
+                   recorder.end_round)
         status = "completed" if len(recorder.rows) == recorder.rounds else "failed"
     except stopping.RunStopped:  # Ctrl-C or SIGTERM: keep the completed rounds, end quietly
         status = "interrupted"
@@ -476,12 +490,17 @@ def serve(grid: Grid, context: Context) -> None:
         status = "interrupted"
         raise
     finally:
-        recorder.progress.close()
+        if recorder.progress is not None:
+            recorder.progress.close()
         if recorder.final_state is not None:
             run_dir.save_weights(out / run_dir.WEIGHTS, recorder.final_state)
         summary = recorder.summary(status, model)
         run_dir.write_json(out / run_dir.SUMMARY, summary)
         recorder.tracking.end(summary)
+    return summary
+
+
+def _print_done(summary: Mapping[str, Any]) -> None:
     def accuracy(value: Any) -> str:
         return f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else "n/a"
 
@@ -491,3 +510,25 @@ def serve(grid: Grid, context: Context) -> None:
         f"best {accuracy(summary['best_central_accuracy'])} (round {summary['best_round']}), "
         f"{summary['bytes_total'] / 1e6:.1f} MB, {summary['wall_seconds']:.1f}s"
     )
+
+
+def serve(grid: Grid, context: Context) -> None:
+    """Discover the nodes, run the rounds, write the run directory."""
+    timeline.mark("server_app")
+    cfg = from_run_config(context.run_config)
+    out = _output_dir(cfg, context)
+    ds = task.dataset(cfg)
+    cohorts, sizes = _federation(grid, cfg, ds, out)
+    model = task.initial_model(cfg, ds)
+    strategy = _round_engine(cfg, cohorts, sizes, model)
+    if strategy.stateful:
+        client_state.prepare_shared(cfg)
+    recorder = RunRecorder(out, cfg, strategy, channels_last(task.initial_model(cfg, ds)))
+    arrays, first_round = _resumed(cfg, out, model, recorder)
+    # Flower's q-FedAvg, Bulyan and FedTrimmedAvg call gc.collect() for every reply; with the
+    # start-up heap (torch, Flower, the dataset) frozen out of the collector's reach, each
+    # collection scans only what the rounds allocate.
+    gc.freeze()
+    _start_sinks(recorder, cfg, out, first_round)
+    timeline.mark("first_round")
+    _print_done(_rounds_then_summary(strategy, grid, arrays, first_round, out, model, recorder))

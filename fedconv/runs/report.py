@@ -15,7 +15,8 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +269,51 @@ def _group(runs: Sequence[Run], by: Sequence[str], facet: str | None) -> dict[tu
     return dict(sorted(groups.items()))
 
 
+def _default_target(groups: Mapping[tuple[str, str], list[Run]]) -> float:
+    """95 % of the best group's mean final accuracy (1.0 where no group has one)."""
+    group_finals = [_mean_std([a for a in map(_final_accuracy, rs) if a is not None])[0] for rs in groups.values()]
+    best = max((f for f in group_finals if f is not None), default=None)
+    return 0.95 * best if best is not None else 1.0
+
+
+def _group_row(facet: str | None, label: str, members: list[Run], target: float) -> dict[str, Any]:
+    """One group's row of the comparison: means, spreads and intervals over its runs (seeds)."""
+    finals = [a for a in map(_final_accuracy, members) if a is not None]
+    bests = [max(s, key=lambda x: x[1]) for s in (m.series("central_accuracy") for m in members) if s]
+    reached = [rounds_to_target(m, target) for m in members]
+    hits = [(r, b) for r, b in reached if r is not None]
+    every_seed = len(hits) == len(members)  # rounds/MB to target only when every seed got there
+    totals = [t for m in members if m.rounds and (t := m.rounds[-1].get("bytes_total_cum")) is not None]
+    sent_vs_raw = [s["bytes_total"] / raw for m in members if (s := m.summary) and s.get("bytes_total")
+                   and (raw := s.get("bytes_down_raw_total", 0) + s.get("bytes_up_raw_total", 0))]
+    walls = [float(m.summary["wall_seconds"]) for m in members if m.summary and m.summary.get("wall_seconds") is not None]
+    clients = [c for c in (m.final_client_accuracies() for m in members) if c]
+    final_mean, final_std = _mean_std(finals)
+    return {
+        "facet": facet,
+        "group": label,
+        "n": len(members),
+        "seeds": sorted({m.get("seed") for m in members}),
+        "rounds": max((len(m.rounds) for m in members), default=0),
+        "final_accuracy_mean": final_mean,
+        "final_accuracy_std": final_std,
+        "final_accuracy_ci95": ci95(finals),
+        "best_accuracy_mean": _mean_std([b[1] for b in bests])[0],
+        "best_round_mean": _mean_std([float(b[0]) for b in bests])[0],
+        "target": target,
+        "reached": f"{len(hits)}/{len(members)}",
+        "rounds_to_target_mean": _mean_std([float(r) for r, _ in hits])[0] if every_seed else None,
+        "mb_to_target_mean": _mean_std([b / 1e6 for _, b in hits if b is not None])[0] if every_seed else None,
+        "total_mb_mean": _mean_std([t / 1e6 for t in totals])[0],
+        "sent_vs_uncompressed": _mean_std(sent_vs_raw)[0],
+        "wall_seconds_mean": _mean_std(walls)[0],
+        "client_accuracy_mean": _mean_std([statistics.fmean(c) for c in clients])[0],
+        "client_accuracy_p10": _mean_std([float(np.percentile(c, 10)) for c in clients])[0],
+        "client_accuracy_worst": _mean_std([min(c) for c in clients])[0],
+        "runs": [str(m.path) for m in members],
+    }
+
+
 def compare(
     inputs: Sequence[str | Path] | Sequence[Run],
     by: Sequence[str] = DEFAULT_BY,
@@ -286,48 +332,9 @@ def compare(
                           + "; ".join(f"{e['run']} ({e['status']}{': ' + e['error'] if e['error'] else ''})" for e in excluded))
     groups = _group(usable, by, facet)
     if target is None:
-        group_finals = [_mean_std([a for a in map(_final_accuracy, rs) if a is not None])[0] for rs in groups.values()]
-        best = max((f for f in group_finals if f is not None), default=None)
-        target = 0.95 * best if best is not None else 1.0
-    rows = []
-    for (facet_value, label), members in groups.items():
-        finals = [a for a in map(_final_accuracy, members) if a is not None]
-        bests = [max(s, key=lambda x: x[1]) for s in (m.series("central_accuracy") for m in members) if s]
-        reached = [rounds_to_target(m, target) for m in members]
-        hits = [(r, b) for r, b in reached if r is not None]
-        every_seed = len(hits) == len(members)  # rounds/MB to target only when every seed got there
-        totals = [t for m in members if m.rounds and (t := m.rounds[-1].get("bytes_total_cum")) is not None]
-        sent_vs_raw = [s["bytes_total"] / raw for m in members if (s := m.summary) and s.get("bytes_total")
-                       and (raw := s.get("bytes_down_raw_total", 0) + s.get("bytes_up_raw_total", 0))]
-        walls = [float(m.summary["wall_seconds"]) for m in members if m.summary and m.summary.get("wall_seconds") is not None]
-        clients = [m.final_client_accuracies() for m in members]
-        clients = [c for c in clients if c]
-        final_mean, final_std = _mean_std(finals)
-        rows.append(
-            {
-                "facet": facet_value if facet else None,
-                "group": label,
-                "n": len(members),
-                "seeds": sorted({m.get("seed") for m in members}),
-                "rounds": max((len(m.rounds) for m in members), default=0),
-                "final_accuracy_mean": final_mean,
-                "final_accuracy_std": final_std,
-                "final_accuracy_ci95": ci95(finals),
-                "best_accuracy_mean": _mean_std([b[1] for b in bests])[0],
-                "best_round_mean": _mean_std([float(b[0]) for b in bests])[0],
-                "target": target,
-                "reached": f"{len(hits)}/{len(members)}",
-                "rounds_to_target_mean": _mean_std([float(r) for r, _ in hits])[0] if every_seed else None,
-                "mb_to_target_mean": _mean_std([b / 1e6 for _, b in hits if b is not None])[0] if every_seed else None,
-                "total_mb_mean": _mean_std([t / 1e6 for t in totals])[0],
-                "sent_vs_uncompressed": _mean_std(sent_vs_raw)[0],
-                "wall_seconds_mean": _mean_std(walls)[0],
-                "client_accuracy_mean": _mean_std([statistics.fmean(c) for c in clients])[0],
-                "client_accuracy_p10": _mean_std([float(np.percentile(c, 10)) for c in clients])[0],
-                "client_accuracy_worst": _mean_std([min(c) for c in clients])[0],
-                "runs": [str(m.path) for m in members],
-            }
-        )
+        target = _default_target(groups)
+    rows = [_group_row(facet_value if facet else None, label, members, target)
+            for (facet_value, label), members in groups.items()]
     return {
         "rows": rows,
         "excluded": excluded,
@@ -344,48 +351,52 @@ def compare(
 # ----------------------------------------------------------------------------- plots
 
 
-def _plot(result: dict[str, Any], out: Path) -> list[Path]:
-    import matplotlib
+@dataclass
+class _Figures:
+    """What every figure of a report shares: the groups by (facet value, label), one panel per
+    facet value, one colour per label, and the files written so far."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
+    plt: Any
+    groups: dict[tuple[str, str], list[Run]]
+    facet_key: str | None
+    out: Path
+    facets: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    colors: dict[str, Any] = field(default_factory=dict)
+    written: list[Path] = field(default_factory=list)
 
-    groups: dict[tuple[str, str], list[Run]] = result["groups"]
-    facets = sorted({f for f, _ in groups})
-    labels = sorted({g for _, g in groups})
-    colors = {g: plt.cm.tab10(i % 10) for i, g in enumerate(labels)}
-    facet_key = result["facet"]
-    written: list[Path] = []
-
-    def figure(name: str, draw_panel, ylabel: str, xlabel: str, legend: bool = True) -> None:
+    def figure(self, name: str, draw_panel: Callable[[Any, str], None], ylabel: str, xlabel: str,
+               legend: bool = True) -> None:
         """One panel per facet value; ``draw_panel(ax, facet_value)`` fills a panel."""
-        fig, axes = plt.subplots(1, len(facets), figsize=(5.2 * len(facets), 4), squeeze=False, sharey=True)
-        for ax, facet_value in zip(axes[0], facets, strict=True):
+        from matplotlib.ticker import MaxNLocator
+
+        fig, axes = self.plt.subplots(1, len(self.facets), figsize=(5.2 * len(self.facets), 4), squeeze=False,
+                                      sharey=True)
+        for ax, facet_value in zip(axes[0], self.facets, strict=True):
             draw_panel(ax, facet_value)
             ax.set_xlabel(xlabel)
             if xlabel == "round":  # a few rounds must not get ticks at 1.5, 2.5, ...
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
-            if facet_key:
-                ax.set_title(f"{facet_key} = {facet_value}")
+            if self.facet_key:
+                ax.set_title(f"{self.facet_key} = {facet_value}")
         axes[0][0].set_ylabel(ylabel)
         if legend:
             axes[0][-1].legend(fontsize=8)
         fig.tight_layout()
         for ext in ("png", "svg"):
-            path = out / f"{name}.{ext}"
+            path = self.out / f"{name}.{ext}"
             fig.savefig(path, dpi=110)
-            written.append(path)
-        plt.close(fig)
+            self.written.append(path)
+        self.plt.close(fig)
 
-    def mean_band(column: str, x_column: str | None = None):
+    def mean_band(self, column: str, x_column: str | None = None) -> Callable[[Any, str], None]:
         """Panel drawer: per group, the mean over seeds with a +-1 std band."""
 
-        def draw(ax, facet_value: str) -> None:
-            for label in labels:
+        def draw(ax: Any, facet_value: str) -> None:
+            for label in self.labels:
                 # members with no value of the column are left out, their x values with them
-                pairs = [(m, s) for m in groups.get((facet_value, label), []) if (s := m.series(column))]
+                pairs = [(m, s) for m in self.groups.get((facet_value, label), []) if (s := m.series(column))]
                 if not pairs:
                     continue
                 series = [s for _, s in pairs]
@@ -398,16 +409,16 @@ def _plot(result: dict[str, Any], out: Path) -> list[Path]:
                 else:
                     xs = np.array([rnd for rnd, _ in series[0][:length]])
                 mean, std = ys.mean(0), ys.std(0)
-                ax.plot(xs, mean, color=colors[label], label=f"{label} (n={len(series)})")
+                ax.plot(xs, mean, color=self.colors[label], label=f"{label} (n={len(series)})")
                 if len(series) > 1:
-                    ax.fill_between(xs, mean - std, mean + std, color=colors[label], alpha=0.2)
+                    ax.fill_between(xs, mean - std, mean + std, color=self.colors[label], alpha=0.2)
 
         return draw
 
-    def client_boxes(ax, facet_value: str) -> None:
+    def client_boxes(self, ax: Any, facet_value: str) -> None:
         data, names = [], []
-        for label in labels:
-            accs = [a for m in groups.get((facet_value, label), []) for a in m.final_client_accuracies()]
+        for label in self.labels:
+            accs = [a for m in self.groups.get((facet_value, label), []) for a in m.final_client_accuracies()]
             if accs:
                 data.append(accs)
                 names.append(label)
@@ -415,12 +426,24 @@ def _plot(result: dict[str, Any], out: Path) -> list[Path]:
             ax.boxplot(data, tick_labels=names)
         ax.tick_params(axis="x", rotation=20)
 
-    figure("accuracy_vs_round", mean_band("central_accuracy"), "central test accuracy", "round")
-    figure("accuracy_vs_mb", mean_band("central_accuracy", "bytes_total_cum"), "central test accuracy",
-           "cumulative communication (MB)")
-    figure("train_loss_vs_round", mean_band("train_loss"), "training loss (clients' mean)", "round")
-    figure("client_accuracy", client_boxes, "final per-client accuracy (held-out splits)", "group", legend=False)
-    return written
+
+def _plot(result: dict[str, Any], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[tuple[str, str], list[Run]] = result["groups"]
+    labels = sorted({g for _, g in groups})
+    figs = _Figures(plt, groups, result["facet"], out, facets=sorted({f for f, _ in groups}), labels=labels,
+                    colors={g: plt.cm.tab10(i % 10) for i, g in enumerate(labels)})
+    figs.figure("accuracy_vs_round", figs.mean_band("central_accuracy"), "central test accuracy", "round")
+    figs.figure("accuracy_vs_mb", figs.mean_band("central_accuracy", "bytes_total_cum"), "central test accuracy",
+                "cumulative communication (MB)")
+    figs.figure("train_loss_vs_round", figs.mean_band("train_loss"), "training loss (clients' mean)", "round")
+    figs.figure("client_accuracy", figs.client_boxes, "final per-client accuracy (held-out splits)", "group",
+                legend=False)
+    return figs.written
 
 
 # ---------------------------------------------------------------------------- render
