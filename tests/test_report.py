@@ -112,6 +112,17 @@ def test_uncontrolled_differences_are_warned(tmp_path: Path) -> None:
     assert "client.lr" in (out / "report.md").read_text()
 
 
+def test_a_key_that_holds_a_number_in_one_run_and_text_in_another_is_a_difference(tmp_path: Path) -> None:
+    """A hand-edited (or damaged) config.yaml may hold text where other runs hold a number: the
+    difference is listed, numbers first, not a TypeError from comparing the two."""
+    make_run(tmp_path / "a", strategy="fedavg", seed=0, accs=[0.5], lr=0.05)
+    run = make_run(tmp_path / "b", strategy="fedavg", seed=1, accs=[0.5], lr=0.05)
+    cfg = yaml.safe_load((run / run_dir.CONFIG).read_text())
+    cfg["client"]["lr"] = "0.05 (tuned)"
+    (run / run_dir.CONFIG).write_text(yaml.safe_dump(cfg))
+    assert compare([tmp_path])["differences"] == {"client.lr": [0.05, "0.05 (tuned)"]}
+
+
 def test_a_run_without_summary_is_listed_as_in_progress_and_left_out(tmp_path: Path) -> None:
     make_run(tmp_path / "a", strategy="fedavg", seed=0, accs=[0.5, 0.6, 0.7])
     make_run(tmp_path / "b", strategy="fedavg", seed=1, accs=[0.4, 0.65], summary=False)

@@ -124,6 +124,14 @@ def _why_excluded(run: Run) -> str:
     return str((run.summary or {}).get("error", ""))
 
 
+def _value_order(value: Any) -> tuple[int, Any]:
+    """Numbers by value, then anything else by its JSON: one config key may hold a float in one
+    run and a string in another (a hand-edited or damaged config.yaml)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return (0, value)
+    return (1, json.dumps(value, sort_keys=True))
+
+
 def uncontrolled_differences(runs: Sequence[Run], keys: Iterable[str]) -> dict[str, list[Any]]:
     """Config keys that differ between runs, are neither grouped nor faceted on, and can
     change the numbers in at least one of them (:func:`inert_keys`)."""
@@ -145,7 +153,8 @@ def uncontrolled_differences(runs: Sequence[Run], keys: Iterable[str]) -> dict[s
                 continue
         values = {json.dumps(f.get(key), sort_keys=True) for f in flats}
         if len(values) > 1:
-            diffs[key] = sorted(json.loads(v) for v in values if v != "null") + (["(absent)"] if "null" in values else [])
+            diffs[key] = sorted((json.loads(v) for v in values if v != "null"), key=_value_order) + (
+                ["(absent)"] if "null" in values else [])
     return diffs
 
 
