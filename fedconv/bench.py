@@ -232,7 +232,7 @@ def measure_sweep(overrides: list[str], jobs: int, interval: float = 1.0) -> dic
 
 EDGE_SNIPPET = """
 import json, resource, time, numpy as np, torch
-from fedconv import task
+from fedconv.learning import task
 from fedconv.config import compose
 from fedconv.learning.training import train_local
 torch.set_num_threads(1)
@@ -257,7 +257,7 @@ def measure_edge() -> dict[str, float]:
 
 EVAL_SNIPPET = """
 import json, statistics, sys, time, torch
-from fedconv import task
+from fedconv.learning import task
 from fedconv.config import compose
 from fedconv.learning.models import channels_last
 from fedconv.learning.training import evaluate, folded_for_inference

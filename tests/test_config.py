@@ -217,7 +217,7 @@ def test_each_group_is_checked_by_its_owner() -> None:
 
 @pytest.mark.slow  # three Python processes of their own
 def test_the_group_modules_and_config_each_import_first_in_a_fresh_process() -> None:
-    for module in ("faults", "models", "config"):
+    for module in ("federation.faults", "learning.models", "config"):
         proc = subprocess.run([sys.executable, "-c", f"import fedconv.{module}"], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr[-2000:]
 

@@ -388,7 +388,7 @@ def test_any_truncation_or_byte_flip_of_a_run_dir_is_resumed_or_refused_in_one_l
 HOLDER = """
 import sys, time
 from pathlib import Path
-from fedconv import run_dir
+from fedconv.runs import run_dir
 lock = run_dir.hold(Path(sys.argv[1])); lock.claim()
 print("held", flush=True)
 time.sleep(120)
@@ -666,7 +666,7 @@ def test_a_failure_the_disk_cannot_record_is_one_line_and_keeps_the_data(tmp_pat
 def test_the_entry_point_ends_even_when_a_thread_would_wait_for_ever() -> None:
     """What a failed Flower engine leaves behind: a non-daemon thread blocked for ever.
     Python would wait for it at exit; the entry point's ending does not."""
-    code = ("import atexit, threading, time\nfrom fedconv import stopping\n"
+    code = ("import atexit, threading, time\nfrom fedconv.federation import stopping\n"
             "stopping.FINISH_GRACE_SECONDS = 0.5\natexit.register(print, 'exit handlers ran')\n"
             "threading.Thread(target=time.sleep, args=(600,)).start()\nstopping.finish(1)\n")
     started = time.monotonic()
