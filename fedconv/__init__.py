@@ -7,7 +7,8 @@ and fails on one that goes the other way or round a circle):
 1. core, these top-level modules: :mod:`~fedconv.config` (composing ``conf/``),
    :mod:`~fedconv.checks` (the one-line refusals), :mod:`~fedconv.atomic` (files written
    whole or not at all), :mod:`~fedconv.optional` (extras not installed),
-   :mod:`~fedconv.records` (typed reads of Flower's records);
+   :mod:`~fedconv.records` (typed reads of Flower's records), :mod:`~fedconv.sections`
+   (typed ``server``, ``client``, ``simulation`` and ``faults`` sections; defaults in ``conf/`` only);
 2. :mod:`fedconv.data`: datasets, partitions, a board's data folder;
 3. :mod:`fedconv.learning`: models, local training, the task;
 4. :mod:`fedconv.algorithms`: every aggregation algorithm, one module each;

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from fedconv import atomic
+from fedconv.sections import Simulation
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ["+experiment=bench"]
@@ -100,7 +101,7 @@ def _limit_init(cfg: dict[str, Any]) -> None:
 
     torch.set_num_threads(1)
     ds = task.dataset(cfg)
-    _WORKER.update(cfg=cfg, ds=ds, parts=task.partitions(cfg, int(cfg["simulation"]["num_clients"])),
+    _WORKER.update(cfg=cfg, ds=ds, parts=task.partitions(cfg, Simulation.of(cfg).num_clients),
                    model=task.reusable_model(cfg, ds))
 
 
@@ -127,11 +128,12 @@ def measure_limit(overrides: list[str], workers: int) -> dict[str, Any]:
     from fedconv.learning import task
     from fedconv.learning.models import channels_last, transmitted_state
     from fedconv.learning.training import evaluate, folded_for_inference, lr_for_round
+    from fedconv.sections import Client, Server
 
     t0 = time.perf_counter()
     cfg = compose(overrides)
-    server, n = cfg["server"], int(cfg["simulation"]["num_clients"])
-    k = clients_per_round(n, float(server["fraction_train"]), int(server["min_train_clients"]))
+    server, n = Server.of(cfg), Simulation.of(cfg).num_clients
+    k = clients_per_round(n, server.fraction_train, server.min_train_clients)
     ds = task.dataset(cfg)
     task.partitions(cfg, n)
     model = task.initial_model(cfg, ds)
@@ -143,8 +145,8 @@ def measure_limit(overrides: list[str], workers: int) -> dict[str, Any]:
         startup = time.perf_counter() - t0
         t_rounds = time.perf_counter()
         accuracies = []
-        for r in range(1, int(server["rounds"]) + 1):
-            lr = lr_for_round(server, float(cfg["client"]["lr"]), r)
+        for r in range(1, server.rounds + 1):
+            lr = lr_for_round(server, Client.of(cfg).lr, r)
             jobs = [(state, pid, r, lr) for pid in sample_cohort(int(cfg["seed"]), r, TRAIN_SALT, n, k)]
             results = pool.map(_limit_train, jobs, chunksize=1)
             total = sum(num for _, num in results)
@@ -152,7 +154,7 @@ def measure_limit(overrides: list[str], workers: int) -> dict[str, Any]:
             torch.set_num_threads(workers)
             task.load_global(eval_model, {key: torch.from_numpy(v) for key, v in state.items()})
             folded = folded_for_inference(eval_model)  # the ServerApp's evaluation, done the same way
-            accuracies.append(evaluate(folded, ds.test_x, ds.test_y, norm, int(server["eval_batch_size"])).accuracy)
+            accuracies.append(evaluate(folded, ds.test_x, ds.test_y, norm, server.eval_batch_size).accuracy)
         rounds_s = time.perf_counter() - t_rounds
     return {"rounds_s": rounds_s, "startup_s": startup, "total_s": startup + rounds_s,
             "final_accuracy": accuracies[-1], "accuracies": accuracies}
@@ -230,58 +232,71 @@ def measure_sweep(overrides: list[str], jobs: int, interval: float = 1.0) -> dic
 
 # ------------------------------------------------------------------------ edge client
 
-EDGE_SNIPPET = """
-import json, resource, time, numpy as np, torch
-from fedconv.learning import task
-from fedconv.config import compose
-from fedconv.learning.training import train_local
-torch.set_num_threads(1)
-cfg = compose(["+experiment=bench"])
-ds = task.dataset(cfg)
-model = task.initial_model(cfg, ds)
-idx = np.random.default_rng(0).choice(len(ds.train_y), 600, replace=False)
-x, y = np.array(ds.train_x[np.sort(idx)]), np.array(ds.train_y[np.sort(idx)])
-t0 = time.perf_counter()
-train_local(model, x, y, task.normalizer(cfg, ds, True), cfg["client"], lr=0.1, epochs=1, seed=0)
-print(json.dumps({"seconds": time.perf_counter() - t0,
-                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-"""
+def _in_fresh_process(function: str, *args: str) -> dict[str, Any]:
+    """Run ``fedconv.bench.<function>(*args)`` in a new Python process (its own peak RSS, its
+    own torch threads) and return the JSON it prints last."""
+    call = f"from fedconv import bench; bench.{function}(*{args!r})"
+    out = subprocess.run([sys.executable, "-c", call], cwd=ROOT, capture_output=True, text=True, check=True)
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def edge_step() -> None:
+    """One local epoch of 600 images on one thread, as a board trains: seconds and peak RSS."""
+    import resource
+
+    import numpy as np
+    import torch
+
+    from fedconv.config import compose
+    from fedconv.learning import task
+    from fedconv.learning.training import train_local
+    from fedconv.sections import Client
+
+    torch.set_num_threads(1)
+    cfg = compose(["+experiment=bench"])
+    ds = task.dataset(cfg)
+    model = task.initial_model(cfg, ds)
+    idx = np.sort(np.random.default_rng(0).choice(len(ds.train_y), 600, replace=False))
+    x, y = np.array(ds.train_x[idx]), np.array(ds.train_y[idx])
+    t0 = time.perf_counter()
+    train_local(model, x, y, task.normalizer(cfg, ds, True), Client.of(cfg), lr=0.1, epochs=1, seed=0)
+    print(json.dumps({"seconds": time.perf_counter() - t0,
+                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
 def measure_edge() -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-c", EDGE_SNIPPET], cwd=ROOT, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return _in_fresh_process("edge_step")
 
 
-# ---------------------------------------------------------------- central evaluation
+def central_eval(repeats: str) -> None:
+    """The ServerApp's central evaluation timed ``repeats`` times after a warm-up (median)."""
+    import torch
 
-EVAL_SNIPPET = """
-import json, statistics, sys, time, torch
-from fedconv.learning import task
-from fedconv.config import compose
-from fedconv.learning.models import channels_last
-from fedconv.learning.training import evaluate, folded_for_inference
-cfg = compose(["+experiment=bench"])
-ds = task.dataset(cfg)
-model = channels_last(task.initial_model(cfg, ds))  # as the ServerApp holds it
-norm = task.normalizer(cfg, ds, train=False)
-batch = int(cfg["server"]["eval_batch_size"])
-evaluate(model, ds.test_x, ds.test_y, norm, batch_size=batch)  # warm-up
-times = []
-for _ in range(int(sys.argv[1])):
-    t0 = time.perf_counter()  # as the ServerApp does every round: fold BatchNorm, evaluate
-    evaluate(folded_for_inference(model), ds.test_x, ds.test_y, norm, batch_size=batch)
-    times.append(time.perf_counter() - t0)
-print(json.dumps({"seconds": statistics.median(times), "images": len(ds.test_y), "threads": torch.get_num_threads()}))
-"""
+    from fedconv.config import compose
+    from fedconv.learning import task
+    from fedconv.learning.models import channels_last
+    from fedconv.learning.training import evaluate, folded_for_inference
+    from fedconv.sections import Server
+
+    cfg = compose(["+experiment=bench"])
+    ds = task.dataset(cfg)
+    model = channels_last(task.initial_model(cfg, ds))  # as the ServerApp holds it
+    norm = task.normalizer(cfg, ds, train=False)
+    batch = Server.of(cfg).eval_batch_size
+    evaluate(model, ds.test_x, ds.test_y, norm, batch_size=batch)  # warm-up
+    times = []
+    for _ in range(int(repeats)):
+        t0 = time.perf_counter()  # as the ServerApp does every round: fold BatchNorm, evaluate
+        evaluate(folded_for_inference(model), ds.test_x, ds.test_y, norm, batch_size=batch)
+        times.append(time.perf_counter() - t0)
+    print(json.dumps({"seconds": statistics.median(times), "images": len(ds.test_y), "threads": torch.get_num_threads()}))
 
 
 def measure_central_eval(repeats: int = 10) -> dict[str, float]:
     """The ServerApp's per-round central evaluation (driver process, default torch threads):
     the median of ``repeats`` timed evaluations after a warm-up."""
-    out = subprocess.run([sys.executable, "-c", EVAL_SNIPPET, str(repeats)], cwd=ROOT, capture_output=True, text=True,
-                         check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return _in_fresh_process("central_eval", str(repeats))
 
 
 # ---------------------------------------------------------------------------- driver

@@ -1,5 +1,8 @@
-"""Hydra composition, the config's vocabulary shared by every layer (cohort sizes, node modes,
+"""Hydra composition, the config's vocabulary shared by every layer (node modes, cohort rule,
 dotted-key helpers, :class:`ConfigError`), and the flat run config the Flower apps read.
+
+Typed views of the sections several layers read (``server``, ``client``, ``simulation``,
+``faults``), cohort sizes and node counts are in :mod:`fedconv.sections`, just above.
 
 The bottom of the package's layers: it imports no other fedconv module, so every group
 module may import it. Checking a whole config (every group's owner asked in turn) sits
@@ -191,30 +194,3 @@ FED_EVAL_MODES = ("separate", "with_train")
 # summary.json numbers a sweep job may return to Hydra's sweeper (``objective``)
 OBJECTIVES = ("final_central_accuracy", "best_central_accuracy", "final_central_loss", "bytes_total",
               "wall_seconds")
-
-
-def with_train_eval(cfg: Mapping[str, Any]) -> bool:
-    """Do training clients evaluate the received model in their train reply (no evaluate phase)?"""
-    return cfg["server"].get("fed_eval", "separate") == "with_train"
-
-
-def cohort_sizes(cfg: Mapping[str, Any]) -> tuple[int, int]:
-    """(train, evaluate) clients per round; 0 evaluation clients when federated evaluation is
-    off or done by the training clients (``server.fed_eval=with_train``)."""
-    n, server = int(cfg["simulation"]["num_clients"]), cfg["server"]
-    train = clients_per_round(n, float(server["fraction_train"]), int(server["min_train_clients"]))
-    if with_train_eval(cfg):
-        return train, 0
-    fraction_eval = float(server["fraction_evaluate"])
-    evaluate = clients_per_round(n, fraction_eval, int(server["min_evaluate_clients"])) if fraction_eval > 0 else 0
-    return train, evaluate
-
-
-def virtual_nodes(cfg: Mapping[str, Any]) -> int:
-    """How many virtual SuperNodes a simulation registers: one per client (``per_client``) or,
-    for a ``pool``, just enough to serve the largest cohort (Flower's simulation engine scans
-    every registered node for messages ten times a second, so 10,000 idle nodes cost time)."""
-    n = int(cfg["simulation"]["num_clients"])
-    if cfg["simulation"].get("nodes", "per_client") == "per_client":
-        return n
-    return min(n, max(cohort_sizes(cfg)))

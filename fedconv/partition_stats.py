@@ -22,6 +22,7 @@ from fedconv import atomic
 from fedconv.config import ConfigError, compose
 from fedconv.data.datasets import DatasetError, load_dataset
 from fedconv.data.partitioning import PartitionError, make_partitions, partition_record, save_heatmap
+from fedconv.sections import Simulation
 from fedconv.validation import validate
 
 
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for tag, cfg in _partition_jobs(args):
             ds = load_dataset(cfg["dataset"])
-            n = int(cfg["simulation"]["num_clients"])
+            n = Simulation.of(cfg).num_clients
             t0 = time.perf_counter()
             parts = make_partitions(np.asarray(ds.train_y), cfg["partition"], n, int(cfg["seed"]))
             seconds = time.perf_counter() - t0

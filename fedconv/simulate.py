@@ -21,15 +21,14 @@ from omegaconf import DictConfig
 from fedconv.config import (
     EXIT_BAD_CONFIG,
     ConfigError,
-    cohort_sizes,
     config_errors_exit_2,
     plain,
     register_resolvers,
     to_run_config,
     unknown_keys,
-    virtual_nodes,
 )
 from fedconv.runs import run_dir, timeline, tracking
+from fedconv.sections import Client, Server, Simulation, cohort_sizes, virtual_nodes, with_legacy_defaults
 from fedconv.simulation import ray_session, resume, sweep_progress
 from fedconv.validation import validate
 
@@ -53,7 +52,7 @@ def _write_failure(out: Path, cfg: dict[str, Any], status: str, error: str) -> N
             summary = None  # a damaged summary is rewritten from what rounds.csv holds
         if summary is None:  # the ServerApp never wrote one: say what rounds.csv holds, so the two agree
             try:
-                done = run_dir.complete_rounds(out / run_dir.ROUNDS, int(cfg["server"]["rounds"]))
+                done = run_dir.complete_rounds(out / run_dir.ROUNDS, Server.of(cfg).rounds)
             except run_dir.RunDirError:
                 done = 0
             summary = {"seed": cfg.get("seed"), "rounds_completed": done}
@@ -71,9 +70,8 @@ def resolve(cfg: DictConfig, out: Path) -> dict[str, Any]:
     validate(resolved)
     resolved["output_dir"] = str(out)
     tracking.absolute_tracking_uri(resolved)
-    client = resolved["client"]
-    if int(client["threads"]) == 0:  # a virtual client uses exactly its CPU budget
-        client["threads"] = max(1, int(resolved["simulation"]["client_resources"]["num_cpus"]))
+    if Client.of(resolved).threads == 0:  # a virtual client uses exactly its CPU budget
+        resolved["client"]["threads"] = max(1, int(Simulation.of(resolved).client_resources.num_cpus))
     return resolved
 
 
@@ -93,19 +91,14 @@ def check_inputs(resolved: dict[str, Any], resume_from: Path | None = None) -> N
     if ds.input_shape != declared:
         raise ConfigError(f"dataset: files hold {ds.input_shape} images but the config declares {declared}")
     resources.check(resolved, ds.input_shape, ds.num_classes)  # before a model too large for memory is built
-    task.partitions(resolved, int(resolved["simulation"]["num_clients"]))
+    task.partitions(resolved, Simulation.of(resolved).num_clients)
     model = task.initial_model(resolved, ds)
     algorithms.model_problems(resolved, model)
     if resume_from is not None:
         ckpt = checkpoint.load(resume_from / run_dir.CHECKPOINT)
         resume.check_checkpoint(resume_from, resolved, ckpt, model)
         resume.check_summary(resume_from, resolved, ckpt.server_round)
-        resume.check_rows(resume_from, ckpt.server_round, int(resolved["server"]["rounds"]))
-
-
-# Keys added after runs were saved without them, with the value that means "as before".
-ADDED_KEYS = {"client.precision": "fp32", "client.compile": False, "server.eval_precision": "fp32",
-              "server.fed_eval": "separate"}
+        resume.check_rows(resume_from, ckpt.server_round, Server.of(resolved).rounds)
 
 
 def _results_config(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -113,16 +106,13 @@ def _results_config(cfg: dict[str, Any]) -> dict[str, Any]:
     lives (``output_dir``: a sweep folder that was moved or copied is the same sweep), and
     how virtual nodes are laid out (``simulation.nodes``: a pool and one node per client
     give the same run, and runs saved before the option existed do not have it). No
-    compression either way, and any of :data:`ADDED_KEYS` at its default, are the same as a
-    config saved before they existed."""
+    compression either way, and a key of :data:`~fedconv.sections.LEGACY_DEFAULTS` at the value
+    it had before it existed, are the same as a config saved before they existed."""
+    cfg = with_legacy_defaults(cfg)
     out = {**{k: v for k, v in cfg.items() if k not in ("logger", "objective")}, "resume": "", "output_dir": ""}
     out["simulation"] = {k: v for k, v in cfg.get("simulation", {}).items() if k != "nodes"}
     if all(d.get("codec", "none") == "none" for d in (out.get("compression") or {}).values()):
         out.pop("compression", None)
-    for key, default in ADDED_KEYS.items():  # a key at its default is the same as a key not there yet
-        group, leaf = key.split(".")
-        if group in out and out[group].get(leaf, default) == default:
-            out[group] = {k: v for k, v in out[group].items() if k != leaf}
     return out
 
 
@@ -148,7 +138,7 @@ def prepare(cfg: DictConfig, out: Path, choices: dict[str, Any], overrides: list
                 return resolved, "skip"
             raise ConfigError(f"resume={out}: no {run_dir.CHECKPOINT} (the run never completed a round)")
         last = _checkpoint_round(out)
-        if run_dir.existing_run(out) == "completed" and last == int(resolved["server"]["rounds"]):
+        if run_dir.existing_run(out) == "completed" and last == Server.of(resolved).rounds:
             return resolved, "skip"
         return resolved, "resume"
     problems = unknown_keys(plain(cfg, resolve=False), choices)
@@ -278,7 +268,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             timeline.mark("config")
             check_inputs(resolved, job.out if action == "resume" else None)
             timeline.mark("inputs")
-            if resolved["simulation"]["ray"].get("address"):
+            if Simulation.of(resolved).ray.address:
                 _attach(resolved)
         except _bad_input_errors() as exc:
             return _refused(job, exc)
@@ -295,7 +285,7 @@ def _attach(resolved: dict[str, Any]) -> None:
     (a local Ray was checked against this machine in :func:`check_inputs`)."""
     from fedconv.simulation import resources, runtime
 
-    backend = runtime.backend_config(resolved["simulation"], bool(resolved["verbose"]))
+    backend = runtime.backend_config(Simulation.of(resolved), bool(resolved["verbose"]))
     ray_session.start(backend["init_args"], preload=ray_session.preload_workers(backend))
     resources.check_cluster(resolved)
 
@@ -314,7 +304,7 @@ def _execute(job: Job, resolved: dict[str, Any], action: str) -> dict[str, Any]:
     from fedconv.simulation import runtime
 
     out, resuming = job.out, action == "resume"
-    backend = runtime.backend_config(resolved["simulation"], bool(resolved["verbose"]))
+    backend = runtime.backend_config(Simulation.of(resolved), bool(resolved["verbose"]))
     # bad input was refused before Ray starts; Ray's processes now start (and its workers
     # import torch) while this process imports Flower's simulation engine
     ray_session.start(backend["init_args"], background=True, preload=ray_session.preload_workers(backend))

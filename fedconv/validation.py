@@ -44,20 +44,16 @@ def config_problems(c: Checks) -> None:
     c.in_range("server.rounds", 1, integer=True)
     c.in_range("server.fraction_train", 0, 1, lo_open=True)
     c.in_range("server.fraction_evaluate", 0, 1)
-    if c.has("server.fed_eval"):
-        c.one_of("server.fed_eval", FED_EVAL_MODES)
+    c.one_of("server.fed_eval", FED_EVAL_MODES)
     c.in_range("server.min_train_clients", 1, integer=True)
     c.in_range("server.min_evaluate_clients", 0, integer=True)
     c.in_range("server.eval_every", 1, integer=True)
     c.in_range("server.eval_batch_size", 1, integer=True)
     c.in_range("server.round_timeout", 0, lo_open=True)
-    if c.has("server.connect_timeout"):
-        c.in_range("server.connect_timeout", 0, lo_open=True)
-    if c.has("server.min_train_replies"):
-        c.in_range("server.min_train_replies", 1, integer=True)
+    c.in_range("server.connect_timeout", 0, lo_open=True)
+    c.in_range("server.min_train_replies", 1, integer=True)
     c.in_range("simulation.num_clients", 1, integer=True)
-    if c.has("simulation.nodes"):
-        c.one_of("simulation.nodes", NODE_MODES)
+    c.one_of("simulation.nodes", NODE_MODES)
     c.in_range("simulation.client_resources.num_cpus", 0, lo_open=True)
     c.in_range("simulation.client_resources.num_gpus", 0)
     c.boolean("simulation.ray.include_dashboard")

@@ -13,7 +13,8 @@ PACKAGE = ROOT / "fedconv"
 # lowest first: a module may import its own layer and the ones before it (a subpackage, or
 # top-level modules by name); every module of the package belongs to exactly one
 LAYERS = (
-    ("core", ("fedconv", "fedconv.config", "fedconv.checks", "fedconv.atomic", "fedconv.optional", "fedconv.records")),
+    ("core", ("fedconv", "fedconv.config", "fedconv.checks", "fedconv.atomic", "fedconv.optional", "fedconv.records",
+              "fedconv.sections")),
     ("data", ("fedconv.data",)),
     ("learning", ("fedconv.learning",)),
     ("algorithms", ("fedconv.algorithms",)),

@@ -13,6 +13,7 @@ from fedconv.learning import task
 from fedconv.learning.models import transmitted_state
 from fedconv.learning.training import train_local
 from fedconv.runs import run_dir
+from fedconv.sections import Client
 
 # one worker trains the module's run once (pytest-xdist would otherwise train it on both)
 pytestmark = pytest.mark.xdist_group("export")
@@ -25,7 +26,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = compose(["dataset=digits"])
     ds = task.dataset(cfg)
     model = task.initial_model(cfg, ds)
-    train_local(model, ds.train_x, ds.train_y, task.normalizer(cfg, ds, train=True), cfg["client"],
+    train_local(model, ds.train_x, ds.train_y, task.normalizer(cfg, ds, train=True), Client.of(cfg),
                 lr=0.05, epochs=5, seed=0)
     run_dir.write_config(run, cfg)
     run_dir.save_weights(run / run_dir.WEIGHTS, transmitted_state(model))

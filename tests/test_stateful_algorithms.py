@@ -3,6 +3,7 @@ and the per-partition client-state store they rely on."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +19,16 @@ from fedconv.algorithms.base import TrainHook
 from fedconv.algorithms.feddyn import DynamicRegularizer
 from fedconv.algorithms.fednova import NormalizingFactor, normalizing_factor
 from fedconv.algorithms.scaffold import ControlVariates
+from fedconv.config import compose
 from fedconv.federation import client_state
 from fedconv.federation.client_state import ClientStateStore, StateError, store_for
 from fedconv.federation.cohorts import Cohorts
 from fedconv.federation.rounds import FederatedRounds
 from fedconv.learning.training import Normalizer, train_local
+from fedconv.sections import Client
 
-TRAIN_CFG = {"optimizer": "sgd", "momentum": 0.0, "weight_decay": 0.0, "batch_size": 4}
+TRAIN_CFG = Client(epochs=2, batch_size=4, optimizer="sgd", lr=0.1, momentum=0.0, weight_decay=0.0, threads=0,
+                   max_steps=0, precision="fp32", compile=False, noop=False)
 
 
 def partial_driver(name: str, per_round: int, **overrides: object) -> FederatedRounds:
@@ -153,7 +157,7 @@ def test_fednova_normalizing_factor_is_the_momentum_weight_of_all_gradients(tau:
 def test_fednova_hook_reports_a_from_the_steps_taken() -> None:
     model, images, labels, norm = tiny_task()
     hook = NormalizingFactor(0.9)
-    result = train_local(model, images, labels, norm, {**TRAIN_CFG, "momentum": 0.9}, lr=0.1, epochs=1, hook=hook,
+    result = train_local(model, images, labels, norm, replace(TRAIN_CFG, momentum=0.9), lr=0.1, epochs=1, hook=hook,
                          seed=0, max_steps=2)
     assert result.steps == 2 and hook.reply_metrics() == {"nova_a": pytest.approx(1 + 1.9)}
 
@@ -259,12 +263,12 @@ def test_store_keeps_the_version_it_started_from_and_the_one_it_wrote(tmp_path: 
 
 
 def test_store_location_shared_folder_needs_its_marker_and_boards_use_their_own(tmp_path: Path) -> None:
-    cfg = {"output_dir": str(tmp_path / "run"), "simulation": {"client_state_dir": ""}}
+    cfg = {**compose([]), "output_dir": str(tmp_path / "run")}
     with pytest.raises(StateError, match="is not visible on .*simulation.client_state_dir"):
         store_for(cfg, {})
     root = client_state.prepare_shared(cfg)
     assert root == tmp_path / "run" / "client_state" and store_for(cfg, {}).root == root
-    shared = {**cfg, "simulation": {"client_state_dir": str(tmp_path / "nfs")}}
+    shared = {**cfg, "simulation": {**cfg["simulation"], "client_state_dir": str(tmp_path / "nfs")}}
     client_state.prepare_shared(shared)
     assert store_for(shared, {}).root == tmp_path / "nfs"
     board = store_for(cfg, {"state-dir": str(tmp_path / "board")})

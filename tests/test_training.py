@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from fedconv.learning.training import (
     lr_for_round,
     train_local,
 )
+from fedconv.sections import Client, Server
 
 
 def small_model(seed: int = 0) -> torch.nn.Module:
@@ -52,7 +54,7 @@ def _drift(mu: float) -> float:
     norm = Normalizer.from_stats(ds.mean, ds.std)
     model = small_model()
     start = [p.detach().clone() for p in model.parameters()]
-    train_local(model, ds.train_x[:600], ds.train_y[:600], norm, cfg["client"], lr=0.05, epochs=3, hook=ProximalTerm(mu), seed=0)
+    train_local(model, ds.train_x[:600], ds.train_y[:600], norm, Client.of(cfg), lr=0.05, epochs=3, hook=ProximalTerm(mu), seed=0)
     return math.sqrt(sum(float(((p.detach() - s) ** 2).sum()) for p, s in zip(model.parameters(), start, strict=True)))
 
 
@@ -69,7 +71,7 @@ def test_training_learns_and_is_deterministic() -> None:
     for _ in range(2):
         torch.manual_seed(0)
         model = small_model()
-        train_local(model, ds.train_x, ds.train_y, norm, cfg["client"], lr=0.05, epochs=3, seed=1)
+        train_local(model, ds.train_x, ds.train_y, norm, Client.of(cfg), lr=0.05, epochs=3, seed=1)
         results.append(evaluate(model, ds.test_x, ds.test_y, norm))
     assert results[0].accuracy > 0.85
     assert results[0].loss == results[1].loss
@@ -83,16 +85,16 @@ def test_both_optimizers_reduce_the_loss(optimizer: str) -> None:
     model = small_model()
     before = evaluate(model, ds.train_x, ds.train_y, norm).loss
     lr = 0.05 if optimizer == "sgd" else 0.003
-    train_local(model, ds.train_x, ds.train_y, norm, cfg["client"], lr=lr, epochs=2, seed=0)
+    train_local(model, ds.train_x, ds.train_y, norm, Client.of(cfg), lr=lr, epochs=2, seed=0)
     assert evaluate(model, ds.train_x, ds.train_y, norm).loss < 0.6 * before
 
 
 def test_lr_schedules() -> None:
-    server = compose([])["server"]
-    assert lr_for_round({**server, "lr_schedule": "constant"}, 0.1, 7) == 0.1
-    step = {**server, "lr_schedule": "step", "lr_step_size": 5, "lr_gamma": 0.5}
+    server = Server.of(compose([]))
+    assert lr_for_round(replace(server, lr_schedule="constant"), 0.1, 7) == 0.1
+    step = replace(server, lr_schedule="step", lr_step_size=5, lr_gamma=0.5)
     assert [lr_for_round(step, 0.1, r) for r in (1, 5, 6, 11)] == pytest.approx([0.1, 0.1, 0.05, 0.025])
-    cos = {**server, "lr_schedule": "cosine", "rounds": 10, "lr_min": 0.0}
+    cos = replace(server, lr_schedule="cosine", rounds=10, lr_min=0.0)
     assert lr_for_round(cos, 0.1, 1) == pytest.approx(0.1)
     assert lr_for_round(cos, 0.1, 6) == pytest.approx(0.05)
     assert lr_for_round(cos, 0.1, 10) == pytest.approx(0.05 * (1 + math.cos(0.9 * math.pi)))
@@ -160,7 +162,7 @@ def test_channels_last_training_matches_the_default_layout_and_hands_back_contig
     norm = Normalizer.from_stats(ds.mean, ds.std)
     model_cfg = compose([f"model={name}", "dataset=digits"])["model"]
     fast, plain = (build_model(model_cfg, (1, 8, 8), 10, seed=3) for _ in range(2))
-    args = (ds.train_x[:256], ds.train_y[:256], norm, cfg["client"])
+    args = (ds.train_x[:256], ds.train_y[:256], norm, Client.of(cfg))
     torch.manual_seed(0)
     got = train_local(fast, *args, lr=0.05, epochs=2, seed=1)
     torch.manual_seed(0)
@@ -188,7 +190,7 @@ def test_bf16_autocast_trains_float32_weights_close_to_the_fp32_path() -> None:
         torch.manual_seed(0)  # dropout draws from torch's global generator: the same draws for both
         model = build_model(cfg["model"], ds.input_shape, ds.num_classes, seed=0)
         r = train_local(model, ds.train_x, ds.train_y, task.normalizer(cfg, ds, True),
-                        {**cfg["client"], "precision": precision}, lr=0.05, epochs=2, seed=0)
+                        replace(Client.of(cfg), precision=precision), lr=0.05, epochs=2, seed=0)
         assert {v.dtype for v in transmitted_state(model).values()} == {torch.float32}
         ev = evaluate(model, ds.test_x, ds.test_y, task.normalizer(cfg, ds, False), precision=precision)
         fp32_eval = evaluate(model, ds.test_x, ds.test_y, task.normalizer(cfg, ds, False))
@@ -216,7 +218,7 @@ def test_compiled_training_step_gives_the_eager_predictions() -> None:
     models, losses = {}, {}
     for compile_ in (False, True):
         model = build_model(cfg["model"], ds.input_shape, ds.num_classes, seed=0)
-        r = train_local(model, x, y, task.normalizer(cfg, ds, True), {**cfg["client"], "compile": compile_},
+        r = train_local(model, x, y, task.normalizer(cfg, ds, True), replace(Client.of(cfg), compile=compile_),
                         lr=0.05, epochs=1, seed=0)
         models[compile_], losses[compile_] = model, r.loss
     assert "_fedconv_compiled" in models[True].__dict__ and "_fedconv_compiled" not in models[False].__dict__

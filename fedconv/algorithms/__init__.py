@@ -49,11 +49,10 @@ def get(name: str) -> Algorithm:
 def config_problems(c: Checks) -> None:
     """The ``strategy`` group: the name, the straggler policy, then the algorithm's own keys
     (some checked against the training cohort's size, e.g. Krum's f)."""
-    from fedconv.config import cohort_sizes
+    from fedconv.sections import cohort_sizes
 
     c.one_of("strategy.name", STRATEGIES)
-    if c.has("strategy.stragglers"):
-        c.one_of("strategy.stragglers", STRAGGLER_POLICIES)
+    c.one_of("strategy.stragglers", STRAGGLER_POLICIES)
     name = c.get("strategy.name")
     if name not in ALGORITHMS:
         return

@@ -435,7 +435,7 @@ def load_dataset(cfg: Mapping[str, Any]) -> ImageDataset:
         )
     cache_dir = str(cfg.get("cache_dir") or "")
     if name == "digits":
-        frac, seed = float(cfg.get("test_fraction", 0.2)), int(cfg.get("split_seed", 0))
+        frac, seed = float(cfg["test_fraction"]), int(cfg["split_seed"])
         arrays = _load_digits(frac, seed)
         mean, std = _channel_stats(arrays["train_x"])
         return ImageDataset(name=name, num_classes=10, mean=mean, std=std, **arrays)

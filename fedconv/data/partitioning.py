@@ -165,13 +165,13 @@ def make_partitions(labels: np.ndarray, cfg: Mapping[str, Any], num_clients: int
         except ValueError as exc:
             raise PartitionError(_explain(cfg, num_clients, exc)) from exc
     empty = [cid for cid, p in enumerate(parts) if len(p) == 0]
-    if empty and not cfg.get("allow_empty", False):
+    if empty and not cfg["allow_empty"]:
         raise PartitionError(
             f"partition.name={cfg['name']}: {len(empty)} of {num_clients} clients got no data "
             f"(first: client {empty[0]}); use fewer clients, a less extreme setting, or "
             "partition.allow_empty=true (an empty client then fails every round it is sampled)"
         )
-    fraction = float(cfg.get("test_fraction", 0.0))
+    fraction = float(cfg["test_fraction"])
     splits = [split_held_out(p, fraction, seed, cid) for cid, p in enumerate(parts)]
     return Partitions(train=[s[0] for s in splits], test=[s[1] for s in splits])
 

@@ -19,13 +19,14 @@ from fedconv import atomic
 from fedconv.config import ConfigError, compose
 from fedconv.data.datasets import DatasetError, idx_name, write_idx
 from fedconv.learning import task
+from fedconv.sections import Simulation
 from fedconv.validation import validate
 
 
 def export_partitions(cfg: dict[str, Any], out: Path) -> list[Path]:
     """Write ``out/device-<i>/`` (IDX train + held-out files, meta.json) for every partition."""
     ds = task.dataset(cfg)
-    n = int(cfg["simulation"]["num_clients"])
+    n = Simulation.of(cfg).num_clients
     parts = task.partitions(cfg, n)
     ndim = 3 if ds.input_shape[0] == 1 else 4
     folders = []

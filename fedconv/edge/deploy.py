@@ -44,6 +44,7 @@ from fedconv.config import (
 from fedconv.data.datasets import DatasetError
 from fedconv.learning import task
 from fedconv.runs import run_dir, tracking
+from fedconv.sections import Server
 from fedconv.simulation.runtime import write_app_dir
 from fedconv.validation import validate
 
@@ -87,6 +88,8 @@ def _problems(fed: Mapping[str, Any]) -> list[str]:
     n = fed.get("num_supernodes")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         out.append(f"federation.num_supernodes={n!r}: must be an integer >= 1")
+    if not isinstance(fed.get("stream_logs"), bool):
+        out.append(f"federation.stream_logs={fed.get('stream_logs')!r}: must be true or false")
     return out
 
 
@@ -300,10 +303,10 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
         app_dir.mkdir()
         write_app_dir(app_dir, to_run_config(resolved))
         print(f"fedconv deploy -> {out} on SuperLink {fed['address']} ({fed['num_supernodes']} SuperNodes)", flush=True)
-        code, run_id = start_run(app_dir, env, bool(fed.get("stream_logs", True)))
+        code, run_id = start_run(app_dir, env, bool(fed["stream_logs"]))
     summary = wait_for_summary(out)
     if code != 0 or summary is None or summary.get("status") != "completed":
-        _failed(out, code, run_id, summary, int(resolved["server"]["rounds"]))
+        _failed(out, code, run_id, summary, Server.of(resolved).rounds)
     return summary
 
 

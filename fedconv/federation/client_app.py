@@ -20,7 +20,7 @@ from flwr.clientapp import ClientApp
 
 from fedconv import algorithms, records
 from fedconv.algorithms.base import EVAL_NUM_EXAMPLES
-from fedconv.config import from_run_config, with_train_eval
+from fedconv.config import from_run_config
 from fedconv.data.datasets import declared_shape
 from fedconv.data.device_data import load_device_data
 from fedconv.federation import client_state, faults
@@ -28,6 +28,7 @@ from fedconv.learning import task
 from fedconv.learning.models import buffer_names, parameter_names, transmitted_state
 from fedconv.learning.training import TrainHook
 from fedconv.learning.training import evaluate as evaluate_model
+from fedconv.sections import Client, Faults, Server, Simulation
 from fedconv.wire import compression
 from fedconv.wire.channel import Channel, spec_of
 
@@ -53,7 +54,7 @@ def _partition_id(context: Context, msg: Message) -> int:
 
 
 def _set_threads(cfg: dict) -> None:
-    threads = int(cfg["client"].get("threads", 0)) or (os.cpu_count() or 1)
+    threads = Client.of(cfg).threads or (os.cpu_count() or 1)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
 
@@ -87,7 +88,7 @@ def node_data(cfg: dict, context: Context, msg: Message) -> NodeData:
         return NodeData(own.ds, np.arange(len(own.ds.train_y)), own.held_x, own.held_y, "dir")
     ds = task.dataset(cfg)
     pooled = _assigned_partition(msg) is not None
-    num_partitions = int(cfg["simulation"]["num_clients"]) if pooled else int(context.node_config["num-partitions"])
+    num_partitions = Simulation.of(cfg).num_clients if pooled else int(context.node_config["num-partitions"])
     parts = task.partitions(cfg, num_partitions)
     held = parts.test[pid]
     return NodeData(ds, parts.train[pid], ds.train_x[held], ds.train_y[held], "partition")
@@ -192,10 +193,10 @@ def _load_local_layers(work: Work, local: frozenset[str]) -> None:
 
 def _inject_delay_or_crash(cfg: dict, pid: int, server_round: int) -> None:
     """``conf/faults``: slow clients sleep, crashing clients raise (as a real crash would)."""
-    flt = cfg.get("faults", {})
-    if pid in faults.partition_ids(flt.get("slow_partitions", "")):
-        time.sleep(float(flt.get("slow_seconds", 0.0)))
-    p = float(flt.get("dropout", 0.0))
+    flt = Faults.of(cfg)
+    if pid in faults.partition_ids(flt.slow_partitions):
+        time.sleep(flt.slow_seconds)
+    p = flt.dropout
     if faults.crashes(int(cfg["seed"]), server_round, pid, p):
         raise faults.InjectedCrash(f"injected crash of partition {pid} in round {server_round} (faults.dropout={p})")
 
@@ -210,10 +211,10 @@ def _noop_reply(msg: Message, num_examples: int) -> Message:
 def _corrupted(work: Work, state: dict[str, torch.Tensor], received: dict[str, torch.Tensor],
                num_examples: int) -> tuple[dict[str, torch.Tensor], int]:
     """``faults.corrupt_partitions``: this partition's reply as a faulty or malicious client sends it."""
-    flt = work.cfg.get("faults", {})
-    mode = str(flt["corrupt_mode"])
+    flt = Faults.of(work.cfg)
+    mode = flt.corrupt_mode
     state = faults.corrupt_state(state, mode, received=received, parameters=parameter_names(work.model),
-                                 factor=float(flt.get("scale_factor", 1.0)))
+                                 factor=flt.scale_factor)
     return state, faults.corrupt_num_examples(num_examples, mode)
 
 
@@ -239,10 +240,10 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content.config_records["config"]
     server_round = records.integer(config, "server-round")
     _inject_delay_or_crash(cfg, pid, server_round)
-    if cfg["client"].get("noop"):
+    if Client.of(cfg).noop:
         return _noop_reply(msg, len(idx))
-    corrupt = pid in faults.partition_ids(cfg.get("faults", {}).get("corrupt_partitions", ""))
-    before = _evaluate_received(work) if with_train_eval(cfg) else {}
+    corrupt = pid in faults.partition_ids(Faults.of(cfg).corrupt_partitions)
+    before = _evaluate_received(work) if Server.of(cfg).with_train_eval else {}
     hook = algorithm.client_hook(cfg["strategy"], config)
     hook.receive({name: rec.to_torch_state_dict() for name, rec in msg.content.array_records.items() if name != "arrays"},
                  work.stored(HOOK))

@@ -40,6 +40,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from fedconv import atomic
+from fedconv.sections import Simulation
 
 MARKER = "FEDCONV_CLIENT_STATE"
 STATE_ROUND = "state-round"  # config key: the version a client starts from
@@ -59,7 +60,7 @@ def partitions_keep_state(algorithm: Any, link: Any) -> bool:
 
 def shared_dir(cfg: Mapping[str, Any]) -> Path:
     """The run's state folder in a simulation (see the module docstring)."""
-    configured = str(cfg["simulation"].get("client_state_dir") or "")
+    configured = Simulation.of(cfg).client_state_dir
     return Path(configured) if configured else Path(str(cfg["output_dir"])) / "client_state"
 
 

@@ -115,8 +115,7 @@ def config_problems(c: Checks) -> None:
     c.in_range("faults.straggler_fraction", 0, 1)
     c.one_of("faults.corrupt_mode", CORRUPT_MODES)
     c.in_range("faults.slow_seconds", 0)
-    if c.has("faults.scale_factor"):
-        c.number("faults.scale_factor")
+    c.number("faults.scale_factor")
     n = c.get("simulation.num_clients")
     for key in ("faults.corrupt_partitions", "faults.slow_partitions"):
         try:

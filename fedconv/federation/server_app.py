@@ -23,7 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 from flwr.serverapp import Grid, ServerApp
 
 from fedconv import __version__, algorithms, records
-from fedconv.config import cohort_sizes, from_run_config, virtual_nodes, with_train_eval
+from fedconv.config import from_run_config
 from fedconv.data.partitioning import histogram_record, partition_record
 from fedconv.federation import client_state, stopping
 from fedconv.federation.cohorts import Cohorts
@@ -41,6 +41,7 @@ from fedconv.learning.training import classification_report, evaluate, folded_fo
 from fedconv.runs import checkpoint, run_dir, timeline
 from fedconv.runs.progress import RoundProgress
 from fedconv.runs.tracking import Tracking
+from fedconv.sections import Client, Faults, Server, Simulation, cohort_sizes, virtual_nodes
 from fedconv.wire import compression
 from fedconv.wire.ledger import short_reason
 
@@ -176,9 +177,10 @@ class RunRecorder:
         self.out = out
         self.cfg = cfg
         self.strategy = strategy
-        self.rounds = int(cfg["server"]["rounds"])
-        self.eval_every = int(cfg["server"]["eval_every"])
-        self.with_train = with_train_eval(cfg)
+        self.server = Server.of(cfg)
+        self.rounds = self.server.rounds
+        self.eval_every = self.server.eval_every
+        self.with_train = self.server.with_train_eval
         self.ds = task.dataset(cfg)
         self.eval_model = model
         self.norm = task.normalizer(cfg, self.ds, train=False)
@@ -211,8 +213,7 @@ class RunRecorder:
                 self._recalibrate()
             res = evaluate(
                 folded_for_inference(self.eval_model), self.ds.test_x, self.ds.test_y, self.norm,
-                batch_size=int(self.cfg["server"]["eval_batch_size"]),
-                precision=str(self.cfg["server"].get("eval_precision", "fp32")),
+                batch_size=self.server.eval_batch_size, precision=self.server.eval_precision,
             )
             central = {"central_accuracy": res.accuracy, "central_loss": res.loss}
             if res.top5 is not None:
@@ -235,7 +236,7 @@ class RunRecorder:
     def _recalibrate(self) -> None:
         n = int(self.cfg["strategy"]["calibration_images"])
         images = self.ds.test_x[:n]
-        batch = int(self.cfg["server"]["eval_batch_size"])
+        batch = self.server.eval_batch_size
         recalibrate_batchnorm(self.eval_model, (
             self.norm(images[i : i + batch]).contiguous(memory_format=torch.channels_last) for i in range(0, len(images), batch)))
 
@@ -369,13 +370,13 @@ class RunRecorder:
             "bytes_total": self.bytes_total,
             "bytes_down_raw_total": self.bytes_down_raw,
             "bytes_up_raw_total": self.bytes_up_raw,
-            "compression": {d: dict(self.cfg.get("compression", {}).get(d, {"codec": "none"}))
+            "compression": {d: dict(self.cfg["compression"][d])
                             for d in ("downlink", "uplink")},
             "wall_seconds": time.perf_counter() - self.started,
             "num_parameters": count_parameters(model),
             "model_bytes": state_bytes(model),
             "seed": int(self.cfg["seed"]),
-            "nodes": self.cfg["simulation"].get("nodes", "per_client"),
+            "nodes": Simulation.of(self.cfg).nodes,
             "virtual_nodes": virtual_nodes(self.cfg),
             "versions": _versions(),
             # seconds from the command's (or sweep job's) start to each milestone before round 1
@@ -408,11 +409,11 @@ def _output_dir(cfg: dict[str, Any], context: Context) -> Path:
 
 def _federation(grid: Grid, cfg: dict[str, Any], ds: task.ImageDataset, out: Path) -> tuple[Cohorts, dict[int, int]]:
     """Discover the nodes, write ``partition.json``: the cohorts and each partition's size."""
-    num_clients = int(cfg["simulation"]["num_clients"])
-    connect_timeout = float(cfg["server"].get("connect_timeout", 600))
+    sim, connect_timeout = Simulation.of(cfg), Server.of(cfg).connect_timeout
+    num_clients = sim.num_clients
     train_k, eval_k = cohort_sizes(cfg)
     seed = int(cfg["seed"])
-    if cfg["simulation"].get("nodes", "per_client") == "pool":
+    if sim.nodes == "pool":
         # Virtual nodes of a simulation can load any partition: only the pool is queried (to
         # warm it up), the server knows the partitions (made once per machine, from the disk
         # cache) and names one in every message.
@@ -436,20 +437,20 @@ def _federation(grid: Grid, cfg: dict[str, Any], ds: task.ImageDataset, out: Pat
 
 def _round_engine(cfg: dict[str, Any], cohorts: Cohorts, sizes: dict[int, int], model: torch.nn.Module) -> FederatedRounds:
     """The configured algorithm's Flower strategy inside fedconv's round engine."""
-    server, flt = cfg["server"], cfg.get("faults", {})
+    server, client = Server.of(cfg), Client.of(cfg)
     policy = RoundPolicy(
-        straggler_fraction=float(flt.get("straggler_fraction", 0.0)),
-        local_epochs=int(cfg["client"]["epochs"]),
-        stragglers=str(cfg["strategy"].get("stragglers", "drop")),
-        min_train_replies=int(server.get("min_train_replies", 1)),
+        straggler_fraction=Faults.of(cfg).straggler_fraction,
+        local_epochs=client.epochs,
+        stragglers=str(cfg["strategy"]["stragglers"]),
+        min_train_replies=server.min_train_replies,
     )
     algorithm = algorithms.get(str(cfg["strategy"]["name"]))
     return FederatedRounds(
         algorithm, cfg["strategy"], cohorts,
-        lr_for_round=lambda r: lr_for_round(server, float(cfg["client"]["lr"]), r),
+        lr_for_round=lambda r: lr_for_round(server, client.lr, r),
         policy=policy, partition_sizes=sizes, buffer_names=buffer_names(model),
         local_names=algorithm.local_arrays(model), link=compression.Link.from_config(cfg),
-        evaluate_with_train=with_train_eval(cfg),
+        evaluate_with_train=server.with_train_eval,
     )
 
 
@@ -478,11 +479,10 @@ def _start_sinks(recorder: RunRecorder, cfg: dict[str, Any], out: Path, first_ro
 def _rounds_then_summary(strategy: FederatedRounds, grid: Grid, arrays: ArrayRecord, first_round: int,
                          out: Path, model: torch.nn.Module, recorder: RunRecorder) -> dict[str, Any]:
     """Run the rounds; whatever ends them, write the final weights and ``summary.json``."""
-    server = recorder.cfg["server"]
+    server = recorder.server
     status = "failed"
     try:
-        run_rounds(strategy, grid, arrays, first_round, int(server["rounds"]), float(server["round_timeout"]),
-                   recorder.end_round)
+        run_rounds(strategy, grid, arrays, first_round, server.rounds, server.round_timeout, recorder.end_round)
         status = "completed" if len(recorder.rows) == recorder.rounds else "failed"
     except stopping.RunStopped:  # Ctrl-C or SIGTERM: keep the completed rounds, end quietly
         status = "interrupted"

@@ -27,6 +27,7 @@ __all__ = [
     "load_global", "train_partition",
 ]
 from fedconv.learning.training import Normalizer, TrainHook, TrainResult, train_local
+from fedconv.sections import Client
 
 
 def _key(cfg: Mapping[str, Any]) -> str:
@@ -111,13 +112,14 @@ def train_partition(
     ``client.epochs``)."""
     seed = int(np.random.default_rng([int(cfg["seed"]), server_round, pid]).integers(2**31))
     torch.manual_seed(seed)  # dropout masks
-    epochs = int(cfg["client"]["epochs"]) if epochs is None else epochs
-    max_steps = int(cfg["client"].get("max_steps", 0)) or None  # a constrained board's budget
+    client = Client.of(cfg)
+    epochs = client.epochs if epochs is None else epochs
+    max_steps = client.max_steps or None  # a constrained board's budget
     if step_fraction < 1.0:
-        steps_per_epoch = math.ceil(len(idx) / int(cfg["client"]["batch_size"]))
+        steps_per_epoch = math.ceil(len(idx) / client.batch_size)
         budget = max(1, math.ceil(step_fraction * steps_per_epoch * epochs))
         max_steps = min(budget, max_steps) if max_steps else budget
     return train_local(
-        model, ds.train_x[idx], ds.train_y[idx], normalizer(cfg, ds, train=True), cfg["client"],
+        model, ds.train_x[idx], ds.train_y[idx], normalizer(cfg, ds, train=True), client,
         lr=lr, epochs=epochs, hook=hook, seed=seed, max_steps=max_steps,
     )

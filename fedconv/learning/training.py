@@ -21,6 +21,7 @@ from torch import nn
 
 from fedconv.checks import Checks
 from fedconv.learning.models import channels_last
+from fedconv.sections import Client, Server
 
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "step", "cosine")
@@ -143,13 +144,11 @@ def _crop(padded: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, h: int, w: i
     return torch.stack([padded[i, :, int(dy[i]) : int(dy[i]) + h, int(dx[i]) : int(dx[i]) + w] for i in range(len(dy))])
 
 
-def make_optimizer(model: nn.Module, cfg: Mapping[str, Any], lr: float) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, cfg: Client, lr: float) -> torch.optim.Optimizer:
     """SGD (momentum, weight decay) or Adam, as ``client.optimizer`` says."""
-    if cfg["optimizer"] == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=float(cfg["weight_decay"]))
-    return torch.optim.SGD(
-        model.parameters(), lr=lr, momentum=float(cfg["momentum"]), weight_decay=float(cfg["weight_decay"])
-    )
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 @dataclass(frozen=True)
@@ -163,12 +162,12 @@ class TrainResult:
 PRECISIONS = ("fp32", "bf16")
 
 
-def autocast(cfg: Mapping[str, Any], key: str = "precision") -> torch.autocast:
-    """bfloat16 autocast of the forward pass when ``cfg[key]`` is ``bf16`` (opt-in): the
+def autocast(precision: str) -> torch.autocast:
+    """bfloat16 autocast of the forward pass when ``precision`` is ``bf16`` (opt-in): the
     convolutions and matrix products run in bf16 (AVX512-BF16 / AMX on recent x86 CPUs),
     while the weights, their gradients, the optimizer state and everything on the wire stay
     float32; an algorithm's own loss term is added outside, in float32."""
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.get(key, "fp32") == "bf16")
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def compiled(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -189,7 +188,7 @@ def train_local(
     images: np.ndarray,
     labels: np.ndarray,
     normalizer: Normalizer,
-    cfg: Mapping[str, Any],
+    cfg: Client,
     *,
     lr: float,
     epochs: int,
@@ -215,7 +214,7 @@ def train_local(
 
 def _train_steps(
     model: nn.Module, images: np.ndarray, labels: np.ndarray, normalizer: Normalizer,
-    cfg: Mapping[str, Any], *, lr: float, epochs: int, hook: TrainHook, seed: int, max_steps: int | None,
+    cfg: Client, *, lr: float, epochs: int, hook: TrainHook, seed: int, max_steps: int | None,
 ) -> TrainResult:
     hook.begin(LocalTraining(model, images, labels, normalizer, lr))
     model.train()
@@ -223,14 +222,14 @@ def _train_steps(
     criterion = nn.CrossEntropyLoss()
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
-    batch = int(cfg["batch_size"])
+    batch = cfg.batch_size
     n = len(labels)
     total_loss = 0.0
     correct = 0
     seen = 0
     steps = 0
     labels_t = torch.from_numpy(np.array(labels, dtype=np.int64))
-    forward = compiled(model) if cfg.get("compile", False) else model
+    forward = compiled(model) if cfg.compile else model
     for _ in range(epochs):
         order = rng.permutation(n)
         for start in range(0, n, batch):
@@ -242,7 +241,7 @@ def _train_steps(
             x = normalizer(images[idx], gen).contiguous(memory_format=torch.channels_last)
             y = labels_t[idx]
             optimizer.zero_grad(set_to_none=True)
-            with autocast(cfg):
+            with autocast(cfg.precision):
                 logits = forward(x)
                 loss = criterion(logits, y)
             extra = hook.loss(model)
@@ -309,7 +308,7 @@ def evaluate(
     for start in range(0, n, batch_size):
         x = normalizer(images[start : start + batch_size]).contiguous(memory_format=torch.channels_last)
         y = labels_t[start : start + batch_size]
-        with autocast({"precision": precision}):
+        with autocast(precision):
             logits = model(x).float()
         num_classes = logits.shape[1]
         total_loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
@@ -343,14 +342,12 @@ def classification_report(labels: np.ndarray, preds: np.ndarray, num_classes: in
     }
 
 
-def lr_for_round(server_cfg: Mapping[str, Any], base_lr: float, server_round: int) -> float:
+def lr_for_round(server: Server, base_lr: float, server_round: int) -> float:
     """The server's learning-rate schedule across rounds (1-based round numbers)."""
-    kind = server_cfg["lr_schedule"]
-    if kind == "step":
-        return base_lr * float(server_cfg["lr_gamma"]) ** ((server_round - 1) // int(server_cfg["lr_step_size"]))
-    if kind == "cosine":  # half a cosine over the run; the last round still learns a little
-        total = int(server_cfg["rounds"])
-        lr_min = float(server_cfg["lr_min"])
+    if server.lr_schedule == "step":
+        return base_lr * server.lr_gamma ** ((server_round - 1) // server.lr_step_size)
+    if server.lr_schedule == "cosine":  # half a cosine over the run; the last round still learns a little
+        total, lr_min = server.rounds, server.lr_min
         return lr_min + 0.5 * (base_lr - lr_min) * (1 + math.cos(math.pi * (server_round - 1) / total))
     return base_lr
 
@@ -364,15 +361,11 @@ def config_problems(c: Checks) -> None:
     c.in_range("client.momentum", 0, 1, hi_open=True)
     c.in_range("client.weight_decay", 0)
     c.in_range("client.threads", 0, 1024, integer=True)
-    if c.has("client.max_steps"):
-        c.in_range("client.max_steps", 0, integer=True)
+    c.in_range("client.max_steps", 0, integer=True)
     c.boolean("client.noop")
-    if c.has("client.precision"):
-        c.one_of("client.precision", PRECISIONS)
-    if c.has("client.compile"):
-        c.boolean("client.compile")
-    if c.has("server.eval_precision"):
-        c.one_of("server.eval_precision", PRECISIONS)
+    c.one_of("client.precision", PRECISIONS)
+    c.boolean("client.compile")
+    c.one_of("server.eval_precision", PRECISIONS)
     c.one_of("server.lr_schedule", LR_SCHEDULES)
     c.in_range("server.lr_step_size", 1, integer=True)
     c.in_range("server.lr_gamma", 0, 1, lo_open=True)

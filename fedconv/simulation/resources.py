@@ -16,7 +16,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from fedconv.config import ConfigError, cohort_sizes
+from fedconv.config import ConfigError
+from fedconv.sections import Simulation, cohort_sizes
 
 GB = 1024**3
 # fp32 copies of the weights a training actor holds: the model, its gradients, SGD's
@@ -37,8 +38,8 @@ def parameter_count(cfg: Mapping[str, Any], input_shape: tuple[int, int, int], n
     return sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
 
 
-def _local_cpus(sim: Mapping[str, Any]) -> int:
-    return int(sim["ray"].get("num_cpus") or 0) or (os.cpu_count() or 1)
+def _local_cpus(sim: Simulation) -> int:
+    return sim.ray.num_cpus or (os.cpu_count() or 1)
 
 
 def _local_gpus() -> int:
@@ -52,16 +53,15 @@ def _local_gpus() -> int:
 
 def check_resources(cfg: Mapping[str, Any]) -> None:
     """Client resources against what a local Ray can give."""
-    sim = cfg["simulation"]
-    if sim["ray"].get("address"):
+    sim = Simulation.of(cfg)
+    if sim.ray.address:
         return
-    cpus, need = _local_cpus(sim), float(sim["client_resources"]["num_cpus"])
-    where = (f"simulation.ray.num_cpus={sim['ray']['num_cpus']}" if int(sim["ray"].get("num_cpus") or 0)
-             else f"this machine's {cpus} CPUs")
+    cpus, need = _local_cpus(sim), sim.client_resources.num_cpus
+    where = f"simulation.ray.num_cpus={sim.ray.num_cpus}" if sim.ray.num_cpus else f"this machine's {cpus} CPUs"
     if need > cpus:
         raise ConfigError(f"simulation.client_resources.num_cpus={need:g}: more than the {cpus} CPUs Ray has here "
                           f"({where}), so no client could ever start; must be <= {cpus}")
-    gpus_needed = float(sim["client_resources"]["num_gpus"])
+    gpus_needed = sim.client_resources.num_gpus
     gpus = _local_gpus()
     if gpus_needed > gpus:
         raise ConfigError(f"simulation.client_resources.num_gpus={gpus_needed:g}: this machine has {gpus} GPU(s) "
@@ -74,9 +74,10 @@ def check_cluster(cfg: Mapping[str, Any]) -> None:
     import ray
 
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    address = cfg["simulation"]["ray"]["address"]
+    sim = Simulation.of(cfg)
+    address = sim.ray.address
     for key, resource in (("num_cpus", "CPU"), ("num_gpus", "GPU")):
-        need = float(cfg["simulation"]["client_resources"][key])
+        need = float(getattr(sim.client_resources, key))
         most = max((float(n.get(resource, 0)) for n in nodes), default=0.0)
         if need > most:
             raise ConfigError(f"simulation.client_resources.{key}={need:g}: more than the {most:g} {resource}(s) of the "
@@ -87,9 +88,9 @@ def check_cluster(cfg: Mapping[str, Any]) -> None:
 def memory_need(cfg: Mapping[str, Any], params: int) -> tuple[int, int]:
     """(bytes this run needs about, actors it counts): weights in every training actor,
     plus the server's copies and every reply of a round, which Flower holds at once."""
-    sim = cfg["simulation"]
+    sim = Simulation.of(cfg)
     cohort = max(cohort_sizes(cfg))
-    actors = min(cohort, max(1, int(_local_cpus(sim) // max(float(sim["client_resources"]["num_cpus"]), 1e-9))))
+    actors = min(cohort, max(1, int(_local_cpus(sim) // max(sim.client_resources.num_cpus, 1e-9))))
     weights = 4 * params
     return weights * (actors * ACTOR_COPIES + SERVER_COPIES + cohort), actors
 
@@ -99,7 +100,7 @@ def check_memory(cfg: Mapping[str, Any], input_shape: tuple[int, int, int], num_
     """The model's memory, times the copies a run keeps, against the memory available now."""
     import psutil
 
-    if cfg["simulation"]["ray"].get("address"):
+    if Simulation.of(cfg).ray.address:
         return
     params = parameter_count(cfg, input_shape, num_classes)
     need, actors = memory_need(cfg, params)

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from fedconv.config import ConfigError, assign, plain
 from fedconv.runs import run_dir
 from fedconv.runs.checkpoint import Checkpoint, CheckpointError
+from fedconv.sections import Server, with_legacy_defaults
 from fedconv.validation import validate
 
 # What ``resume=`` may change: where and how the rest of the run executes, and how many
@@ -46,7 +47,7 @@ def saved_config(out: Path, key: str = "resume") -> dict[str, Any]:
     missing = [g for g in REQUIRED_GROUPS if not isinstance(cfg.get(g), dict)]
     if missing:
         raise run_dir.RunDirError(f"{path}: not a fedconv config (no {', '.join(missing)} group)")
-    return cfg
+    return with_legacy_defaults(cfg)  # a run saved before a key existed ran with its legacy value
 
 
 def _override_key(override: str) -> str:
@@ -79,8 +80,9 @@ def resume_config(cfg: DictConfig, out: Path, overrides: list[str]) -> dict[str,
         validate(resolved)
     except ConfigError as exc:
         raise ConfigError(f"{out / run_dir.CONFIG}: {'; '.join(str(exc).splitlines())}") from None
-    rounds = resolved["server"]["rounds"]
-    if rounds != saved_rounds and resolved["server"]["lr_schedule"] == "cosine":
+    server = Server.of(resolved)
+    rounds = server.rounds
+    if rounds != saved_rounds and server.lr_schedule == "cosine":
         raise ConfigError(
             f"server.rounds={rounds}: cannot change on resume with server.lr_schedule=cosine (the schedule spans "
             f"all {saved_rounds} rounds, so the rounds already run would have had other learning rates)"

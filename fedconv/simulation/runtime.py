@@ -39,6 +39,7 @@ from typing import Any
 import tomli_w
 
 from fedconv.runs import timeline
+from fedconv.sections import Simulation
 from fedconv.simulation import ray_session
 
 CLIENT_APP = "fedconv.edge.board_app:app"  # a deployed message: the warm worker or in-process
@@ -67,27 +68,21 @@ def write_app_dir(directory: Path, run_config: Mapping[str, Any]) -> None:
     (directory / "pyproject.toml").write_text(tomli_w.dumps(project))
 
 
-def backend_config(sim_cfg: Mapping[str, Any], verbose: bool) -> dict[str, Any]:
+def backend_config(sim: Simulation, verbose: bool) -> dict[str, Any]:
     """Flower's Ray backend config: client resources and ``ray.init`` arguments."""
-    ray_cfg = sim_cfg["ray"]
     init_args: dict[str, Any] = {
         "logging_level": logging.INFO if verbose else logging.WARNING,
         "log_to_driver": bool(verbose),
     }
-    if ray_cfg.get("address"):
-        init_args["address"] = str(ray_cfg["address"])
+    if sim.ray.address:
+        init_args["address"] = sim.ray.address
     else:
-        init_args["include_dashboard"] = bool(ray_cfg.get("include_dashboard", False))
-        if int(ray_cfg.get("num_cpus") or 0) > 0:
-            init_args["num_cpus"] = int(ray_cfg["num_cpus"])
-    resources = sim_cfg["client_resources"]
-    return {
-        "client_resources": {
-            "num_cpus": float(resources["num_cpus"]),
-            "num_gpus": float(resources["num_gpus"]),
-        },
-        "init_args": init_args,
-    }
+        init_args["include_dashboard"] = sim.ray.include_dashboard
+        if sim.ray.num_cpus > 0:
+            init_args["num_cpus"] = sim.ray.num_cpus
+    resources = sim.client_resources
+    return {"client_resources": {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus},
+            "init_args": init_args}
 
 
 class _ClientErrorsInRoundLog(logging.Filter):
