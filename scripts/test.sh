@@ -7,6 +7,10 @@ PY="${FEDCONV_VENV:-.venv}/bin/python"
 echo "[lint] ruff check . && mypy (fedconv/)"
 "$PY" -m ruff check .
 "$PY" -m mypy
+echo "[docs] mkdocs build --strict (every link, anchor and API reference resolves)"
+SITE=$(mktemp -d)
+"$PY" -m mkdocs build --strict --quiet --site-dir "$SITE"
+rm -rf "$SITE"
 # every property-based test draws its full count of examples here (a quarter in the inner loop)
 export FEDCONV_TEST_DRAWS=full
 exec "$PY" -m pytest "$@"
