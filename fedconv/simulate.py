@@ -298,6 +298,17 @@ def _skip(job: Job) -> dict[str, Any]:
     return summary
 
 
+def _open_run_dir(job: Job, resolved: dict[str, Any], action: str) -> None:
+    """Clear what a run that died before round 1 left (a new run), write the config (on
+    resume: where the run lives now, and its rounds), mark the job running."""
+    if action == "new":
+        for name in (run_dir.ROUNDS, run_dir.CLIENTS, run_dir.SUMMARY):
+            (job.out / name).unlink(missing_ok=True)
+    run_dir.write_config(job.out, resolved)
+    job.index(status="running")
+    print(f"fedconv run -> {job.out}" + (" (resuming from its checkpoint)" if action == "resume" else ""), flush=True)
+
+
 def _execute(job: Job, resolved: dict[str, Any], action: str) -> dict[str, Any]:
     """Start Ray, write the config, run the rounds; record how the run ended."""
     from fedconv.federation import stopping
@@ -308,12 +319,7 @@ def _execute(job: Job, resolved: dict[str, Any], action: str) -> dict[str, Any]:
     # bad input was refused before Ray starts; Ray's processes now start (and its workers
     # import torch) while this process imports Flower's simulation engine
     ray_session.start(backend["init_args"], background=True, preload=ray_session.preload_workers(backend))
-    if action == "new":  # a run that died before round 1 ended leaves rows to clear
-        for name in (run_dir.ROUNDS, run_dir.CLIENTS, run_dir.SUMMARY):
-            (out / name).unlink(missing_ok=True)
-    run_dir.write_config(out, resolved)  # on resume: where the run lives now, and its rounds
-    job.index(status="running")
-    print(f"fedconv run -> {out}" + (" (resuming from its checkpoint)" if resuming else ""), flush=True)
+    _open_run_dir(job, resolved, action)
     started = time.perf_counter()
     status, error = "failed", ""
     keep_ray = job.multirun and not runtime.in_ray_worker()

@@ -241,15 +241,38 @@ class FederatedRounds:
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         record, phase = self.current, self.round.train
         assert record is not None and phase is not None
-        pid_of = phase.node_to_pid
         # Reply order is completion order; aggregate in partition order so runs are repeatable.
         replies = sorted(replies, key=lambda m: phase.pid(m.metadata.src_node_id))
+        accepted, rejected, dropped = self._triage(server_round, record, phase, replies)
+        record.add_clients("train", accepted, phase.node_to_pid)
+        record.add_clients("train", dropped, phase.node_to_pid, status="dropped")
+        record.add_clients("train", rejected, phase.node_to_pid, status="rejected")
+        if self.evaluate_with_train:  # updates dropped as stragglers still evaluated the received model
+            self._evaluated_before_training(record, accepted + dropped, phase.node_to_pid)
+        if len(accepted) < self.policy.min_train_replies:
+            record.skipped = True
+            return None, None
+        arrays, metrics = self._aggregated(server_round, accepted)
+        if arrays is None:  # the rule could not aggregate these replies (Bulyan: too few)
+            record.skipped = True
+            return None, None
+        if self.stateful:  # these partitions' new states are now the current ones
+            self.client_rounds.update({phase.pid(m.metadata.src_node_id): server_round for m in accepted})
+        if metrics is not None:
+            record.train_loss = records.number(metrics, "train_loss")
+            record.train_accuracy = records.number(metrics, "train_accuracy")
+        return arrays, metrics
+
+    def _triage(self, server_round: int, record: RoundRecord, phase: Phase,
+                replies: list[Message]) -> tuple[list[Message], list[Message], list[Message]]:
+        """Each reply decoded and checked: (accepted, rejected, dropped stragglers); failures,
+        missing replies and bytes go into the round's record."""
         record.bytes_up = sum(message_array_bytes(m) for m in replies)
         answered = {phase.pid(m.metadata.src_node_id) for m in replies}
         record.failures += [f"partition {phase.pid(m.metadata.src_node_id)}: {short_reason(m.error.reason)}"
                             for m in replies if m.has_error()]
         record.failures += [f"partition {p}: no reply within the round timeout"
-                            for p in pid_of.values() if p not in answered]
+                            for p in phase.node_to_pid.values() if p not in answered]
         accepted, rejected, dropped = [], [], []
         record.bytes_up_raw = 0
         for m in (m for m in replies if not m.has_error()):
@@ -268,29 +291,20 @@ class FederatedRounds:
         record.clients_rejected, record.clients_dropped = len(rejected), len(dropped)
         record.clients_ok = len(accepted)
         record.clients_failed = record.clients_sampled - len(accepted) - len(rejected) - len(dropped)
-        record.add_clients("train", accepted, pid_of)
-        record.add_clients("train", dropped, pid_of, status="dropped")
-        record.add_clients("train", rejected, pid_of, status="rejected")
-        if self.evaluate_with_train:  # updates dropped as stragglers still evaluated the received model
-            self._evaluated_before_training(record, accepted + dropped, pid_of)
-        if len(accepted) < self.policy.min_train_replies:
-            record.skipped = True
-            return None, None
+        return accepted, rejected, dropped
+
+    def _aggregated(self, server_round: int, accepted: list[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Flower's strategy on the accepted replies, completed to the whole model as sent
+        (BatchNorm buffers averaged where the algorithm says, local arrays from the server's copy)."""
         arrays, metrics = self.strategy.aggregate_train(server_round, [self._for_strategy(m) for m in accepted])
-        if arrays is None:  # the rule could not aggregate these replies (Bulyan: too few)
-            record.skipped = True
-            return None, None
+        if arrays is None:
+            return None, metrics
         if self.buffer_names:
             buffers = aggregate_arrayrecords([_only(m, self._arrays_key, self.buffer_names) for m in accepted], "num-examples")
             arrays = ArrayRecord({k: (arrays[k] if k in arrays else buffers[k]) for k in self.round.sent_spec})
         arrays = _as_sent(arrays, self.round.sent_spec)
         if self.local_names:  # the global model keeps the server's copy of what stays local
             arrays = ArrayRecord({k: (arrays[k] if k in arrays else self.round.global_model[k]) for k in self.round.global_model})
-        if self.stateful:  # these partitions' new states are now the current ones
-            self.client_rounds.update({phase.pid(m.metadata.src_node_id): server_round for m in accepted})
-        if metrics is not None:
-            record.train_loss = records.number(metrics, "train_loss")
-            record.train_accuracy = records.number(metrics, "train_accuracy")
         return arrays, metrics
 
     @staticmethod

@@ -81,6 +81,25 @@ class SqueezeExcite(nn.Module):
         return x * s[:, :, None, None]
 
 
+def _first_block(channels: int, filters: int, kernel_size: int, variant: str, batch_norm: bool, activation: str,
+                 pool: str) -> nn.Sequential:
+    """conv (plain, depthwise-separable or multi-branch) -> [BN] -> act -> pool (none when strided)."""
+    stride = 2 if pool == "strided" else 1
+    if variant == "mb":
+        conv: nn.Module = MultiBranchConv(channels, filters, stride, not batch_norm)
+    else:
+        conv = _conv(channels, filters, kernel_size, stride, not batch_norm, separable=variant == "dw")
+    layers: list[nn.Module] = [conv]
+    if batch_norm:
+        layers.append(nn.BatchNorm2d(filters))
+    layers.append(_activation(activation))
+    if pool == "max":
+        layers.append(nn.MaxPool2d(2, 2))
+    elif pool == "avg":
+        layers.append(nn.AvgPool2d(2, 2))
+    return nn.Sequential(*layers)
+
+
 class TwoConv(nn.Module):
     """conv -> [BN] -> act -> pool -> conv -> [BN] -> act -> head -> dense x n -> output."""
 
@@ -111,20 +130,7 @@ class TwoConv(nn.Module):
         if h < 2 or w < 2:
             raise ModelConfigError(f"input {input_shape} is too small for a 2x2 downsampling")
         bias = not batch_norm
-        stride1 = 2 if pool == "strided" else 1
-        if variant == "mb":
-            conv1: nn.Module = MultiBranchConv(c, filters1, stride1, bias)
-        else:
-            conv1 = _conv(c, filters1, kernel_size, stride1, bias, separable=variant == "dw")
-        layers: list[nn.Module] = [conv1]
-        if batch_norm:
-            layers.append(nn.BatchNorm2d(filters1))
-        layers.append(_activation(activation))
-        if pool == "max":
-            layers.append(nn.MaxPool2d(2, 2))
-        elif pool == "avg":
-            layers.append(nn.AvgPool2d(2, 2))
-        self.block1 = nn.Sequential(*layers)
+        self.block1 = _first_block(c, filters1, kernel_size, variant, batch_norm, activation, pool)
         self.conv2 = _conv(filters1, filters2, kernel_size, 1, bias, separable=variant == "dw")
         self.bn2 = nn.BatchNorm2d(filters2) if batch_norm else nn.Identity()
         self.shortcut: nn.Module | None = None

@@ -163,18 +163,32 @@ def reserved_actors(max_actors: int) -> Iterator[None]:
         raybackend.BasicActorPool = original  # type: ignore[misc]
 
 
+def _new_run() -> Any:
+    """A Flower ``Run`` with fresh ids, and the task identity its apps read, as ``flwr run``
+    makes them for a local simulation."""
+    from flwr.common.constant import RUN_ID_NUM_BYTES, SUPERLINK_NODE_ID, TASK_ID_NUM_BYTES
+    from flwr.server.superlink.linkstate.utils import generate_rand_int_from_bytes
+    from flwr.supercore.constant import NOOP_FEDERATION_ID
+    from flwr.supercore.run import Run
+    from flwr.supercore.task_identity import TaskIdentity
+
+    run_id = generate_rand_int_from_bytes(RUN_ID_NUM_BYTES)
+    run = Run.create_empty(run_id=run_id)
+    run.primary_task_id = generate_rand_int_from_bytes(TASK_ID_NUM_BYTES)
+    run.federation_id = NOOP_FEDERATION_ID
+    TaskIdentity.task_id = 1
+    TaskIdentity.run_id = run_id
+    TaskIdentity.node_id = SUPERLINK_NODE_ID
+    return run
+
+
 def run_simulation(run_config: Mapping[str, Any], num_supernodes: int, backend: Mapping[str, Any], verbose: bool,
                    max_actors: int = 0, keep_actors: bool = False) -> None:
     """Run the fedconv ServerApp against ``num_supernodes`` virtual SuperNodes on Ray.
     Inside a Ray worker (a launcher's job) at most ``max_actors`` actors, reserved at once;
     ``keep_actors``: Ray and the idle actors outlive the run (:mod:`fedconv.simulation.ray_session`)."""
     from flwr.app import Context, RecordDict
-    from flwr.common.constant import RUN_ID_NUM_BYTES, SUPERLINK_NODE_ID, TASK_ID_NUM_BYTES
-    from flwr.server.superlink.linkstate.utils import generate_rand_int_from_bytes
     from flwr.simulation.run_simulation import _run_simulation
-    from flwr.supercore.constant import NOOP_FEDERATION_ID
-    from flwr.supercore.run import Run
-    from flwr.supercore.task_identity import TaskIdentity
     from flwr.supercore.telemetry import EventType
 
     from fedconv.federation.client_app import app as client_app
@@ -185,16 +199,8 @@ def run_simulation(run_config: Mapping[str, Any], num_supernodes: int, backend: 
     if not verbose and not any(isinstance(f, _ClientErrorsInRoundLog) for f in flwr_logger.filters):
         flwr_logger.addFilter(_ClientErrorsInRoundLog())
     ray_session.quiet_environment()
-    run_id = generate_rand_int_from_bytes(RUN_ID_NUM_BYTES)
-    run = Run.create_empty(run_id=run_id)
-    run.primary_task_id = generate_rand_int_from_bytes(TASK_ID_NUM_BYTES)
-    run.federation_id = NOOP_FEDERATION_ID
-    TaskIdentity.task_id = 1
-    TaskIdentity.run_id = run_id
-    TaskIdentity.node_id = SUPERLINK_NODE_ID
-    context = Context(
-        run_id=run_id, node_id=0, node_config={}, state=RecordDict(), run_config=dict(run_config)
-    )
+    run = _new_run()
+    context = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config=dict(run_config))
     ray_session.start(backend["init_args"], preload=ray_session.preload_workers(backend))
     timeline.mark("ray")
     timeline.record_runtime("ray", ray_session.describe())
