@@ -13,12 +13,13 @@ and fails on one that goes the other way or round a circle):
 3. :mod:`fedconv.learning`: models, local training, the task;
 4. :mod:`fedconv.algorithms`: every aggregation algorithm, one module each;
 5. :mod:`fedconv.wire`: codecs, reply checks, the byte ledger;
-6. :mod:`fedconv.runs`: run directories, checkpoints, tracking, reports;
-7. :mod:`fedconv.federation`: the ServerApp, the ClientApp and the round engine;
-8. :mod:`~fedconv.validation`: a whole config checked, each group by the module that owns it;
-9. :mod:`fedconv.simulation`: Flower's simulation engine on Ray, a job's preparation;
-10. :mod:`fedconv.edge`: SuperNodes on boards, certificates, board data, model export;
-11. the commands: :mod:`~fedconv.simulate` (``python -m fedconv.simulate``),
+6. :mod:`fedconv.insight`: client drift, the geometry of a round's updates;
+7. :mod:`fedconv.runs`: run directories, checkpoints, tracking, reports;
+8. :mod:`fedconv.federation`: the ServerApp, the ClientApp and the round engine;
+9. :mod:`~fedconv.validation`: a whole config checked, each group by the module that owns it;
+10. :mod:`fedconv.simulation`: Flower's simulation engine on Ray, a job's preparation;
+11. :mod:`fedconv.edge`: SuperNodes on boards, certificates, board data, model export;
+12. the commands: :mod:`~fedconv.simulate` (``python -m fedconv.simulate``),
     :mod:`~fedconv.cli` (``fedconv <command>``), :mod:`~fedconv.bench`,
     :mod:`~fedconv.partition_stats` (``fedconv partitions``).
 """

@@ -19,6 +19,7 @@ LAYERS = (
     ("learning", ("fedconv.learning",)),
     ("algorithms", ("fedconv.algorithms",)),
     ("wire", ("fedconv.wire",)),
+    ("insight", ("fedconv.insight",)),
     ("runs", ("fedconv.runs",)),
     ("federation", ("fedconv.federation",)),
     ("validation", ("fedconv.validation",)),

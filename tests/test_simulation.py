@@ -97,6 +97,40 @@ def test_saved_weights_reproduce_the_final_accuracy(runs: dict[str, Path]) -> No
 
 
 @SEEDS
+def test_the_updates_geometry_is_recorded_per_round_client_and_layer(runs: dict[str, Path]) -> None:
+    """client_updates.csv: a row per aggregated client and layer each round; rounds.csv's
+    means are those rows'; round 1 stepped away from the initial model by exactly its
+    aggregate step, and the last round's distance from it is the saved model's, recomputed
+    here from a model built with the run's seed."""
+    import csv
+
+    from fedconv.config import compose
+    from fedconv.learning import task
+    from fedconv.learning.models import parameter_names
+
+    cfg = compose([*SMALL, "seed=0"])
+    initial = task.initial_model(cfg, task.dataset(cfg))
+    names = sorted(parameter_names(initial))
+    layers = {n.rsplit(".", 1)[0] for n in names}
+    with (runs["a"] / "client_updates.csv").open() as f:
+        updates = list(csv.DictReader(f))
+    table = rows(runs["a"])
+    for r in table:
+        mine = [u for u in updates if u["round"] == r["round"]]
+        assert {u["layer"] for u in mine} == layers | {"model"} and len(mine) == 4 * (len(layers) + 1)
+        whole = [u for u in mine if u["layer"] == "model"]
+        assert float(r["update_norm_mean"]) == pytest.approx(statistics.mean(float(u["norm"]) for u in whole))
+        assert float(r["update_cosine_to_aggregate"]) == pytest.approx(
+            statistics.mean(float(u["cosine_to_aggregate"]) for u in whole))
+        assert -1 <= float(r["update_pairwise_cosine"]) <= 1
+    assert float(table[0]["distance_from_init"]) == pytest.approx(float(table[0]["aggregate_step_norm"]), rel=1e-6)
+    final = load_file(str(runs["a"] / "model.safetensors"))
+    start = {k: v.detach().numpy() for k, v in initial.state_dict().items()}
+    travelled = np.sqrt(sum(float(((final[n].astype(np.float64) - start[n]) ** 2).sum()) for n in names))
+    assert float(table[-1]["distance_from_init"]) == pytest.approx(travelled, rel=1e-5)
+
+
+@SEEDS
 def test_same_seed_same_numbers_different_seed_differs(runs: dict[str, Path]) -> None:
     cols = ["central_accuracy", "central_loss", "fed_accuracy", "fed_loss", "train_loss"]
     a, b, c = (rows(runs[t]) for t in "abc")

@@ -33,6 +33,7 @@ from fedconv.algorithms.base import (
 from fedconv.federation.client_state import STATE_ROUND, partitions_keep_state
 from fedconv.federation.cohorts import CohortGrid, Cohorts, Phase
 from fedconv.federation.faults import straggler_plan
+from fedconv.insight.drift import round_geometry
 from fedconv.wire.channel import Channel, spec_of
 from fedconv.wire.compression import Link, PayloadError, Spec
 from fedconv.wire.ledger import RoundRecord, message_array_bytes, short_reason
@@ -101,6 +102,7 @@ class FederatedRounds:
         local_names: Iterable[str] = (),
         link: Link | None = None,
         evaluate_with_train: bool = False,
+        initial: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         self.algorithm = algorithm
         self.strategy = algorithm.make_strategy({**strategy_cfg, "num_partitions": cohorts.num_partitions})
@@ -116,6 +118,8 @@ class FederatedRounds:
         self.stateful = partitions_keep_state(algorithm, self.link)  # a partition keeps state between rounds
         self.local_names = frozenset(local_names)  # never sent (FedBN's BatchNorm layers)
         self.current: RoundRecord | None = None
+        self.initial = dict(initial or {})  # the initial model's parameters: the distance travelled from them
+        self.geometry_seconds = 0.0  # what measuring the updates' geometry has cost this process
         self.round = RoundState(specs=self._specs_of({}))  # this round's, between configure and aggregate
         self._arrays_key = str(getattr(self.strategy, "arrayrecord_key", "arrays"))
         self._config_key = str(getattr(self.strategy, "configrecord_key", "config"))
@@ -258,10 +262,23 @@ class FederatedRounds:
             return None, None
         if self.stateful:  # these partitions' new states are now the current ones
             self.client_rounds.update({phase.pid(m.metadata.src_node_id): server_round for m in accepted})
+        self._measure_updates(record, phase, accepted, arrays)
         if metrics is not None:
             record.train_loss = records.number(metrics, "train_loss")
             record.train_accuracy = records.number(metrics, "train_accuracy")
         return arrays, metrics
+
+    def _measure_updates(self, record: RoundRecord, phase: Phase, accepted: list[Message], new: ArrayRecord) -> None:
+        """The geometry of the aggregated updates (:mod:`fedconv.insight.drift`) over the
+        parameters sent (BatchNorm statistics and local arrays left out), into the record."""
+        started = time.perf_counter()
+        names = [k for k in self.round.sent_spec if k not in self.model_buffers]
+        replies = {phase.pid(m.metadata.src_node_id): {k: m.content.array_records[self._arrays_key][k].numpy() for k in names}
+                   for m in accepted}
+        geometry = round_geometry(record.server_round, {k: self.round.global_model[k].numpy() for k in names}, replies,
+                                  {k: new[k].numpy() for k in names}, names, self.initial or None)
+        record.update_summary, record.update_rows = geometry.summary, geometry.rows
+        self.geometry_seconds += time.perf_counter() - started
 
     def _triage(self, server_round: int, record: RoundRecord, phase: Phase,
                 replies: list[Message]) -> tuple[list[Message], list[Message], list[Message]]:

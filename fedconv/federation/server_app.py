@@ -258,6 +258,7 @@ class RunRecorder:
         k = ckpt.server_round
         self.rows = run_dir.truncate_rows(self.out / run_dir.ROUNDS, run_dir.ROUND_COLUMNS, k)
         run_dir.truncate_rows(self.out / run_dir.CLIENTS, run_dir.CLIENT_COLUMNS, k)
+        run_dir.truncate_rows(self.out / run_dir.UPDATES, run_dir.UPDATE_COLUMNS, k)
         if len(self.rows) != k:
             raise checkpoint.CheckpointError(
                 f"{self.out / run_dir.ROUNDS} holds {len(self.rows)} complete rounds up to the checkpoint's round {k}"
@@ -278,6 +279,8 @@ class RunRecorder:
         self.tracking.round(row)
         for client_row in record.client_rows:
             run_dir.append_row(self.out / run_dir.CLIENTS, run_dir.CLIENT_COLUMNS, client_row)
+        if record.update_rows:
+            run_dir.append_rows(self.out / run_dir.UPDATES, run_dir.UPDATE_COLUMNS, record.update_rows)
         self.rows.append(row)
         self._print_round(server_round, record, row)
         if self.progress is not None:
@@ -323,6 +326,7 @@ class RunRecorder:
             "fed_model_round": None if record.fed_accuracy is None else server_round - int(self.with_train),
             "compression_down": _ratio(record.bytes_down + record.bytes_eval_down, raw_down),
             "compression_up": _ratio(record.bytes_up, record.bytes_up_raw),
+            **record.update_summary,
         }
 
     def _print_round(self, server_round: int, record: Any, row: Mapping[str, Any]) -> None:
@@ -373,6 +377,8 @@ class RunRecorder:
             "compression": {d: dict(self.cfg["compression"][d])
                             for d in ("downlink", "uplink")},
             "wall_seconds": time.perf_counter() - self.started,
+            # measuring the updates' geometry in this process (a resumed run: since it resumed)
+            "update_geometry_seconds": self.strategy.geometry_seconds,
             "num_parameters": count_parameters(model),
             "model_bytes": state_bytes(model),
             "seed": int(self.cfg["seed"]),
@@ -451,6 +457,7 @@ def _round_engine(cfg: dict[str, Any], cohorts: Cohorts, sizes: dict[int, int], 
         policy=policy, partition_sizes=sizes, buffer_names=buffer_names(model),
         local_names=algorithm.local_arrays(model), link=compression.Link.from_config(cfg),
         evaluate_with_train=server.with_train_eval,
+        initial={k: v.detach().numpy().copy() for k, v in transmitted_state(model).items()},
     )
 
 

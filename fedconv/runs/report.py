@@ -452,6 +452,9 @@ def _plot(result: dict[str, Any], out: Path) -> list[Path]:
     figs.figure("train_loss_vs_round", figs.mean_band("train_loss"), "training loss (clients' mean)", "round")
     figs.figure("client_accuracy", figs.client_boxes, "final per-client accuracy (held-out splits)", "group",
                 legend=False)
+    if any(m.series("update_pairwise_cosine") for members in groups.values() for m in members):  # runs since drift
+        figs.figure("client_drift_vs_round", figs.mean_band("update_pairwise_cosine"),
+                    "clients' updates: mean pairwise cosine", "round")
     return figs.written
 
 

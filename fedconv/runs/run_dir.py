@@ -12,7 +12,7 @@ import fcntl
 import io
 import json
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +54,12 @@ ROUND_COLUMNS = [
     "fed_model_round",  # on the model they received (fed_eval=with_train): the global model after this round
     "compression_down",  # bytes sent / bytes the same arrays take uncompressed (train + eval downlink)
     "compression_up",
+    # the aggregated updates' geometry (fedconv.insight.drift); per client in client_updates.csv
+    "update_norm_mean",
+    "update_cosine_to_aggregate",
+    "update_pairwise_cosine",
+    "aggregate_step_norm",
+    "distance_from_init",
 ]
 ROUND_TEXT_COLUMNS = ("fed_cohort",)  # every other rounds.csv cell is a number or empty
 CLIENT_REQUIRED = ["round", "phase", "partition_id", "num_examples", "loss", "accuracy", "status"]
@@ -61,12 +67,15 @@ CLIENT_REQUIRED = ["round", "phase", "partition_id", "num_examples", "loss", "ac
 # runs written before these columns existed.
 CLIENT_COSTS = ["work_seconds", "process_seconds", "warm_worker"]
 CLIENT_COLUMNS = CLIENT_REQUIRED + CLIENT_COSTS
+# one row per aggregated client and layer ("model": the whole model) a round
+UPDATE_COLUMNS = ["round", "partition_id", "layer", "norm", "cosine_to_aggregate"]
 
 CONFIG = "config.yaml"
 ROUNDS = "rounds.csv"
 SUMMARY = "summary.json"
 PARTITION = "partition.json"
 CLIENTS = "client_metrics.csv"
+UPDATES = "client_updates.csv"
 WEIGHTS = "model.safetensors"
 CHECKPOINT = "checkpoint.safetensors"
 CLASS_REPORT = "classification.json"
@@ -276,12 +285,17 @@ def _cell(value: Any) -> str:
 
 def append_row(path: Path, columns: list[str], row: Mapping[str, Any]) -> None:
     """Append one CSV row (writing the header first); empty cells for missing values."""
+    append_rows(path, columns, [row])
+
+
+def append_rows(path: Path, columns: list[str], rows: Sequence[Mapping[str, Any]]) -> None:
+    """Append CSV rows in one write (the header first in a new file)."""
     new = not path.exists()
     with path.open("a", newline="") as f:
         writer = csv.writer(f)
         if new:
             writer.writerow(columns)
-        writer.writerow([_cell(row.get(c)) for c in columns])
+        writer.writerows([[_cell(row.get(c)) for c in columns] for row in rows])
         f.flush()
 
 

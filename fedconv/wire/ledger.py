@@ -63,6 +63,8 @@ class RoundRecord:
     fed_accuracy: float | None = None
     client_rows: list[dict[str, Any]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    update_summary: dict[str, float | None] = field(default_factory=dict)  # fedconv.insight.drift, for rounds.csv
+    update_rows: list[dict[str, Any]] = field(default_factory=list)  # and for client_updates.csv
 
     def add_clients(self, phase: str, replies: list[Message], pid_of: Mapping[int, int], status: str = "ok") -> None:
         """Per-client rows for client_metrics.csv (phase: train or evaluate)."""

@@ -1,0 +1,102 @@
+"""Client drift: the geometry of one round's client updates.
+
+For the global model ``w`` a round sent, client ``i``'s reply ``w_i`` and the new global
+model ``w'``, the update is ``u_i = w_i - w`` and the aggregate step ``d = w' - w`` (what the
+server actually did: for FedAvg the weighted mean of the ``u_i``, for FedAdam or FedAvgM its
+optimizer's step). Over the model's parameters (BatchNorm statistics and arrays that stay on
+the clients left out), per client: ``||u_i||`` and ``cos(u_i, d)``, for the whole model and
+per layer; per round: their means, ``||d||``, the mean cosine over pairs of distinct clients
+(``cos(u_i, u_j)``: near 1 when clients agree, near 0 or below when non-IID data pulls them
+apart, the quantity SCAFFOLD sets out to fix), and ``||w' - w_0||``, the distance travelled
+from the initial model.
+
+The pairwise mean uses every pair of at most :data:`PAIRS_OF` clients; a larger cohort is
+sampled, seeded by the round. Written by hand: a few NumPy lines on arrays fedconv already
+holds (no library computes these from Flower's records).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+Arrays = Mapping[str, np.ndarray]
+PAIRS_OF = 32  # clients whose every pair enters the pairwise mean (a larger cohort is sampled)
+MODEL = "model"  # the layer name of the rows about the whole model
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """One round: ``summary`` for rounds.csv, ``rows`` for client_updates.csv."""
+
+    summary: dict[str, float | None]
+    rows: list[dict[str, object]] = field(default_factory=list)
+
+
+def _flat(arrays: Arrays, names: Sequence[str]) -> np.ndarray:
+    return np.concatenate([np.asarray(arrays[n], dtype=np.float64).ravel() for n in names]) if names else np.zeros(0)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float | None:
+    """cos(a, b); None when either is the zero vector (no direction)."""
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    return float(a @ b) / (na * nb) if na > 0 and nb > 0 else None
+
+
+def layers(names: Sequence[str]) -> dict[str, list[str]]:
+    """Parameter names grouped by layer: ``block1.0.weight`` and ``block1.0.bias`` -> ``block1.0``."""
+    grouped: dict[str, list[str]] = {}
+    for name in names:
+        grouped.setdefault(name.rsplit(".", 1)[0] if "." in name else name, []).append(name)
+    return grouped
+
+
+def mean_pairwise_cosine(updates: np.ndarray, server_round: int) -> float | None:
+    """Mean of cos(u_i, u_j) over pairs i < j of the rows of ``updates`` (zero rows left out)."""
+    norms = np.linalg.norm(updates, axis=1)
+    unit = updates[norms > 0] / norms[norms > 0, None]
+    if len(unit) > PAIRS_OF:
+        pick = np.random.default_rng([server_round, len(unit)]).choice(len(unit), PAIRS_OF, replace=False)
+        unit = unit[np.sort(pick)]
+    k = len(unit)
+    if k < 2:
+        return None
+    gram = unit @ unit.T
+    return float((gram.sum() - np.trace(gram)) / (k * (k - 1)))
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    kept = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(kept)) if kept else None
+
+
+def round_geometry(server_round: int, sent: Arrays, replies: Mapping[int, Arrays], new: Arrays,
+                   names: Sequence[str], initial: Arrays | None = None) -> Geometry:
+    """The geometry of one round (see the module docstring); ``replies`` by partition id,
+    ``names`` the parameter arrays to measure."""
+    names = sorted(names)
+    base = _flat(sent, names)
+    step = _flat(new, names) - base
+    pids = sorted(replies)
+    updates = np.stack([_flat(replies[p], names) - base for p in pids]) if pids else np.zeros((0, len(base)))
+    to_step = [cosine(u, step) for u in updates]
+    rows: list[dict[str, object]] = [
+        {"round": server_round, "partition_id": pid, "layer": MODEL, "norm": float(np.linalg.norm(u)),
+         "cosine_to_aggregate": c} for pid, u, c in zip(pids, updates, to_step, strict=True)]
+    for layer, members in layers(names).items():
+        layer_step = _flat(new, members) - _flat(sent, members)
+        for pid in pids:
+            u = _flat(replies[pid], members) - _flat(sent, members)
+            rows.append({"round": server_round, "partition_id": pid, "layer": layer,
+                         "norm": float(np.linalg.norm(u)), "cosine_to_aggregate": cosine(u, layer_step)})
+    summary: dict[str, float | None] = {
+        "update_norm_mean": _mean([float(np.linalg.norm(u)) for u in updates]),
+        "update_cosine_to_aggregate": _mean(to_step),
+        "update_pairwise_cosine": mean_pairwise_cosine(updates, server_round),
+        "aggregate_step_norm": float(np.linalg.norm(step)),
+        "distance_from_init": float(np.linalg.norm(_flat(new, names) - _flat(initial, names))) if initial else None,
+    }
+    return Geometry(summary, rows)
