@@ -25,7 +25,7 @@ LAYERS = (
     ("validation", ("fedconv.validation",)),
     ("simulation", ("fedconv.simulation",)),
     ("edge", ("fedconv.edge",)),
-    ("commands", ("fedconv.simulate", "fedconv.cli", "fedconv.bench", "fedconv.partition_stats")),
+    ("commands", ("fedconv.simulate", "fedconv.cli", "fedconv.bench", "fedconv.partition_stats", "fedconv.api")),
 )
 
 

@@ -39,6 +39,7 @@ class Run:
     summary: dict[str, Any] | None
     clients: list[dict[str, Any]] = field(default_factory=list)
     problem: str | None = None
+    updates: list[dict[str, Any]] = field(default_factory=list)  # client_updates.csv: the updates' geometry
 
     @property
     def status(self) -> str:
@@ -73,9 +74,10 @@ def read_run(path: Path) -> Run:
         if summary is not None:
             _check_summary(summary, rounds, config)
         _check_clients(clients, len(rounds))
+        updates = _read_table(path / run_dir.UPDATES, run_dir.UPDATE_COLUMNS, text_columns=("layer",))
     except DamagedRun as exc:
         return Run(path=path, config=config, rounds=[], summary=None, problem=str(exc))
-    return Run(path=path, config=config, rounds=rounds, summary=summary, clients=clients)
+    return Run(path=path, config=config, rounds=rounds, summary=summary, clients=clients, updates=updates)
 
 
 def _read_config(path: Path) -> dict[str, Any]:
