@@ -21,7 +21,8 @@ and fails on one that goes the other way or round a circle):
 11. :mod:`fedconv.edge`: SuperNodes on boards, certificates, board data, model export;
 12. the commands: :mod:`~fedconv.simulate` (``python -m fedconv.simulate``),
     :mod:`~fedconv.cli` (``fedconv <command>``), :mod:`~fedconv.bench`,
-    :mod:`~fedconv.partition_stats` (``fedconv partitions``).
+    :mod:`~fedconv.partition_stats` (``fedconv partitions``), :mod:`~fedconv.api` (the same from
+    Python), :mod:`~fedconv.inspect_run` (``fedconv inspect``).
 """
 
 __version__ = "0.1.0"

@@ -18,6 +18,7 @@ COMMANDS = {
     "deploy": ("fedconv.edge.deploy", "run on real SuperNodes through a SuperLink"),
     "certs": ("fedconv.edge.certs", "make a lab's CA, SuperLink certificate and SuperNode keys"),
     "device-data": ("fedconv.edge.board_data", "write one data folder per board"),
+    "inspect": ("fedconv.inspect_run", "pictures of a run's model: filters, feature maps, confusion matrix"),
     "export": ("fedconv.edge.export", "export a run's model (TorchScript, ONNX, int8) and measure it"),
     "partitions": ("fedconv.partition_stats", "print and save partition statistics"),
     "models": ("fedconv.learning.models", "print the layer table of every model"),

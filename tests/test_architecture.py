@@ -25,7 +25,8 @@ LAYERS = (
     ("validation", ("fedconv.validation",)),
     ("simulation", ("fedconv.simulation",)),
     ("edge", ("fedconv.edge",)),
-    ("commands", ("fedconv.simulate", "fedconv.cli", "fedconv.bench", "fedconv.partition_stats", "fedconv.api")),
+    ("commands", ("fedconv.simulate", "fedconv.cli", "fedconv.bench", "fedconv.partition_stats", "fedconv.api",
+                  "fedconv.inspect_run")),
 )
 
 

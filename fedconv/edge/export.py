@@ -54,8 +54,11 @@ def load_run_model(run: Path) -> tuple[dict[str, Any], Any, nn.Module]:
     state = run_dir.load_weights(weights)
     try:
         task.load_global(model, state)
-    except (ValueError, RuntimeError) as exc:
-        raise run_dir.RunDirError(f"{weights}: does not fit the run's model ({exc})") from None
+    except (ValueError, RuntimeError) as exc:  # torch lists every mismatch on its own line: keep the first
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
+        more = f"; and {len(lines) - 2} more" if len(lines) > 2 else ""
+        raise run_dir.RunDirError(f"{weights}: does not fit the run's model ({detail}{more})") from None
     return cfg, ds, model.eval()
 
 
