@@ -254,7 +254,8 @@ def test_two_job_sweep_writes_two_runs_and_an_index(tmp_path: Path) -> None:
         finals = [json.loads((Path(p) / "summary.json").read_text())["final_central_accuracy"] for p in row["runs"]]
         assert row["final_accuracy_mean"] == pytest.approx(statistics.fmean(finals))
     html = (tmp_path / "report" / "report.html").read_text()
-    assert "<table>" in html and html.count("data:image/png;base64,") == 4
+    assert "<table>" in html and html.count("data:image/png;base64,") == 5  # with the runs' client drift
+    assert "<figcaption>client_drift_vs_round</figcaption>" in html
     assert (tmp_path / "report" / "accuracy_vs_round.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
