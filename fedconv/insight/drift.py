@@ -79,24 +79,26 @@ def round_geometry(server_round: int, sent: Arrays, replies: Mapping[int, Arrays
     ``names`` the parameter arrays to measure."""
     names = sorted(names)
     base = _flat(sent, names)
-    step = _flat(new, names) - base
+    new_flat = _flat(new, names)
+    step = new_flat - base
     pids = sorted(replies)
     updates = np.stack([_flat(replies[p], names) - base for p in pids]) if pids else np.zeros((0, len(base)))
     to_step = [cosine(u, step) for u in updates]
     rows: list[dict[str, object]] = [
         {"round": server_round, "partition_id": pid, "layer": MODEL, "norm": float(np.linalg.norm(u)),
          "cosine_to_aggregate": c} for pid, u, c in zip(pids, updates, to_step, strict=True)]
-    for layer, members in layers(names).items():
-        layer_step = _flat(new, members) - _flat(sent, members)
-        for pid in pids:
-            u = _flat(replies[pid], members) - _flat(sent, members)
+    ends = np.cumsum([np.asarray(sent[n]).size for n in names])
+    span = {n: slice(int(e) - np.asarray(sent[n]).size, int(e)) for n, e in zip(names, ends, strict=True)}
+    for layer, members in layers(names).items():  # each layer's part of the flat vectors, not re-read
+        pick = np.concatenate([np.arange(span[n].start, span[n].stop) for n in members])
+        for pid, u in zip(pids, updates[:, pick], strict=True):
             rows.append({"round": server_round, "partition_id": pid, "layer": layer,
-                         "norm": float(np.linalg.norm(u)), "cosine_to_aggregate": cosine(u, layer_step)})
+                         "norm": float(np.linalg.norm(u)), "cosine_to_aggregate": cosine(u, step[pick])})
     summary: dict[str, float | None] = {
         "update_norm_mean": _mean([float(np.linalg.norm(u)) for u in updates]),
         "update_cosine_to_aggregate": _mean(to_step),
         "update_pairwise_cosine": mean_pairwise_cosine(updates, server_round),
         "aggregate_step_norm": float(np.linalg.norm(step)),
-        "distance_from_init": float(np.linalg.norm(_flat(new, names) - _flat(initial, names))) if initial else None,
+        "distance_from_init": float(np.linalg.norm(new_flat - _flat(initial, names))) if initial else None,
     }
     return Geometry(summary, rows)
