@@ -22,7 +22,8 @@ and fails on one that goes the other way or round a circle):
 12. the commands: :mod:`~fedconv.simulate` (``python -m fedconv.simulate``),
     :mod:`~fedconv.cli` (``fedconv <command>``), :mod:`~fedconv.bench`,
     :mod:`~fedconv.partition_stats` (``fedconv partitions``), :mod:`~fedconv.api` (the same from
-    Python), :mod:`~fedconv.inspect_run` (``fedconv inspect``).
+    Python), :mod:`~fedconv.inspect_run` (``fedconv inspect``), :mod:`~fedconv.flwr_app` (the
+    ServerApp ``flwr run .`` starts).
 """
 
 __version__ = "0.1.0"

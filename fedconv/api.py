@@ -7,6 +7,8 @@ the command line, and the run read back as values.
     run.series("central_accuracy")                             # [(1, 0.71), (2, 0.83), ...]
     run.summary["final_central_accuracy"], run.path            # summary.json, the run directory
     run.updates                                                # client_updates.csv: each client's drift
+    trained = api.model(run)                                   # the final global model, its dataset
+    trained.model(trained.prepare(trained.dataset.test_x[:8]))  # logits, inputs normalized as in training
     runs = [api.run(["dataset=digits", f"seed={s}"]) for s in range(3)]
     table = api.compare(runs, by=["strategy.name"])["rows"]    # what `fedconv report` prints
 
@@ -24,14 +26,21 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedconv.config import EXIT_BAD_CONFIG, ConfigError
 from fedconv.runs import report
 from fedconv.runs.run_reader import Run, read_run
 
-__all__ = ["ConfigError", "Run", "RunFailed", "compare", "read", "run"]
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from fedconv.data.datasets import ImageDataset
+
+__all__ = ["ConfigError", "Run", "RunFailed", "Trained", "compare", "model", "read", "run"]
 
 RUN_LINE = "fedconv run -> "  # the command's line naming the run directory
 
@@ -110,3 +119,28 @@ def compare(runs: Sequence[Run] | Sequence[str | Path], by: Sequence[str] = repo
     ``differences`` not controlled for, and the ``paired`` differences against ``baseline``."""
     inputs: list[Any] = list(runs)
     return report.compare(inputs, by=by, facet=facet, baseline=baseline)
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A completed run's final global model (eval mode), the dataset it learned, its config."""
+
+    model: torch.nn.Module
+    dataset: ImageDataset
+    config: dict[str, Any]
+
+    def prepare(self, images: np.ndarray) -> torch.Tensor:
+        """Raw images ``(n, c, h, w)`` as the model takes them: normalized as in evaluation."""
+        from fedconv.learning import task
+
+        return task.normalizer(self.config, self.dataset, train=False)(images)
+
+
+def model(run: Run | str | Path) -> Trained:
+    """The final global model of a completed run (``model.safetensors``, no pickle), rebuilt
+    from the run's config with its dataset; :class:`~fedconv.runs.run_dir.RunDirError` or
+    FileNotFoundError name the file when the run has no fitting weights."""
+    from fedconv.edge.export import load_run_model
+
+    cfg, ds, net = load_run_model(run.path if isinstance(run, Run) else Path(run))
+    return Trained(net, ds, cfg)

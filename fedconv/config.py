@@ -15,7 +15,9 @@ into nested dicts by :func:`from_run_config`.
 
 from __future__ import annotations
 
+import copy
 import functools
+import json
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -139,11 +141,47 @@ def to_run_config(cfg: Mapping[str, Any]) -> dict[str, Scalar]:
 
 
 def from_run_config(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """Inverse of :func:`to_run_config`."""
+    """Inverse of :func:`to_run_config`.
+
+    A run config fedconv composed (``simulate``, ``deploy``: ``output_dir`` set) comes back as
+    it is. One that ``flwr run .`` made (pyproject's defaults with the user's ``--run-config``
+    values; ``output_dir`` empty) is composed as the command line would compose it
+    (:func:`flwr_run_config`), so ``"dataset.name"="digits"`` means ``dataset=digits``.
+    """
+    nested = _nested(flat)
+    if nested.get("output_dir", None) != "":
+        return nested
+    return copy.deepcopy(flwr_run_config(tuple(sorted(flat.items()))))
+
+
+def _nested(flat: Mapping[str, Any]) -> dict[str, Any]:
     nested: dict[str, Any] = {}
     for key, value in flat.items():
         assign(nested, key, value)
     return nested
+
+
+NAMED_GROUPS = ("dataset", "model", "partition", "strategy")  # groups whose option is their ``name``
+
+
+@functools.lru_cache(maxsize=8)
+def flwr_run_config(items: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    """What ``python -m fedconv.simulate`` would compose for a ``flwr run`` run config: a
+    ``<group>.name`` that differs from the default chooses that group's option (its other
+    keys then come from the option's file), and every other value that differs from the
+    default overrides as ``key=value`` does. Cached: each ClientApp call reads it."""
+    flat = dict(items)
+    defaults = to_run_config(_reference((), "config"))
+    names = {g: flat[f"{g}.name"] for g in NAMED_GROUPS if f"{g}.name" in flat and flat[f"{g}.name"] != defaults[f"{g}.name"]}
+    chosen = [f"{g}={n}" for g, n in names.items() if (CONF_DIR / g / f"{n}.yaml").is_file()]
+    known = defaults.keys() | to_run_config(_reference(tuple(chosen), "config")).keys()
+    unknown = sorted(k for k in flat if k not in known)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: no such key (the keys are pyproject.toml's [tool.flwr.app.config])")
+    picked = {f"{c.split('=')[0]}.name" for c in chosen}
+    overrides = chosen + [f"{k}={json.dumps(v)}" for k, v in flat.items()
+                          if k not in picked and (k not in defaults or defaults[k] != v)]
+    return _nested(to_run_config(compose(overrides)))
 
 
 @functools.lru_cache(maxsize=64)

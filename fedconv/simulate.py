@@ -302,7 +302,7 @@ def _open_run_dir(job: Job, resolved: dict[str, Any], action: str) -> None:
     """Clear what a run that died before round 1 left (a new run), write the config (on
     resume: where the run lives now, and its rounds), mark the job running."""
     if action == "new":
-        for name in (run_dir.ROUNDS, run_dir.CLIENTS, run_dir.UPDATES, run_dir.SUMMARY):
+        for name in (run_dir.ROUNDS, run_dir.CLIENTS, run_dir.UPDATES, run_dir.PAIRS, run_dir.SUMMARY):
             (job.out / name).unlink(missing_ok=True)
     run_dir.write_config(job.out, resolved)
     job.index(status="running")

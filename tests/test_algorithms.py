@@ -16,7 +16,7 @@ from test_strategies import FakeGrid, task_identity  # noqa: F401  (autouse fixt
 from fedconv import algorithms
 from fedconv.algorithms.base import MODEL, Algorithm, Wire
 from fedconv.config import compose
-from fedconv.federation.cohorts import Cohorts
+from fedconv.federation.cohorts import Cohorts, Phase
 from fedconv.federation.rounds import FederatedRounds
 from fedconv.runs import checkpoint
 from fedconv.wire.channel import spec_of
@@ -61,7 +61,7 @@ def play(strategy: FederatedRounds, server_round: int, x: dict[str, np.ndarray],
     msgs = strategy.configure_train(server_round, sent, ConfigRecord({}), FakeGrid(NODES))
     replies = []
     for m in msgs:
-        pid = strategy.round.train.pid(m.metadata.dst_node_id)
+        pid = Phase.pid_of(m)
         metrics = {"train_loss": 9.0, "train_accuracy": 0.5, "num-examples": COUNTS[pid], "steps": 3,
                    "global_loss": (losses or [1.0] * len(NODES))[pid],
                    "nova_a": (nova_a or [3.0 + i for i in range(len(NODES))])[pid]}
@@ -295,7 +295,30 @@ def test_pool_phases_are_pure_functions_of_the_round() -> None:
     train = cohorts.phase(5, train=True)
     cohorts.phase(5, train=False)
     cohorts.phase(6, train=True)
-    assert cohorts.phase(5, train=True) == train and sorted(train.node_to_pid.values()) == sorted(set(train.node_to_pid.values()))
+    assert cohorts.phase(5, train=True) == train and sorted(train.pids) == sorted(set(train.pids))
+
+
+@pytest.mark.parametrize("name", ["fedavg", "scaffold"])
+def test_a_pool_smaller_than_the_cohort_serves_several_partitions_a_node_with_the_same_result(name: str) -> None:
+    """`flwr run .`'s two SuperNodes and a cohort of seven: each node gets a message per
+    partition it serves (named in its config and group id), replies are matched to partitions
+    by the group id they carry back, and the round equals the one seven nodes serve."""
+    x, clients = models(4)
+    results = {}
+    for pool in (NODES, [201, 202]):
+        cohorts = Cohorts.pooled(pool, len(NODES), seed=0, train_per_round=len(NODES), eval_per_round=0)
+        strategy = FederatedRounds(algorithms.get(name), strategy_cfg(name), cohorts, lambda r: 0.1)
+        sent = strategy.configure_train(1, ArrayRecord({k: Array(v) for k, v in x.items()}), ConfigRecord({}),
+                                        FakeGrid(pool))
+        assert [m.metadata.dst_node_id for m in sent] == [pool[i % len(pool)] for i in range(len(NODES))]
+        assert [m.content.config_records["config"]["partition-id"] for m in sent] == list(range(len(NODES)))
+        assert [Phase.pid_of(m) for m in sent] == list(range(len(NODES)))
+        strategy.current = None
+        results[len(pool)] = (play(strategy, 1, x, clients), strategy.current)
+    (seven, by_seven), (two, by_two) = results[len(NODES)], results[2]
+    assert seven.keys() == two.keys() and all(np.array_equal(seven[k], two[k]) for k in seven)
+    assert by_seven.client_rows == by_two.client_rows and by_two.clients_ok == len(NODES)
+    assert [r["partition_id"] for r in by_two.client_rows] == list(range(len(NODES)))
 
 
 @pytest.mark.parametrize("mode,factor", [("signflip", -1.0), ("scale", 5.0)])
@@ -322,7 +345,7 @@ def test_the_aggregate_does_not_depend_on_reply_order(name: str) -> None:
         msgs = strategy.configure_train(1, sent, ConfigRecord({}), FakeGrid(NODES))
         replies = []
         for m in msgs:
-            pid = strategy.round.train.pid(m.metadata.dst_node_id)
+            pid = Phase.pid_of(m)
             metrics = {"train_loss": 1.0 + pid, "train_accuracy": 0.5, "num-examples": COUNTS[pid], "steps": 3,
                        "global_loss": 1.0 + pid, "nova_a": 2.0 + pid}
             arrays = {k: Array(v) for k, v in reversed(list(clients[pid].items()))}  # any array order, too

@@ -26,7 +26,7 @@ LAYERS = (
     ("simulation", ("fedconv.simulation",)),
     ("edge", ("fedconv.edge",)),
     ("commands", ("fedconv.simulate", "fedconv.cli", "fedconv.bench", "fedconv.partition_stats", "fedconv.api",
-                  "fedconv.inspect_run")),
+                  "fedconv.inspect_run", "fedconv.flwr_app")),
 )
 
 

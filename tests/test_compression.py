@@ -13,7 +13,7 @@ from test_strategies import FakeGrid, task_identity  # noqa: F401  (autouse fixt
 
 from fedconv import algorithms
 from fedconv.config import ConfigError, compose
-from fedconv.federation.cohorts import Cohorts
+from fedconv.federation.cohorts import Cohorts, Phase
 from fedconv.federation.rounds import FederatedRounds
 from fedconv.validation import validate
 from fedconv.wire.compression import (
@@ -270,7 +270,7 @@ def _round(link: Link, tamper: dict[int, object] | None = None) -> tuple[Federat
                                     FakeGrid(NODES))
     replies = []
     for m in msgs:
-        pid = strategy.round.train.pid(m.metadata.dst_node_id)
+        pid = Phase.pid_of(m)
         record = m.content.array_records["arrays"]
         received = (decode_arrays(record[PAYLOAD].numpy(), spec, link.down, encoded_names(spec, set(), link.down), ())
                     if link.down.active else {k: a.numpy() for k, a in record.items()})

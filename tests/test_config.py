@@ -91,7 +91,7 @@ def test_pyproject_declares_the_flower_app_with_the_default_config() -> None:
 
     project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
     app = project["tool"]["flwr"]["app"]
-    assert app["components"] == {"serverapp": "fedconv.federation.server_app:app", "clientapp": "fedconv.edge.board_app:app"}
+    assert app["components"] == {"serverapp": "fedconv.flwr_app:app", "clientapp": "fedconv.edge.board_app:app"}
     assert app["config"] == to_run_config(compose([]))
 
 

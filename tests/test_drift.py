@@ -46,6 +46,8 @@ def test_the_round_engine_records_each_updates_norm_and_cosines_as_computed_by_h
     assert s["update_cosine_to_aggregate"] == pytest.approx(sum(_cos(u, step) for u in updates) / 7)
     pairs = [_cos(updates[i], updates[j]) for i in range(7) for j in range(i + 1, 7)]
     assert len(pairs) == 21 and s["update_pairwise_cosine"] == pytest.approx(sum(pairs) / 21)
+    by_pair = {(p["round"], p["partition_a"], p["partition_b"]): p["cosine"] for p in record.update_pairs}
+    assert by_pair == pytest.approx({(1, i, j): _cos(updates[i], updates[j]) for i in range(7) for j in range(i + 1, 7)})
     assert s["aggregate_step_norm"] == pytest.approx(_norm(step))
     assert s["distance_from_init"] == pytest.approx(_norm([n - s0 for n, s0 in zip(
         _vector(new, names), _vector(strategy.initial, names), strict=True)]))
@@ -82,6 +84,7 @@ def test_a_zero_update_has_no_direction() -> None:
     assert model_rows[0]["norm"] == 0.0 and model_rows[0]["cosine_to_aggregate"] is None
     assert model_rows[1]["cosine_to_aggregate"] == pytest.approx(1 / math.sqrt(2))
     assert g.summary["update_pairwise_cosine"] == pytest.approx(0.0)  # (1,0,0) and (0,1,0); the zero update left out
+    assert g.pairs == [{"round": 5, "partition_a": 1, "partition_b": 2, "cosine": pytest.approx(0.0)}]
     assert g.summary["update_cosine_to_aggregate"] == pytest.approx(1 / math.sqrt(2))
 
 

@@ -3,9 +3,11 @@ real sweep is in test_simulation.py::test_two_job_sweep_writes_two_runs_and_an_i
 
 from __future__ import annotations
 
+import re
 import statistics
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -294,3 +296,73 @@ def test_an_algorithms_own_hyper_parameters_are_not_uncontrolled_differences(tmp
     assert compare([tmp_path], by=["strategy.name"])["differences"] == {"strategy.server_lr": [0.01, 0.02, 0.1, "(absent)"]}
     grouped = compare([tmp_path], by=["strategy.name", "strategy.server_lr"])
     assert grouped["differences"] == {} and "fedadam server_lr=0.1" in rows_by_group(grouped)
+
+
+def add_insight_files(path: Path, pairs: dict[tuple[int, int, int], float], counts: list[list[int]],
+                      filters: np.ndarray, confusion: list[list[int]]) -> None:
+    """What a run since client drift and model views also writes: client_pairs.csv,
+    partition.json's histograms, the final weights and the confusion matrix."""
+    import torch
+
+    run_dir.append_rows(path / run_dir.PAIRS, run_dir.PAIR_COLUMNS,
+                        [{"round": r, "partition_a": a, "partition_b": b, "cosine": c} for (r, a, b), c in pairs.items()])
+    run_dir.write_json(path / run_dir.PARTITION, {"clients": [{"label_histogram": row} for row in counts]})
+    run_dir.save_weights(path / run_dir.WEIGHTS, {"block1.0.weight": torch.tensor(filters, dtype=torch.float32),
+                                                  "fc.bias": torch.zeros(3)})
+    run_dir.write_json(path / run_dir.CLASS_REPORT, {"confusion_matrix": confusion})
+    assert np.asarray(confusion).ndim == 2
+
+
+def test_heatmaps_and_model_views_come_from_the_runs_files(tmp_path: Path) -> None:
+    """The similarity matrix of the chosen round, the partition's counts and the filter mosaic
+    hold exactly the values the files hold; the page has one figure per view, by section."""
+    from fedconv.runs import figures
+    from fedconv.runs.run_reader import read_run
+
+    pairs = {(1, 0, 2): 0.5, (1, 0, 3): -0.25, (1, 2, 3): 0.125, (2, 1, 2): 0.75}
+    filters = np.arange(2 * 1 * 3 * 3, dtype=np.float32).reshape(2, 1, 3, 3)
+    counts = [[5, 0, 1], [0, 7, 0]]
+    for name, strategy in (("a", "fedavg"), ("b", "scaffold")):
+        make_run(tmp_path / name, strategy=strategy, seed=0, accs=[0.5, 0.6], client_accs=[0.5, 0.6])
+        add_insight_files(tmp_path / name, pairs, counts, filters, [[3, 1, 0], [0, 4, 0], [1, 0, 2]])
+    run = read_run(tmp_path / "a")
+    shown, clients, matrix = figures.similarity(run, 1)
+    assert shown == 1 and clients == [0, 2, 3]
+    assert matrix.tolist() == [[1.0, 0.5, -0.25], [0.5, 1.0, 0.125], [-0.25, 0.125, 1.0]]
+    assert figures.similarity(run, None)[:2] == (2, [1, 2])  # default: the last round
+    assert figures.similarity(run, 3) is None
+    assert figures.label_counts(run).tolist() == counts
+    mosaic = figures.filter_mosaic(filters)  # two 3x3 tiles side by side, a NaN column between
+    assert mosaic.shape == (3, 7) and np.isnan(mosaic[:, 3]).all()
+    assert mosaic[:, :3].tolist() == ((filters[0, 0] - 0) / 8).tolist() and mosaic[0, 4] == 0 and mosaic[2, 6] == 1
+
+    out = tmp_path / "report"
+    assert main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out), "--drift-round", "1"]) == 0
+    html = (out / "report.html").read_text()
+    ids = re.findall(r"<figure id='([^']+)'>", html)
+    assert ids == ["accuracy_vs_round", "accuracy_vs_mb", "train_loss_vs_round", "client_accuracy",
+                   "client_similarity", "partition_heatmap", "model_fedavg", "model_scaffold"]
+    assert html.index("id='s-client-drift'") < html.index("id='client_similarity'") < html.index("id='s-data'")
+    for name in ids:
+        assert (out / f"{name}.png").read_bytes()[:8] == PNG and (out / f"{name}.svg").is_file()
+    md = (out / "report.md").read_text()
+    assert "## Final models" in md and "![The final model of scaffold](model_scaffold.png)" in md
+
+
+@pytest.mark.parametrize(("arg", "says"), [
+    ("9", "--drift-round=9: no run has client pairs at that round; they have rounds 1..2"),
+    ("0", "--drift-round=0: must be a round number, 1 or more"),
+])
+def test_a_drift_round_outside_the_runs_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], arg: str,
+                                                    says: str) -> None:
+    make_run(tmp_path / "a", strategy="fedavg", seed=0, accs=[0.5, 0.6])
+    add_insight_files(tmp_path / "a", {(1, 0, 1): 0.5, (2, 0, 1): 0.4}, [[1, 2]], np.ones((1, 1, 3, 3)), [[1]])
+    assert main([str(tmp_path / "a"), "--out", str(tmp_path / "report"), "--drift-round", arg]) == 2
+    assert capsys.readouterr().err == f"error: {says}\n"
+    assert not (tmp_path / "report").exists()
+
+
+def test_runs_without_pairs_say_so_for_a_drift_round(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_run(tmp_path / "a", strategy="fedavg", seed=0, accs=[0.5, 0.6])
+    assert main([str(tmp_path / "a"), "--out", str(tmp_path / "report"), "--drift-round", "1"]) == 2
+    assert "no run has client_pairs.csv" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -254,8 +255,13 @@ def test_two_job_sweep_writes_two_runs_and_an_index(tmp_path: Path) -> None:
         finals = [json.loads((Path(p) / "summary.json").read_text())["final_central_accuracy"] for p in row["runs"]]
         assert row["final_accuracy_mean"] == pytest.approx(statistics.fmean(finals))
     html = (tmp_path / "report" / "report.html").read_text()
-    assert "<table>" in html and html.count("data:image/png;base64,") == 5  # with the runs' client drift
-    assert "<figcaption>client_drift_vs_round</figcaption>" in html
+    # five curves (client drift among them), round 2's client similarity, the partition (one: both
+    # strategies' seed 0) and each group's final model, from the files the real runs wrote
+    figures = re.findall(r"<figure id='([^']+)'>", html)
+    assert figures == ["accuracy_vs_round", "accuracy_vs_mb", "train_loss_vs_round", "client_accuracy",
+                       "client_drift_vs_round", "client_similarity", "partition_heatmap", "model_fedavg",
+                       "model_fedprox_mu=0.01"], figures
+    assert html.count("data:image/png;base64,") == len(figures)
     assert (tmp_path / "report" / "accuracy_vs_round.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

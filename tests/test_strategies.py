@@ -8,7 +8,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedconv import algorithms
-from fedconv.federation.cohorts import Cohorts, sample_cohort
+from fedconv.federation.cohorts import Cohorts, Phase, sample_cohort
 from fedconv.federation.rounds import FederatedRounds, RoundPolicy
 from fedconv.wire.ledger import message_array_bytes
 
@@ -39,7 +39,7 @@ def ledgered(strategy_cfg: dict, nodes: list[int], per_round: int, seed: int = 0
 
 def pid(strategy: FederatedRounds, m: Message) -> int:
     assert strategy.round.train is not None
-    return strategy.round.train.pid(m.metadata.dst_node_id)
+    return Phase.pid_of(m)
 
 
 def reply(to: Message, arrays: dict[str, np.ndarray], n: int, loss: float = 1.0) -> Message:

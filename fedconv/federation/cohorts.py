@@ -13,9 +13,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from flwr.app import Message
 from flwr.serverapp import Grid
 
 TRAIN_SALT, EVAL_SALT = 0, 1
+GROUP_PREFIX = "partition-"  # a message's group id names its partition; its reply carries it back
+
+
+def group_of(pid: int) -> str:
+    return f"{GROUP_PREFIX}{pid}"
 
 
 def sample_cohort(seed: int, server_round: int, salt: int, num_clients: int, k: int) -> list[int]:
@@ -44,25 +50,41 @@ class CohortGrid:
 
 @dataclass(frozen=True)
 class Phase:
-    """One phase's cohort: node id -> partition id, and whether messages must name the
-    partition (a node pool) or the node already owns it (devices, ``per_client``)."""
+    """One phase's cohort: a message per slot (node id, partition id). Each message's group id
+    names its partition and every reply carries its message's group id back, so a reply is
+    matched to the partition it answers, not to the node that sent it: a node of a pool may
+    serve several partitions a round when the pool is smaller than the cohort. Messages to a
+    pool also name the partition in their config (``names_partitions``); a node that owns its
+    partition (devices, ``per_client``) serves that one only."""
 
-    node_to_pid: Mapping[int, int]
+    slots: tuple[tuple[int, int], ...]
     names_partitions: bool
 
     @property
     def nodes(self) -> list[int]:
-        return list(self.node_to_pid)
+        """The phase's distinct nodes, in slot order."""
+        return list(dict.fromkeys(node for node, _ in self.slots))
+
+    @property
+    def pids(self) -> list[int]:
+        return [pid for _, pid in self.slots]
 
     def pid(self, node_id: int) -> int:
-        return self.node_to_pid.get(node_id, -1)
+        """The partition a node serves (its first, in a pool smaller than the cohort); -1: none."""
+        return next((pid for node, pid in self.slots if node == node_id), -1)
+
+    @staticmethod
+    def pid_of(message: Message) -> int:
+        """The partition a sent message or a reply is about (its group id); -1: none named."""
+        group = message.metadata.group_id
+        return int(group[len(GROUP_PREFIX):]) if group.startswith(GROUP_PREFIX) else -1
 
 
 @dataclass(frozen=True)
 class Cohorts:
     """Seeded cohorts over ``num_partitions`` partitions, served either by the nodes that own
     them (``owners``: node -> partition) or by a ``pool`` of interchangeable nodes, to which a
-    phase's partitions are dealt in order."""
+    phase's partitions are dealt in order, round-robin when the cohort is larger than the pool."""
 
     seed: int
     num_partitions: int
@@ -74,9 +96,8 @@ class Cohorts:
     def __post_init__(self) -> None:
         if (self.owners is None) == (self.pool is None):
             raise ValueError("Cohorts: pass either owners (node -> partition) or a pool of node ids")
-        largest = max(self.train_per_round, self.eval_per_round)
-        if self.pool is not None and largest > len(self.pool):
-            raise ValueError(f"a node pool of {len(self.pool)} cannot serve cohorts of {largest}")
+        if self.pool is not None and not self.pool:
+            raise ValueError("Cohorts: a node pool needs at least one node")
 
     @classmethod
     def owned(cls, owners: Mapping[int, int], **kw: Any) -> Cohorts:
@@ -91,7 +112,7 @@ class Cohorts:
         salt, k = (TRAIN_SALT, self.train_per_round) if train else (EVAL_SALT, self.eval_per_round)
         pids = sample_cohort(self.seed, server_round, salt, self.num_partitions, k)
         if self.pool is not None:
-            return Phase(dict(zip(self.pool, pids, strict=False)), names_partitions=True)
+            return Phase(tuple((self.pool[i % len(self.pool)], p) for i, p in enumerate(pids)), names_partitions=True)
         assert self.owners is not None
         by_pid = {pid: node for node, pid in self.owners.items()}
-        return Phase({by_pid[p]: p for p in pids}, names_partitions=False)
+        return Phase(tuple((by_pid[p], p) for p in pids), names_partitions=False)

@@ -31,7 +31,7 @@ from fedconv.algorithms.base import (
     strategy_state,
 )
 from fedconv.federation.client_state import STATE_ROUND, partitions_keep_state
-from fedconv.federation.cohorts import CohortGrid, Cohorts, Phase
+from fedconv.federation.cohorts import CohortGrid, Cohorts, Phase, group_of
 from fedconv.federation.faults import straggler_plan
 from fedconv.insight.drift import round_geometry
 from fedconv.wire.channel import Channel, spec_of
@@ -141,21 +141,31 @@ class FederatedRounds:
 
     # ------------------------------------------------------------------ messages
 
-    def _message(self, sent: Message, arrays: ArrayRecord, phase: Phase, **config: Any) -> Message:
-        """A copy of the strategy's message for one node: the full model, and a ConfigRecord
-        that also names the partition (in a pool) and any straggler orders."""
-        content = RecordDict(dict(sent.content.items()))
+    def _messages(self, sent: list[Message], arrays: ArrayRecord, phase: Phase,
+                  orders: Mapping[int, Mapping[str, Any]] | None = None) -> list[Message]:
+        """The strategy's message (the same for every node: the algorithms' strategies send one
+        content to all) copied for each slot of the phase: the model as it travels, and a
+        ConfigRecord that also names the partition (in a pool) and any orders for it."""
+        if not sent:
+            return []
+        template = sent[0]
+        return [self._message(template, arrays, node, pid, phase.names_partitions, (orders or {}).get(pid, {}))
+                for node, pid in phase.slots]
+
+    def _message(self, template: Message, arrays: ArrayRecord, node: int, pid: int, names_partition: bool,
+                 orders: Mapping[str, Any]) -> Message:
+        content = RecordDict(dict(template.content.items()))
         content[self._arrays_key] = arrays
-        values = ConfigRecord(dict(sent.content.config_records[self._config_key]))
-        node = sent.metadata.dst_node_id
-        if phase.names_partitions:
-            values["partition-id"] = phase.pid(node)
+        values = ConfigRecord(dict(template.content.config_records[self._config_key]))
+        if names_partition:
+            values["partition-id"] = pid
         if self.stateful:
-            values[STATE_ROUND] = self.client_rounds.get(phase.pid(node), 0)
-        for name, value in config.items():
+            values[STATE_ROUND] = self.client_rounds.get(pid, 0)
+        for name, value in orders.items():
             values[name.replace("_", "-")] = value
         content[self._config_key] = values
-        return Message(content=content, message_type=sent.metadata.message_type, dst_node_id=node)
+        return Message(content=content, message_type=template.metadata.message_type, dst_node_id=node,
+                       group_id=group_of(pid))
 
     def _shared(self, arrays: ArrayRecord) -> ArrayRecord:
         """What travels: the model without the arrays that stay on the clients."""
@@ -227,16 +237,14 @@ class FederatedRounds:
         self.round.reference = {k: a.numpy() for k, a in arrays.items()} if self.link.up.active else {}
         self.round.up_names = Channel.of(self.link.up, self.round.sent_spec, self.model_buffers).names
         wire = self._downlink(arrays, self.link.down_key(server_round))
-        sent = self.strategy.configure_train(server_round, self._strategy_view(arrays), config,
-                                             _cohort_grid(grid, phase))
+        sent = list(self.strategy.configure_train(server_round, self._strategy_view(arrays), config,
+                                                  _cohort_grid(grid, phase)))
         p = self.policy
-        record.stragglers = straggler_plan(self.cohorts.seed, server_round, list(phase.node_to_pid.values()),
-                                           p.straggler_fraction, p.local_epochs)
-        messages = []
-        for m in sent:
-            plan = record.stragglers.get(phase.pid(m.metadata.dst_node_id))
-            orders = {} if plan is None else {"local_epochs": plan[0], "step_fraction": plan[1]}
-            messages.append(self._message(m, wire, phase, **orders))
+        record.stragglers = straggler_plan(self.cohorts.seed, server_round, phase.pids, p.straggler_fraction,
+                                           p.local_epochs)
+        orders = {pid: {"local_epochs": epochs, "step_fraction": fraction}
+                  for pid, (epochs, fraction) in record.stragglers.items()}
+        messages = self._messages(sent, wire, phase, orders)
         record.clients_sampled = len(messages)
         record.bytes_down = sum(message_array_bytes(m) for m in messages)
         record.bytes_down_raw = record.bytes_down + len(messages) * (_record_bytes(arrays) - _record_bytes(wire))
@@ -246,13 +254,13 @@ class FederatedRounds:
         record, phase = self.current, self.round.train
         assert record is not None and phase is not None
         # Reply order is completion order; aggregate in partition order so runs are repeatable.
-        replies = sorted(replies, key=lambda m: phase.pid(m.metadata.src_node_id))
+        replies = sorted(replies, key=Phase.pid_of)
         accepted, rejected, dropped = self._triage(server_round, record, phase, replies)
-        record.add_clients("train", accepted, phase.node_to_pid)
-        record.add_clients("train", dropped, phase.node_to_pid, status="dropped")
-        record.add_clients("train", rejected, phase.node_to_pid, status="rejected")
+        record.add_clients("train", accepted, Phase.pid_of)
+        record.add_clients("train", dropped, Phase.pid_of, status="dropped")
+        record.add_clients("train", rejected, Phase.pid_of, status="rejected")
         if self.evaluate_with_train:  # updates dropped as stragglers still evaluated the received model
-            self._evaluated_before_training(record, accepted + dropped, phase.node_to_pid)
+            self._evaluated_before_training(record, accepted + dropped)
         if len(accepted) < self.policy.min_train_replies:
             record.skipped = True
             return None, None
@@ -261,23 +269,23 @@ class FederatedRounds:
             record.skipped = True
             return None, None
         if self.stateful:  # these partitions' new states are now the current ones
-            self.client_rounds.update({phase.pid(m.metadata.src_node_id): server_round for m in accepted})
-        self._measure_updates(record, phase, accepted, arrays)
+            self.client_rounds.update({Phase.pid_of(m): server_round for m in accepted})
+        self._measure_updates(record, accepted, arrays)
         if metrics is not None:
             record.train_loss = records.number(metrics, "train_loss")
             record.train_accuracy = records.number(metrics, "train_accuracy")
         return arrays, metrics
 
-    def _measure_updates(self, record: RoundRecord, phase: Phase, accepted: list[Message], new: ArrayRecord) -> None:
+    def _measure_updates(self, record: RoundRecord, accepted: list[Message], new: ArrayRecord) -> None:
         """The geometry of the aggregated updates (:mod:`fedconv.insight.drift`) over the
         parameters sent (BatchNorm statistics and local arrays left out), into the record."""
         started = time.perf_counter()
         names = [k for k in self.round.sent_spec if k not in self.model_buffers]
-        replies = {phase.pid(m.metadata.src_node_id): {k: m.content.array_records[self._arrays_key][k].numpy() for k in names}
+        replies = {Phase.pid_of(m): {k: m.content.array_records[self._arrays_key][k].numpy() for k in names}
                    for m in accepted}
         geometry = round_geometry(record.server_round, {k: self.round.global_model[k].numpy() for k in names}, replies,
                                   {k: new[k].numpy() for k in names}, names, self.initial or None)
-        record.update_summary, record.update_rows = geometry.summary, geometry.rows
+        record.update_summary, record.update_rows, record.update_pairs = geometry.summary, geometry.rows, geometry.pairs
         self.geometry_seconds += time.perf_counter() - started
 
     def _triage(self, server_round: int, record: RoundRecord, phase: Phase,
@@ -285,15 +293,14 @@ class FederatedRounds:
         """Each reply decoded and checked: (accepted, rejected, dropped stragglers); failures,
         missing replies and bytes go into the round's record."""
         record.bytes_up = sum(message_array_bytes(m) for m in replies)
-        answered = {phase.pid(m.metadata.src_node_id) for m in replies}
-        record.failures += [f"partition {phase.pid(m.metadata.src_node_id)}: {short_reason(m.error.reason)}"
+        answered = {Phase.pid_of(m) for m in replies}
+        record.failures += [f"partition {Phase.pid_of(m)}: {short_reason(m.error.reason)}"
                             for m in replies if m.has_error()]
-        record.failures += [f"partition {p}: no reply within the round timeout"
-                            for p in phase.node_to_pid.values() if p not in answered]
+        record.failures += [f"partition {p}: no reply within the round timeout" for p in phase.pids if p not in answered]
         accepted, rejected, dropped = [], [], []
         record.bytes_up_raw = 0
         for m in (m for m in replies if not m.has_error()):
-            pid = phase.pid(m.metadata.src_node_id)
+            pid = Phase.pid_of(m)
             m, problem = self._decoded(m, pid, server_round)
             record.bytes_up_raw += message_array_bytes(m)
             if problem is None:
@@ -325,7 +332,7 @@ class FederatedRounds:
         return arrays, metrics
 
     @staticmethod
-    def _evaluated_before_training(record: RoundRecord, replies: list[Message], pid_of: Mapping[int, int]) -> None:
+    def _evaluated_before_training(record: RoundRecord, replies: list[Message]) -> None:
         """The federated metrics of a ``with_train`` round: each reply's evaluation of the
         received model, weighted by its held-out examples (replies without one are left out)."""
         rows = []
@@ -334,7 +341,7 @@ class FederatedRounds:
             values = [v for k in (EVAL_NUM_EXAMPLES, "eval_loss", "eval_accuracy")
                       if isinstance(v := metrics.get(k), int | float) and np.isfinite(v)]
             if len(values) == 3 and values[0] > 0:
-                rows.append((pid_of.get(m.metadata.src_node_id, -1), *(float(v) for v in values)))
+                rows.append((Phase.pid_of(m), *(float(v) for v in values)))
         record.eval_clients_sampled, record.eval_clients_ok = record.clients_sampled, len(rows)
         record.client_rows += [{"round": record.server_round, "phase": "evaluate", "partition_id": pid,
                                 "num_examples": int(n), "loss": loss, "accuracy": acc, "status": "ok"}
@@ -351,9 +358,9 @@ class FederatedRounds:
             return []
         phase = self.round.evaluate = self.cohorts.phase(server_round, train=False)
         arrays = self._shared(arrays)
-        sent = self.strategy.configure_evaluate(server_round, arrays, config, _cohort_grid(grid, phase))
+        sent = list(self.strategy.configure_evaluate(server_round, arrays, config, _cohort_grid(grid, phase)))
         wire = self._downlink(arrays, self.link.down_key(server_round, evaluate=True))
-        messages = [self._message(m, wire, phase) for m in sent]
+        messages = self._messages(sent, wire, phase)
         if self.current is not None:
             self.current.eval_clients_sampled = len(messages)
             self.current.bytes_eval_down = sum(message_array_bytes(m) for m in messages)
@@ -364,10 +371,10 @@ class FederatedRounds:
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         record, phase = self.current, self.round.evaluate
         assert record is not None and phase is not None
-        replies = sorted(replies, key=lambda m: phase.pid(m.metadata.src_node_id))
+        replies = sorted(replies, key=Phase.pid_of)
         ok = [m for m in replies if not m.has_error()]
         record.eval_clients_ok = len(ok)
-        record.add_clients("evaluate", ok, phase.node_to_pid)
+        record.add_clients("evaluate", ok, Phase.pid_of)
         if not ok:
             return None
         metrics = self.strategy.aggregate_evaluate(server_round, ok)

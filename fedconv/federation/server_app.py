@@ -65,28 +65,60 @@ class NodeReport:
     label_histogram: list[int]
 
 
+WAIT_REPORT_SECONDS = 15.0  # while nodes are awaited, a line this often says how many came
+
+
 def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
     """The connected node ids, once there are at least ``expected`` of them."""
-    deadline = time.monotonic() + timeout
+    started = last_report = time.monotonic()
     while len(node_ids := list(grid.get_node_ids())) < expected:
-        if time.monotonic() > deadline:
-            raise DiscoveryError(f"only {len(node_ids)} of {expected} nodes connected within {timeout:.0f}s")
+        now = time.monotonic()
+        if now > started + timeout:
+            raise DiscoveryError(f"only {len(node_ids)} of {expected} nodes connected within {timeout:.0f}s "
+                                 "(server.connect_timeout)")
+        if now - last_report >= WAIT_REPORT_SECONDS:
+            _console(f"waiting for SuperNodes: {len(node_ids)} of {expected} connected "
+                     f"({now - started:.0f}s of server.connect_timeout={timeout:.0f}s)")
+            last_report = now
         time.sleep(0.2)
     return node_ids
 
 
-def discover_partitions(grid: Grid, expected: int, timeout: float, pool: bool = False) -> dict[int, NodeReport]:
+POOL_SETTLE_SECONDS = 2.0  # a simulation's node count that has not grown for this long is complete
+
+
+def pool_nodes(grid: Grid, wanted: int, timeout: float) -> list[int]:
+    """A simulation's node pool: up to ``wanted`` of the registered nodes. A simulation
+    registers its nodes at start-up, so the pool is complete once ``wanted`` are there or
+    their count has not grown for :data:`POOL_SETTLE_SECONDS` (``flwr run``'s federation has
+    ``num-supernodes`` of them, whatever the cohort); a smaller pool serves each round's
+    cohort a few partitions a node (:class:`~fedconv.federation.cohorts.Cohorts`)."""
+    started = changed = time.monotonic()
+    seen: list[int] = []
+    while True:
+        node_ids = sorted(grid.get_node_ids())
+        now = time.monotonic()
+        if len(node_ids) >= wanted:
+            return node_ids[:wanted]
+        if node_ids != seen:
+            seen, changed = node_ids, now
+        elif seen and now - changed >= POOL_SETTLE_SECONDS:
+            return seen
+        if now > started + timeout:
+            raise DiscoveryError(f"no SuperNode connected within {timeout:.0f}s (server.connect_timeout)")
+        time.sleep(0.2)
+
+
+def discover_partitions(grid: Grid, expected: int, timeout: float, pool: list[int] | None = None) -> dict[int, NodeReport]:
     """Ask every node for its partition id and data (cohorts are sampled by partition id).
 
-    With ``pool``, the server names partition i for the i-th of ``expected`` nodes instead:
+    With a ``pool`` of node ids, the server names partition i for the i-th of them instead:
     the query then only warms every pool node up (imports, data, model) and proves it can
     load a partition, as the per-client query does before round 1.
     """
-    node_ids = wait_for_nodes(grid, expected, timeout)
-    if pool:
-        node_ids = sorted(node_ids)[:expected]
+    node_ids = pool if pool is not None else wait_for_nodes(grid, expected, timeout)
     messages = [
-        Message(RecordDict({"config": ConfigRecord({"partition-id": i} if pool else {})}), dst_node_id=n,
+        Message(RecordDict({"config": ConfigRecord({"partition-id": i} if pool is not None else {})}), dst_node_id=n,
                 message_type=MessageType.QUERY)
         for i, n in enumerate(node_ids)
     ]
@@ -259,6 +291,7 @@ class RunRecorder:
         self.rows = run_dir.truncate_rows(self.out / run_dir.ROUNDS, run_dir.ROUND_COLUMNS, k)
         run_dir.truncate_rows(self.out / run_dir.CLIENTS, run_dir.CLIENT_COLUMNS, k)
         run_dir.truncate_rows(self.out / run_dir.UPDATES, run_dir.UPDATE_COLUMNS, k)
+        run_dir.truncate_rows(self.out / run_dir.PAIRS, run_dir.PAIR_COLUMNS, k)
         if len(self.rows) != k:
             raise checkpoint.CheckpointError(
                 f"{self.out / run_dir.ROUNDS} holds {len(self.rows)} complete rounds up to the checkpoint's round {k}"
@@ -281,6 +314,8 @@ class RunRecorder:
             run_dir.append_row(self.out / run_dir.CLIENTS, run_dir.CLIENT_COLUMNS, client_row)
         if record.update_rows:
             run_dir.append_rows(self.out / run_dir.UPDATES, run_dir.UPDATE_COLUMNS, record.update_rows)
+        if record.update_pairs:
+            run_dir.append_rows(self.out / run_dir.PAIRS, run_dir.PAIR_COLUMNS, record.update_pairs)
         self.rows.append(row)
         self._print_round(server_round, record, row)
         if self.progress is not None:
@@ -423,7 +458,11 @@ def _federation(grid: Grid, cfg: dict[str, Any], ds: task.ImageDataset, out: Pat
         # Virtual nodes of a simulation can load any partition: only the pool is queried (to
         # warm it up), the server knows the partitions (made once per machine, from the disk
         # cache) and names one in every message.
-        warmed = discover_partitions(grid, virtual_nodes(cfg), connect_timeout, pool=True)
+        nodes = pool_nodes(grid, virtual_nodes(cfg), connect_timeout)
+        if len(nodes) < max(train_k, eval_k):
+            _console(f"node pool: {len(nodes)} SuperNodes for cohorts of {max(train_k, eval_k)}: each serves "
+                     f"up to {-(-max(train_k, eval_k) // len(nodes))} partitions a round, one after another")
+        warmed = discover_partitions(grid, len(nodes), connect_timeout, pool=nodes)
         timeline.mark("nodes_ready")
         pool = sorted(warmed, key=lambda node: warmed[node].partition_id)
         parts = task.partitions(cfg, num_clients)
@@ -524,6 +563,9 @@ def serve(grid: Grid, context: Context) -> None:
     timeline.mark("server_app")
     cfg = from_run_config(context.run_config)
     out = _output_dir(cfg, context)
+    if not cfg.get("output_dir"):  # `flwr run .`: no command wrote the run's config.yaml
+        cfg = {**cfg, "output_dir": str(out)}
+        run_dir.write_config(out, cfg)
     ds = task.dataset(cfg)
     cohorts, sizes = _federation(grid, cfg, ds, out)
     model = task.initial_model(cfg, ds)

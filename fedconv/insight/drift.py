@@ -11,7 +11,8 @@ apart, the quantity SCAFFOLD sets out to fix), and ``||w' - w_0||``, the distanc
 from the initial model.
 
 The pairwise mean uses every pair of at most :data:`PAIRS_OF` clients; a larger cohort is
-sampled, seeded by the round. Written by hand: a few NumPy lines on arrays fedconv already
+sampled, seeded by the round. Each of those pairs' cosine is kept too (``client_pairs.csv``:
+the report's similarity heatmap of a round). Written by hand: a few NumPy lines on arrays fedconv already
 holds (no library computes these from Flower's records).
 """
 
@@ -30,10 +31,12 @@ MODEL = "model"  # the layer name of the rows about the whole model
 
 @dataclass(frozen=True)
 class Geometry:
-    """One round: ``summary`` for rounds.csv, ``rows`` for client_updates.csv."""
+    """One round: ``summary`` for rounds.csv, ``rows`` for client_updates.csv, ``pairs`` for
+    client_pairs.csv."""
 
     summary: dict[str, float | None]
     rows: list[dict[str, object]] = field(default_factory=list)
+    pairs: list[dict[str, object]] = field(default_factory=list)
 
 
 def _flat(arrays: Arrays, names: Sequence[str]) -> np.ndarray:
@@ -54,18 +57,31 @@ def layers(names: Sequence[str]) -> dict[str, list[str]]:
     return grouped
 
 
+def pairwise_cosines(updates: np.ndarray, server_round: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of ``updates`` that enter the pairwise figures (non-zero ones; at most
+    :data:`PAIRS_OF`, sampled by the round) and their cosine matrix ``cos(u_i, u_j)``."""
+    norms = np.linalg.norm(updates, axis=1)
+    rows = np.flatnonzero(norms > 0)
+    if len(rows) > PAIRS_OF:
+        rows = np.sort(np.random.default_rng([server_round, len(rows)]).choice(rows, PAIRS_OF, replace=False))
+    unit = updates[rows] / norms[rows, None]
+    return rows, unit @ unit.T
+
+
+def _off_diagonal_mean(gram: np.ndarray) -> float | None:
+    k = len(gram)
+    return float((gram.sum() - np.trace(gram)) / (k * (k - 1))) if k >= 2 else None
+
+
 def mean_pairwise_cosine(updates: np.ndarray, server_round: int) -> float | None:
     """Mean of cos(u_i, u_j) over pairs i < j of the rows of ``updates`` (zero rows left out)."""
-    norms = np.linalg.norm(updates, axis=1)
-    unit = updates[norms > 0] / norms[norms > 0, None]
-    if len(unit) > PAIRS_OF:
-        pick = np.random.default_rng([server_round, len(unit)]).choice(len(unit), PAIRS_OF, replace=False)
-        unit = unit[np.sort(pick)]
-    k = len(unit)
-    if k < 2:
-        return None
-    gram = unit @ unit.T
-    return float((gram.sum() - np.trace(gram)) / (k * (k - 1)))
+    return _off_diagonal_mean(pairwise_cosines(updates, server_round)[1])
+
+
+def _pair_rows(server_round: int, pids: Sequence[int], rows: np.ndarray, gram: np.ndarray) -> list[dict[str, object]]:
+    """client_pairs.csv's rows: ``cos(u_a, u_b)`` for each pair a < b the pairwise mean used."""
+    return [{"round": server_round, "partition_a": pids[rows[i]], "partition_b": pids[rows[j]],
+             "cosine": float(gram[i, j])} for i in range(len(rows)) for j in range(i + 1, len(rows))]
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -84,6 +100,7 @@ def round_geometry(server_round: int, sent: Arrays, replies: Mapping[int, Arrays
     pids = sorted(replies)
     updates = np.stack([_flat(replies[p], names) - base for p in pids]) if pids else np.zeros((0, len(base)))
     to_step = [cosine(u, step) for u in updates]
+    picked, gram = pairwise_cosines(updates, server_round)
     rows: list[dict[str, object]] = [
         {"round": server_round, "partition_id": pid, "layer": MODEL, "norm": float(np.linalg.norm(u)),
          "cosine_to_aggregate": c} for pid, u, c in zip(pids, updates, to_step, strict=True)]
@@ -97,8 +114,8 @@ def round_geometry(server_round: int, sent: Arrays, replies: Mapping[int, Arrays
     summary: dict[str, float | None] = {
         "update_norm_mean": _mean([float(np.linalg.norm(u)) for u in updates]),
         "update_cosine_to_aggregate": _mean(to_step),
-        "update_pairwise_cosine": mean_pairwise_cosine(updates, server_round),
+        "update_pairwise_cosine": _off_diagonal_mean(gram),
         "aggregate_step_norm": float(np.linalg.norm(step)),
         "distance_from_init": float(np.linalg.norm(new_flat - _flat(initial, names))) if initial else None,
     }
-    return Geometry(summary, rows)
+    return Geometry(summary, rows, _pair_rows(server_round, pids, picked, gram))

@@ -15,8 +15,7 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import numpy as np
 from fedconv import atomic
 from fedconv.config import flatten, lookup
 from fedconv.runs import run_dir
+from fedconv.runs.figures import SECTIONS, Figure, draw_all
 from fedconv.runs.run_reader import IN_PROGRESS, Run, read_run
 from fedconv.wire import compression
 
@@ -357,107 +357,6 @@ def compare(
     }
 
 
-# ----------------------------------------------------------------------------- plots
-
-
-@dataclass
-class _Figures:
-    """What every figure of a report shares: the groups by (facet value, label), one panel per
-    facet value, one colour per label, and the files written so far."""
-
-    plt: Any
-    groups: dict[tuple[str, str], list[Run]]
-    facet_key: str | None
-    out: Path
-    facets: list[str] = field(default_factory=list)
-    labels: list[str] = field(default_factory=list)
-    colors: dict[str, Any] = field(default_factory=dict)
-    written: list[Path] = field(default_factory=list)
-
-    def figure(self, name: str, draw_panel: Callable[[Any, str], None], ylabel: str, xlabel: str,
-               legend: bool = True) -> None:
-        """One panel per facet value; ``draw_panel(ax, facet_value)`` fills a panel."""
-        from matplotlib.ticker import MaxNLocator
-
-        fig, axes = self.plt.subplots(1, len(self.facets), figsize=(5.2 * len(self.facets), 4), squeeze=False,
-                                      sharey=True)
-        for ax, facet_value in zip(axes[0], self.facets, strict=True):
-            draw_panel(ax, facet_value)
-            ax.set_xlabel(xlabel)
-            if xlabel == "round":  # a few rounds must not get ticks at 1.5, 2.5, ...
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.grid(alpha=0.3)
-            if self.facet_key:
-                ax.set_title(f"{self.facet_key} = {facet_value}")
-        axes[0][0].set_ylabel(ylabel)
-        if legend:
-            axes[0][-1].legend(fontsize=8)
-        fig.tight_layout()
-        for ext in ("png", "svg"):
-            path = self.out / f"{name}.{ext}"
-            fig.savefig(path, dpi=110)
-            self.written.append(path)
-        self.plt.close(fig)
-
-    def mean_band(self, column: str, x_column: str | None = None) -> Callable[[Any, str], None]:
-        """Panel drawer: per group, the mean over seeds with a +-1 std band."""
-
-        def draw(ax: Any, facet_value: str) -> None:
-            for label in self.labels:
-                # members with no value of the column are left out, their x values with them
-                pairs = [(m, s) for m in self.groups.get((facet_value, label), []) if (s := m.series(column))]
-                if not pairs:
-                    continue
-                series = [s for _, s in pairs]
-                length = min(len(s) for s in series)
-                ys = np.array([[v for _, v in s[:length]] for s in series])
-                if x_column:
-                    x_by_round = [{int(r["round"] or 0): r[x_column] for r in m.rounds} for m, _ in pairs]
-                    xs = np.array([[xr.get(rnd, np.nan) for rnd, _ in s[:length]]
-                                   for xr, s in zip(x_by_round, series, strict=True)]).mean(0) / 1e6
-                else:
-                    xs = np.array([rnd for rnd, _ in series[0][:length]])
-                mean, std = ys.mean(0), ys.std(0)
-                ax.plot(xs, mean, color=self.colors[label], label=f"{label} (n={len(series)})")
-                if len(series) > 1:
-                    ax.fill_between(xs, mean - std, mean + std, color=self.colors[label], alpha=0.2)
-
-        return draw
-
-    def client_boxes(self, ax: Any, facet_value: str) -> None:
-        data, names = [], []
-        for label in self.labels:
-            accs = [a for m in self.groups.get((facet_value, label), []) for a in m.final_client_accuracies()]
-            if accs:
-                data.append(accs)
-                names.append(label)
-        if data:
-            ax.boxplot(data, tick_labels=names)
-        ax.tick_params(axis="x", rotation=20)
-
-
-def _plot(result: dict[str, Any], out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups: dict[tuple[str, str], list[Run]] = result["groups"]
-    labels = sorted({g for _, g in groups})
-    figs = _Figures(plt, groups, result["facet"], out, facets=sorted({f for f, _ in groups}), labels=labels,
-                    colors={g: plt.cm.tab10(i % 10) for i, g in enumerate(labels)})
-    figs.figure("accuracy_vs_round", figs.mean_band("central_accuracy"), "central test accuracy", "round")
-    figs.figure("accuracy_vs_mb", figs.mean_band("central_accuracy", "bytes_total_cum"), "central test accuracy",
-                "cumulative communication (MB)")
-    figs.figure("train_loss_vs_round", figs.mean_band("train_loss"), "training loss (clients' mean)", "round")
-    figs.figure("client_accuracy", figs.client_boxes, "final per-client accuracy (held-out splits)", "group",
-                legend=False)
-    if any(m.series("update_pairwise_cosine") for members in groups.values() for m in members):  # runs since drift
-        figs.figure("client_drift_vs_round", figs.mean_band("update_pairwise_cosine"),
-                    "clients' updates: mean pairwise cosine", "round")
-    return figs.written
-
-
 # ---------------------------------------------------------------------------- render
 
 
@@ -480,6 +379,10 @@ TABLE_HEADER = [
     "group", "n", "final acc (mean ± std)", "95% CI", "best acc (round)", "rounds to target", "MB to target",
     "total MB", "vs uncompressed", "wall s", "client acc mean / p10 / worst",
 ]
+
+
+TABLE_NOTE = ("Target accuracy {target:.4f}; rounds/MB to target are means over seeds and shown only when every "
+              "seed reached it. 95% CI: half-width of the Student-t interval of the mean final accuracy over seeds.")
 
 
 def table_cells(row: dict[str, Any]) -> list[str]:
@@ -528,7 +431,7 @@ def header_lines(result: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
-def render_markdown(result: dict[str, Any], images: list[Path]) -> str:
+def render_markdown(result: dict[str, Any], figures: Sequence[Figure]) -> str:
     lines = ["# fedconv report", ""]
     lines += [f"- **{k}**: {v}" for k, v in header_lines(result)]
     if result["differences"]:
@@ -541,28 +444,55 @@ def render_markdown(result: dict[str, Any], images: list[Path]) -> str:
             lines += [f"## {result['facet']} = {facet_value}", ""]
         lines += ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
         lines += ["| " + " | ".join(table_cells(r)) + " |" for r in result["rows"] if r["facet"] == facet_value]
-    lines += ["", f"Target accuracy {result['target']:.4f}; rounds/MB to target are means over seeds "
-                  "and shown only when every seed reached it. 95% CI: half-width of the Student-t interval "
-                  "of the mean final accuracy over seeds."]
+    lines += ["", TABLE_NOTE.format(target=result["target"])]
     if result["paired"]:
         lines += ["", "## Against the baseline (final accuracy, paired by seed)", ""]
         lines += [f"- {(r['facet'] + ': ') if r['facet'] else ''}{paired_sentence(r)}" for r in result["paired"]]
     if result["excluded"]:
         lines += ["", "## Excluded runs (not in the means)", ""]
         lines += [f"- `{e['run']}`: {e['status']}" + (f" — {e['error']}" if e["error"] else "") for e in result["excluded"]]
-    lines += ["", "## Plots", ""]
-    lines += [f"![{p.stem}]({p.name})" for p in images if p.suffix == ".png"]
+    for section in SECTIONS:
+        shown = [f for f in figures if f.section == section]
+        if shown:
+            lines += ["", f"## {section}", ""]
+            lines += [f"![{f.title}]({f.path.name})\n\n*{f.caption}*\n" for f in shown]
     return "\n".join(lines) + "\n"
 
 
-def render_html(result: dict[str, Any], images: list[Path]) -> str:
+PAGE_STYLE = (
+    "body{font:15px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;color:#1d1d1f;max-width:1500px;"
+    "margin:0 auto;padding:.5em 1.5em 3em}"
+    "h1{margin:.6em 0 .2em}h2{margin:1.6em 0 .5em;padding-bottom:.2em;border-bottom:1px solid #ddd}"
+    "nav{display:flex;flex-wrap:wrap;gap:.3em 1.2em;margin:.4em 0 1em}nav a{white-space:nowrap}"
+    ".facts{columns:2 26em;padding-left:1.2em;margin:.4em 0}"
+    ".scroll{overflow-x:auto}table{border-collapse:collapse;margin:.6em 0;font-variant-numeric:tabular-nums}"
+    "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right;white-space:nowrap}"
+    "td:first-child,th:first-child{text-align:left}th{background:#f4f4f6}"
+    ".warn{background:#fff3cd;padding:.5em 1em;border-radius:4px}"
+    ".grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,600px),1fr));gap:1.2em}"
+    "figure{margin:0;padding:.6em;border:1px solid #e2e2e6;border-radius:6px;background:#fff;min-width:0}"
+    "figure img{display:block;width:100%;height:auto}figcaption{font-size:.9em;color:#444;margin-top:.4em}"
+    "@media (max-width:640px){body{padding:.3em .7em 2em;font-size:14px}td,th{padding:3px 5px}}"
+)
+
+
+def _figure_html(fig: Figure) -> str:
     esc = html.escape
+    data = base64.b64encode(fig.path.read_bytes()).decode()
+    return (f"<figure id='{esc(fig.path.stem)}'><img alt='{esc(fig.title)}' data-name='{esc(fig.path.stem)}' "
+            f"src='data:image/png;base64,{data}'><figcaption>{esc(fig.caption)}</figcaption></figure>")
+
+
+def render_html(result: dict[str, Any], figures: Sequence[Figure]) -> str:
+    esc = html.escape
+    sections = [s for s in SECTIONS if any(f.section == s for f in figures)]
+    anchor = {s: "s-" + s.lower().replace(" ", "-") for s in sections}
     parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>fedconv report</title>",
-        "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
-        "td:first-child,th:first-child{text-align:left}.warn{background:#fff3cd;padding:.5em 1em}"
-        "img{max-width:100%}</style></head><body><h1>fedconv report</h1><ul>",
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'><title>fedconv report</title>",
+        f"<style>{PAGE_STYLE}</style></head><body><h1>fedconv report</h1>",
+        "<nav><a href='#s-results'>Results</a>" + "".join(f"<a href='#{anchor[s]}'>{esc(s)}</a>" for s in sections)
+        + "</nav><ul class='facts'>",
     ]
     parts += [f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in header_lines(result)]
     parts.append("</ul>")
@@ -570,35 +500,35 @@ def render_html(result: dict[str, Any], images: list[Path]) -> str:
         parts.append("<div class='warn'><b>Warning: runs also differ in keys that are not grouped on</b><ul>")
         parts += [f"<li><code>{esc(k)}</code>: {esc(', '.join(map(str, v)))}</li>" for k, v in result["differences"].items()]
         parts.append("</ul></div>")
+    parts.append("<h2 id='s-results'>Results</h2>")
     for facet_value in sorted({r["facet"] for r in result["rows"]}, key=str):
         if result["facet"]:
-            parts.append(f"<h2>{esc(result['facet'])} = {esc(str(facet_value))}</h2>")
-        parts.append("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in TABLE_HEADER) + "</tr>")
+            parts.append(f"<h3>{esc(result['facet'])} = {esc(str(facet_value))}</h3>")
+        parts.append("<div class='scroll'><table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in TABLE_HEADER) + "</tr>")
         for row in result["rows"]:
             if row["facet"] == facet_value:
                 parts.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in table_cells(row)) + "</tr>")
-        parts.append("</table>")
+        parts.append("</table></div>")
+    parts.append(f"<p>{esc(TABLE_NOTE.format(target=result['target']))}</p>")
     if result["paired"]:
-        parts.append("<h2>Against the baseline (final accuracy, paired by seed)</h2><ul>")
+        parts.append("<h3>Against the baseline (final accuracy, paired by seed)</h3><ul>")
         parts += [f"<li>{esc((r['facet'] + ': ') if r['facet'] else '')}{esc(paired_sentence(r))}</li>"
                   for r in result["paired"]]
         parts.append("</ul>")
     if result["excluded"]:
-        parts.append("<h2>Excluded runs (not in the means)</h2><ul>")
+        parts.append("<h3>Excluded runs (not in the means)</h3><ul>")
         parts += [f"<li><code>{esc(e['run'])}</code>: {esc(e['status'])} {esc(e['error'] or '')}</li>"
                   for e in result["excluded"]]
         parts.append("</ul>")
-    parts.append("<h2>Plots</h2>")
-    for p in images:
-        if p.suffix == ".png":
-            data = base64.b64encode(p.read_bytes()).decode()
-            parts.append(f"<figure><img alt='{esc(p.stem)}' src='data:image/png;base64,{data}'>"
-                         f"<figcaption>{esc(p.stem)}</figcaption></figure>")
+    for section in sections:
+        parts.append(f"<h2 id='{anchor[section]}'>{esc(section)}</h2><div class='grid'>")
+        parts += [_figure_html(f) for f in figures if f.section == section]
+        parts.append("</div>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
-def write_report(result: dict[str, Any], out: Path) -> list[Path]:
+def write_report(result: dict[str, Any], out: Path, drift_round: int | None = None) -> list[Path]:
     """Write the report into ``out``: made whole in a folder beside it first, then moved in
     file by file (each a rename), so a failure on the way (a full disk) leaves no half report."""
     import os
@@ -607,17 +537,30 @@ def write_report(result: dict[str, Any], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.tmp-") as tmp:
         staged = Path(tmp)
-        images = _plot(result, staged)
-        atomic.write_text(staged / "report.md", render_markdown(result, images))
-        atomic.write_text(staged / "report.html", render_html(result, images))
+        figures = draw_all(result, staged, drift_round)
+        atomic.write_text(staged / "report.md", render_markdown(result, figures))
+        atomic.write_text(staged / "report.html", render_html(result, figures))
         table = [{k: v for k, v in r.items()} for r in result["rows"]]
         run_dir.write_json(staged / "report.json", {"target": result["target"], "rows": table,
                                                     "excluded": result["excluded"],
                                                     "differences": result["differences"], "paired": result["paired"]})
-        names = ["report.md", "report.html", "report.json", *(p.name for p in images)]
+        names = ["report.md", "report.html", "report.json",
+                 *(f.path.with_suffix(ext).name for f in figures for ext in (".png", ".svg"))]
         for name in names:
             os.replace(staged / name, out / name)
     return [out / name for name in names]
+
+
+def _no_drift_round(runs: Sequence[Run], drift_round: int | None) -> str | None:
+    """Why no similarity heatmap can show ``drift_round`` (None: one can, or none was asked for)."""
+    if drift_round is None:
+        return None
+    rounds = sorted({int(p["round"]) for r in runs for p in r.pairs})
+    if drift_round in rounds:
+        return None
+    if not rounds:
+        return f"no run has {run_dir.PAIRS} (runs written before it, or one client a round); leave it out"
+    return f"no run has client pairs at that round; they have rounds {rounds[0]}..{rounds[-1]}"
 
 
 def _unwritable(out: Path) -> str | None:
@@ -643,6 +586,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", type=float, default=None,
                         help="target accuracy (default: 95%% of the best group's final accuracy)")
     parser.add_argument("--out", type=Path, default=None, help="output dir (default: <sweep dir>/report)")
+    parser.add_argument("--drift-round", type=int, default=None, metavar="N",
+                        help="the round of the client-similarity heatmaps (default: each run's last)")
     parser.add_argument("--baseline", default=None, metavar="KEY=VALUE",
                         help="the group to compare every other against, paired by seed (e.g. strategy.name=fedavg)")
     args = parser.parse_args(argv)
@@ -653,6 +598,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --baseline={args.baseline}: must be KEY=VALUE, e.g. strategy.name=fedavg", file=sys.stderr)
             return 2
         baseline = (key, value)
+    if args.drift_round is not None and args.drift_round < 1:
+        print(f"error: --drift-round={args.drift_round}: must be a round number, 1 or more", file=sys.stderr)
+        return 2
     if args.target is not None and not 0 < args.target <= 1:
         print(f"error: --target={args.target}: must be in (0, 1]", file=sys.stderr)
         return 2
@@ -665,13 +613,16 @@ def main(argv: list[str] | None = None) -> int:
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if reason := _no_drift_round(result["runs"], args.drift_round):
+        print(f"error: --drift-round={args.drift_round}: {reason}", file=sys.stderr)
+        return 2
     try:
-        written = write_report(result, out)
+        written = write_report(result, out, args.drift_round)
     except OSError as exc:
         print(f"error: writing the report in {out} failed ({exc.strerror or exc}); the runs are untouched and "
               "no report was written", file=sys.stderr)
         return 1
-    print(render_markdown(result, [p for p in written if p.suffix == ".png"]).split("\n## Plots")[0])
+    print(render_markdown(result, []), end="")
     print(f"report: {out / 'report.html'}  ({len(written)} files in {out})")
     return 0
 

@@ -69,6 +69,8 @@ CLIENT_COSTS = ["work_seconds", "process_seconds", "warm_worker"]
 CLIENT_COLUMNS = CLIENT_REQUIRED + CLIENT_COSTS
 # one row per aggregated client and layer ("model": the whole model) a round
 UPDATE_COLUMNS = ["round", "partition_id", "layer", "norm", "cosine_to_aggregate"]
+# one row per pair of aggregated clients that entered a round's pairwise cosine
+PAIR_COLUMNS = ["round", "partition_a", "partition_b", "cosine"]
 
 CONFIG = "config.yaml"
 ROUNDS = "rounds.csv"
@@ -76,6 +78,7 @@ SUMMARY = "summary.json"
 PARTITION = "partition.json"
 CLIENTS = "client_metrics.csv"
 UPDATES = "client_updates.csv"
+PAIRS = "client_pairs.csv"
 WEIGHTS = "model.safetensors"
 CHECKPOINT = "checkpoint.safetensors"
 CLASS_REPORT = "classification.json"

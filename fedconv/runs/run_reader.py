@@ -40,6 +40,7 @@ class Run:
     clients: list[dict[str, Any]] = field(default_factory=list)
     problem: str | None = None
     updates: list[dict[str, Any]] = field(default_factory=list)  # client_updates.csv: the updates' geometry
+    pairs: list[dict[str, Any]] = field(default_factory=list)  # client_pairs.csv: cosines of pairs of updates
 
     @property
     def status(self) -> str:
@@ -75,9 +76,11 @@ def read_run(path: Path) -> Run:
             _check_summary(summary, rounds, config)
         _check_clients(clients, len(rounds))
         updates = _read_table(path / run_dir.UPDATES, run_dir.UPDATE_COLUMNS, text_columns=("layer",))
+        pairs = _read_table(path / run_dir.PAIRS, run_dir.PAIR_COLUMNS, text_columns=())
     except DamagedRun as exc:
         return Run(path=path, config=config, rounds=[], summary=None, problem=str(exc))
-    return Run(path=path, config=config, rounds=rounds, summary=summary, clients=clients, updates=updates)
+    return Run(path=path, config=config, rounds=rounds, summary=summary, clients=clients, updates=updates,
+               pairs=pairs)
 
 
 def _read_config(path: Path) -> dict[str, Any]:

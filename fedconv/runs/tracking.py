@@ -216,7 +216,7 @@ class MlflowSink:
 
         status = str(summary.get("status"))
         self.client.set_tag(self.run_id, "status", status)
-        for name in (run_dir.ROUNDS, run_dir.SUMMARY, run_dir.PARTITION, run_dir.CLIENTS, run_dir.UPDATES,
+        for name in (run_dir.ROUNDS, run_dir.SUMMARY, run_dir.PARTITION, run_dir.CLIENTS, run_dir.UPDATES, run_dir.PAIRS,
                      run_dir.CONFIG, run_dir.WEIGHTS):
             if (self.out / name).is_file():
                 self.client.log_artifact(self.run_id, str(self.out / name))

@@ -6,7 +6,7 @@ included), never a formula, so any algorithm's wire format is counted as it is.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,9 +65,11 @@ class RoundRecord:
     failures: list[str] = field(default_factory=list)
     update_summary: dict[str, float | None] = field(default_factory=dict)  # fedconv.insight.drift, for rounds.csv
     update_rows: list[dict[str, Any]] = field(default_factory=list)  # and for client_updates.csv
+    update_pairs: list[dict[str, Any]] = field(default_factory=list)  # and for client_pairs.csv
 
-    def add_clients(self, phase: str, replies: list[Message], pid_of: Mapping[int, int], status: str = "ok") -> None:
-        """Per-client rows for client_metrics.csv (phase: train or evaluate)."""
+    def add_clients(self, phase: str, replies: list[Message], pid_of: Callable[[Message], int], status: str = "ok") -> None:
+        """Per-client rows for client_metrics.csv (phase: train or evaluate); ``pid_of`` says
+        which partition a reply answers."""
         prefix = "train" if phase == "train" else "eval"
         for m in replies:
             metrics: Mapping[str, Any] = next(iter(m.content.metric_records.values()), {})
@@ -75,7 +77,7 @@ class RoundRecord:
                 {
                     "round": self.server_round,
                     "phase": phase,
-                    "partition_id": pid_of.get(m.metadata.src_node_id, -1),
+                    "partition_id": pid_of(m),
                     "num_examples": metrics.get("num-examples"),
                     "loss": metrics.get(f"{prefix}_loss"),
                     "accuracy": metrics.get(f"{prefix}_accuracy"),
