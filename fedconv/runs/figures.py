@@ -205,11 +205,17 @@ def filter_mosaic(filters: np.ndarray, pad: int = 1) -> np.ndarray:
 
 
 def draw_matrix(ax: Any, matrix: np.ndarray, ticks: Sequence[int] | None, cmap: str, **kw: Any) -> Any:
-    """A heatmap panel; tick labels only where they stay legible (≤ 20 a side)."""
+    """A heatmap panel labelled by ``ticks`` on both sides (where they stay legible: ≤ 20),
+    else by whole row and column numbers."""
+    from matplotlib.ticker import MaxNLocator
+
     image = ax.imshow(matrix, cmap=cmap, interpolation="nearest", aspect="auto", **kw)
     if ticks is not None and len(ticks) <= 20:
         ax.set_xticks(range(len(ticks)), [str(t) for t in ticks], fontsize=7, rotation=90)
         ax.set_yticks(range(len(ticks)), [str(t) for t in ticks], fontsize=7)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     return image
 
 
