@@ -339,10 +339,11 @@ def test_heatmaps_and_model_views_come_from_the_runs_files(tmp_path: Path) -> No
     out = tmp_path / "report"
     assert main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out), "--drift-round", "1"]) == 0
     html = (out / "report.html").read_text()
-    ids = re.findall(r"<figure id='([^']+)'>", html)
+    ids = re.findall(r"<figure id='([^']+)'", html)
     assert ids == ["accuracy_vs_round", "accuracy_vs_mb", "train_loss_vs_round", "client_accuracy",
                    "client_similarity", "partition_heatmap", "model_fedavg", "model_scaffold"]
     assert html.index("id='s-client-drift'") < html.index("id='client_similarity'") < html.index("id='s-data'")
+    assert "<figure id='client_similarity' class='wide'>" in html  # two groups' panels: a row of its own
     for name in ids:
         assert (out / f"{name}.png").read_bytes()[:8] == PNG and (out / f"{name}.svg").is_file()
     md = (out / "report.md").read_text()

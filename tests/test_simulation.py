@@ -257,7 +257,7 @@ def test_two_job_sweep_writes_two_runs_and_an_index(tmp_path: Path) -> None:
     html = (tmp_path / "report" / "report.html").read_text()
     # five curves (client drift among them), round 2's client similarity, the partition (one: both
     # strategies' seed 0) and each group's final model, from the files the real runs wrote
-    figures = re.findall(r"<figure id='([^']+)'>", html)
+    figures = re.findall(r"<figure id='([^']+)'", html)
     assert figures == ["accuracy_vs_round", "accuracy_vs_mb", "train_loss_vs_round", "client_accuracy",
                        "client_drift_vs_round", "client_similarity", "partition_heatmap", "model_fedavg",
                        "model_fedprox_mu=0.01"], figures

@@ -31,12 +31,14 @@ MOST_GROUPS = 12  # heatmaps and model views: the first groups only (a 40-group 
 
 @dataclass(frozen=True)
 class Figure:
-    """A written plot: ``path`` (the PNG; an SVG beside it), its title, caption and section."""
+    """A written plot: ``path`` (the PNG; an SVG beside it), its title, caption and section;
+    a ``wide`` one (small multiples) takes a page row of its own."""
 
     path: Path
     title: str
     caption: str
     section: str
+    wide: bool = False
 
 
 @dataclass
@@ -53,12 +55,12 @@ class Figures:
     colors: dict[str, Any] = field(default_factory=dict)
     written: list[Figure] = field(default_factory=list)
 
-    def save(self, fig: Any, name: str, title: str, caption: str, section: str) -> None:
+    def save(self, fig: Any, name: str, title: str, caption: str, section: str, wide: bool = False) -> None:
         fig.suptitle(title, fontsize=11, fontweight="bold")
         for ext in ("svg", "png"):
             fig.savefig(self.out / f"{name}.{ext}", dpi=110)
         self.plt.close(fig)
-        self.written.append(Figure(self.out / f"{name}.png", title, caption, section))
+        self.written.append(Figure(self.out / f"{name}.png", title, caption, section, wide))
 
     def curves(self, name: str, draw_panel: Callable[[Any, str], None], ylabel: str, xlabel: str,
                title: str, caption: str, section: str = RESULTS, legend: bool = True) -> None:
@@ -235,7 +237,7 @@ def similarity_figure(figs: Figures, server_round: int | None) -> None:
     figs.save(fig, "client_similarity", f"Do the clients' updates agree? Round {', '.join(map(str, rounds))}",
               "Cosine between every two clients' updates in one round (each group's lowest seed; red: "
               "they point the same way, blue: opposite ways). Under non-IID data the off-diagonal fades "
-              "towards 0; choose the round with --drift-round.", DRIFT)
+              "towards 0; choose the round with --drift-round.", DRIFT, wide=len(shown) > 1)
 
 
 def partition_figure(figs: Figures) -> None:
@@ -256,7 +258,8 @@ def partition_figure(figs: Figures) -> None:
         fig.colorbar(image, ax=ax, shrink=0.8, label="training examples")
     figs.save(fig, "partition_heatmap", "How the data is split: clients × classes",
               "Training examples of each class on each client (partition.json); one panel per distinct "
-              "partition. A row with one bright cell is a client that sees mostly one class.", DATA)
+              "partition. A row with one bright cell is a client that sees mostly one class.", DATA,
+              wide=len(distinct) > 2)
 
 
 def model_figures(figs: Figures) -> None:
@@ -280,7 +283,7 @@ def model_figures(figs: Figures) -> None:
         right.set_ylabel("true", fontsize=8)
         right.set_title("confusion matrix, last central evaluation", fontsize=9)
         figs.save(fig, f"model_{slug(name)}", f"The final model of {name}",
-                  f"{run.path.name}: the first convolution's kernels (each scaled to its own range) and "
+                  f"Seed {run.get('seed')}: the first convolution's kernels (each scaled to its own range) and "
                   "the central test set's confusion matrix (rows: true class). fedconv inspect draws "
                   "its feature maps too.", MODELS)
 

@@ -471,7 +471,8 @@ PAGE_STYLE = (
     ".warn{background:#fff3cd;padding:.5em 1em;border-radius:4px}"
     ".grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,600px),1fr));gap:1.2em}"
     "figure{margin:0;padding:.6em;border:1px solid #e2e2e6;border-radius:6px;background:#fff;min-width:0}"
-    "figure img{display:block;width:100%;height:auto}figcaption{font-size:.9em;color:#444;margin-top:.4em}"
+    "figure.wide{grid-column:1/-1}figure img{display:block;max-width:100%;height:auto;margin:0 auto}"
+    "figcaption{font-size:.9em;color:#444;margin-top:.4em}"
     "@media (max-width:640px){body{padding:.3em .7em 2em;font-size:14px}td,th{padding:3px 5px}}"
 )
 
@@ -479,7 +480,8 @@ PAGE_STYLE = (
 def _figure_html(fig: Figure) -> str:
     esc = html.escape
     data = base64.b64encode(fig.path.read_bytes()).decode()
-    return (f"<figure id='{esc(fig.path.stem)}'><img alt='{esc(fig.title)}' data-name='{esc(fig.path.stem)}' "
+    wide = " class='wide'" if fig.wide else ""
+    return (f"<figure id='{esc(fig.path.stem)}'{wide}><img alt='{esc(fig.title)}' data-name='{esc(fig.path.stem)}' "
             f"src='data:image/png;base64,{data}'><figcaption>{esc(fig.caption)}</figcaption></figure>")
 
 
