@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -73,10 +73,12 @@ def _free(port: int) -> bool:
 def test_flwr_run_runs_the_app_on_the_default_federation(tmp_path: Path) -> None:
     if not _free(39091):
         pytest.skip("a local SuperLink already listens on 127.0.0.1:39091 (flwr run would use it, not this test's)")
-    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr"), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    venv_bin = Path(sys.executable).parent  # flwr, and the flower-superlink it starts, as an activated venv has them
+    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr"), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+           "PATH": os.pathsep.join([str(venv_bin), os.environ.get("PATH", "")])}
     overrides = " ".join(f'"{k}"={json.dumps(v)}' for k, v in DIGITS.items())
     try:
-        proc = subprocess.run([shutil.which("flwr") or "flwr", "run", str(ROOT), "--stream", "--run-config", overrides],
+        proc = subprocess.run([str(venv_bin / "flwr"), "run", str(ROOT), "--stream", "--run-config", overrides],
                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     finally:
         _stop_local_superlink(tmp_path / "flwr")
