@@ -173,14 +173,15 @@ def flwr_run_config(items: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
     flat = dict(items)
     defaults = to_run_config(_reference((), "config"))
     names = {g: flat[f"{g}.name"] for g in NAMED_GROUPS if f"{g}.name" in flat and flat[f"{g}.name"] != defaults[f"{g}.name"]}
-    chosen = [f"{g}={n}" for g, n in names.items() if (CONF_DIR / g / f"{n}.yaml").is_file()]
+    groups = [g for g, n in names.items() if (CONF_DIR / g / f"{n}.yaml").is_file()]
+    chosen = [f"{g}={names[g]}" for g in groups]
     known = defaults.keys() | to_run_config(_reference(tuple(chosen), "config")).keys()
     unknown = sorted(k for k in flat if k not in known)
     if unknown:
         raise ConfigError(f"{unknown[0]}: no such key (the keys are pyproject.toml's [tool.flwr.app.config])")
-    picked = {f"{c.split('=')[0]}.name" for c in chosen}
+    chosen_names = {f"{g}.name" for g in groups}
     overrides = chosen + [f"{k}={json.dumps(v)}" for k, v in flat.items()
-                          if k not in picked and (k not in defaults or defaults[k] != v)]
+                          if k not in chosen_names and (k not in defaults or defaults[k] != v)]
     return _nested(to_run_config(compose(overrides)))
 
 

@@ -69,10 +69,6 @@ class Phase:
     def pids(self) -> list[int]:
         return [pid for _, pid in self.slots]
 
-    def pid(self, node_id: int) -> int:
-        """The partition a node serves (its first, in a pool smaller than the cohort); -1: none."""
-        return next((pid for node, pid in self.slots if node == node_id), -1)
-
     @staticmethod
     def pid_of(message: Message) -> int:
         """The partition a sent message or a reply is about (its group id); -1: none named."""
