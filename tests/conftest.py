@@ -118,6 +118,54 @@ def simulate(*overrides: str, timeout: int = 300) -> subprocess.CompletedProcess
     )
 
 
+def compose_job(overrides: list[str]):
+    """What ``python -m fedconv.simulate`` composes for these overrides (Hydra's own refusals raised)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(fedconv_config.CONF_DIR), version_base=None):
+            cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+    choices = dict(cfg.hydra.runtime.choices)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg, choices
+
+
+def planned_job(overrides: list[str], out: Path, composed: tuple | None = None) -> tuple[dict, str]:
+    """What ``python -m fedconv.simulate`` would do with these overrides and this run dir, found
+    in process by its own preparation: the validated config and "new", "resume" or "skip".
+    Bad input raises the error the command prints. ``composed``: ``compose_job``'s result."""
+    from fedconv import simulate
+
+    cfg, choices = composed or compose_job(overrides)
+    target = simulate.job_dir(cfg, str(out))
+    resolved, action = simulate.prepare(cfg, target, choices, overrides)
+    if action != "skip":
+        simulate.check_inputs(resolved, target if action == "resume" else None)
+    return resolved, action
+
+
+def prepare_job(overrides: list[str], out: Path) -> str | None:
+    """None when the entry point would start this job; the one-line refusal otherwise."""
+    from fedconv import simulate
+
+    try:
+        composed = compose_job(overrides)
+    except Exception as exc:  # Hydra's refusal: fedconv's entry point turns it into exit 2 (test_cli)
+        return f"hydra: {str(exc).splitlines()[0]}"
+    try:
+        planned_job(overrides, out, composed)
+    except simulate._bad_input_errors() as exc:
+        return str(exc)
+    return None
+
+
 def rows(run: Path, name: str = "rounds.csv") -> list[dict[str, str]]:
     """A run directory's CSV file as a list of rows."""
     with (run / name).open() as f:
@@ -197,7 +245,7 @@ def _children(proc) -> list:
 # reads it from the ``cases`` fixture. The first such test runs every case the session's
 # selected tests declare as the jobs of one sweep (``+case=a,b,...`` over a config group the
 # fixture writes): one process, one Ray and its warm actors, as a user's sweep. A sweep's jobs
-# equal separate runs (test_sweeps.py::test_a_sweep_keeps_one_ray_and_its_actors_past_a_bad_job_and_matches_separate_runs).
+# equal separate runs (test_simulation.py::test_same_seed_same_numbers_different_seed_differs).
 
 CONF_GROUPS = frozenset(p.name for p in (ROOT / "conf").iterdir() if p.is_dir())
 

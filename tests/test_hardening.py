@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import draws
+from conftest import draws, prepare_job
 from fedconv import simulate
 from fedconv.config import CONF_DIR, ConfigError, compose, flatten
 from fedconv.runs import checkpoint, run_dir
@@ -31,45 +31,6 @@ GROUP_OPTIONS = {g: sorted(p.stem for p in (CONF_DIR / g).glob("*.yaml"))
 # what a user types after '=': Hydra's grammar reads nan/inf as floats, [..] as a list
 NASTY = ["nan", "inf", "-inf", "-1", "0", "-0.5", "1e30", "9223372036854775808", "abc", "true", "[1,2]", "''",
          "null", "0.5", "3", "2.5"]
-def _bad_input_errors() -> tuple[type[Exception], ...]:
-    return simulate._bad_input_errors()
-
-
-def compose_job(overrides: list[str]):
-    """What ``python -m fedconv.simulate`` composes for these overrides (Hydra's own refusals raised)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import open_dict
-
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-            cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
-    finally:
-        GlobalHydra.instance().clear()
-    choices = dict(cfg.hydra.runtime.choices)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg, choices
-
-
-def prepare_job(overrides: list[str], out: Path) -> str | None:
-    """None when the entry point would start this job; the one-line refusal otherwise."""
-    try:
-        cfg, choices = compose_job(overrides)
-    except Exception as exc:  # Hydra's refusal: fedconv's entry point turns it into exit 2 (test_cli)
-        return f"hydra: {str(exc).splitlines()[0]}"
-    try:
-        target = simulate.job_dir(cfg, str(out))
-        resolved, action = simulate.prepare(cfg, target, choices, overrides)
-        if action != "skip":
-            simulate.check_inputs(resolved, target if action == "resume" else None)
-    except _bad_input_errors() as exc:
-        return str(exc)
-    return None
-
-
 ALL_OPTIONS = {group: sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")) for group in ("dataset", *GROUP_OPTIONS)}
 
 
