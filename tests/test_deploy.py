@@ -274,16 +274,23 @@ def test_an_unreachable_superlink_is_named_within_seconds(tmp_path: Path, mode: 
     assert time.perf_counter() - t0 < 20
 
 
-@pytest.mark.parametrize("left", ["rounds.csv", "checkpoint.safetensors"])
-def test_deploy_refuses_a_run_dir_that_already_holds_a_run(tmp_path: Path, left: str) -> None:
-    """Checked before any run starts, so no SuperLink is needed: nothing is overwritten."""
-    out = tmp_path / "run"
-    out.mkdir()
-    (out / left).write_text("from an earlier run\n")
+def test_deploy_refuses_a_run_dir_that_already_holds_a_run(tmp_path: Path) -> None:
+    """Checked before any run starts, so no SuperLink is needed: nothing is overwritten. A
+    run dir holds a run once it has rows or a checkpoint (the check deploy makes, in process);
+    the refusal as a user meets it, in a real process, once."""
+    from fedconv.runs import run_dir
+
+    for left in ("rounds.csv", "checkpoint.safetensors"):
+        held = tmp_path / left
+        held.mkdir()
+        (held / left).write_text("from an earlier run\n")
+        assert run_dir.existing_run(held) != "none", left
+    out = tmp_path / "checkpoint.safetensors"
     proc = deploy("federation=local", f"hydra.run.dir={out}", timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"output_dir={out}: already holds a run" in proc.stderr
-    assert (out / left).read_text() == "from an earlier run\n" and not (out / "summary.json").exists()
+    assert (out / "checkpoint.safetensors").read_text() == "from an earlier run\n"
+    assert not (out / "summary.json").exists()
 
 
 def test_deploy_checks_the_servers_dataset_before_starting(tmp_path: Path) -> None:

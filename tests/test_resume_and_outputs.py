@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CaseRun, rows, simulate
+from conftest import CaseRun, prepare_job, rows, simulate
 
 TINY = ["dataset=digits", "simulation.num_clients=4", "server.fraction_train=1.0", "server.fraction_evaluate=0",
         "partition.alpha=1.0", "server.lr_schedule=constant"]
@@ -54,15 +54,23 @@ def test_resume_extends_a_completed_run_to_the_longer_uninterrupted_run(tmp_path
     assert summary["status"] == "completed" and summary["rounds_completed"] == 4 and summary["resumed_from_round"] == 2
 
 
-@pytest.mark.parametrize("overrides, message", [
+RESUME_REFUSALS = [
     (["strategy=fedprox"], "strategy cannot change when a run resumes"),
     (["client.lr=0.5"], "client.lr cannot change when a run resumes"),
     (["server.rounds=1"], "server.rounds=1: must be >= the 2 rounds this run completed"),
     (["server.rounds=4", "server.lr_schedule=cosine"], "server.lr_schedule cannot change"),
-])
+]
+
+
 @TWO_ROUNDS
-def test_resume_refuses_overrides_it_cannot_honour(two_rounds: Path, overrides: list[str], message: str) -> None:
+def test_resume_refuses_overrides_it_cannot_honour(two_rounds: Path) -> None:
+    """Every refusal through the command's own preparation, in process (one place catches
+    them all: the resume checks); the first also as a user types it, in a real process."""
     before = files(two_rounds)
+    for overrides, message in RESUME_REFUSALS:
+        text = prepare_job([f"resume={two_rounds}", *overrides], two_rounds)
+        assert text is not None and message in text and len(text.splitlines()) == 1, (overrides, text)
+    overrides, message = RESUME_REFUSALS[0]
     proc = simulate(f"resume={two_rounds}", *overrides)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
