@@ -252,11 +252,13 @@ CONF_GROUPS = frozenset(p.name for p in (ROOT / "conf").iterdir() if p.is_dir())
 
 @dataclasses.dataclass(frozen=True)
 class CaseRun:
-    """One case's job: its run dir, its status in sweep.json and its part of the sweep's stdout."""
+    """One case's job: its run dir, its status in sweep.json, its part of the sweep's stdout
+    and the sweep's whole stderr (every job's: warnings are not marked with their job)."""
 
     dir: Path
     status: str
     stdout: str
+    sweep_stderr: str
 
     def completed(self) -> CaseRun:
         assert self.status == "completed", f"{self.dir}: {self.status}\n{self.stdout[-3000:]}"
@@ -314,7 +316,7 @@ def run_cases(cases: Mapping[str, Sequence[str]], base: Path) -> dict[str, CaseR
     out = {}
     for name, part in zip(names, parts, strict=False):
         assert part.startswith(f"+case={name}\n"), part[:200]
-        out[name] = CaseRun(Path(jobs[name]["run_dir"]), jobs[name]["status"], part)
+        out[name] = CaseRun(Path(jobs[name]["run_dir"]), jobs[name]["status"], part, proc.stderr)
     missing = set(cases) - set(out)
     assert not missing, f"cases never ran: {sorted(missing)}\n{proc.stderr[-3000:]}"
     return out

@@ -116,19 +116,18 @@ def test_a_resumed_mlflow_run_continues_without_repeating_a_step(tmp_path: Path)
     assert got.data.params["strategy.name"] == "fedavg" and "fed_loss" not in got.data.metrics
 
 
+# /dev/null is no folder: MLflow cannot make its store under it (as under a file a user named)
 @pytest.mark.slow
-def test_an_unwritable_mlflow_store_warns_once_and_the_run_completes(tmp_path: Path) -> None:
-    (tmp_path / "not_a_folder").write_text("x")
-    proc = simulate("dataset=digits", "simulation.num_clients=3", "server.fraction_train=1.0", "server.rounds=2",
-                    "logger.mlflow=true", f"logger.mlflow_tracking_uri={tmp_path / 'not_a_folder' / 'mlruns'}",
-                    "logger.wandb=true",
-                    f"hydra.run.dir={tmp_path / 'run'}")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.stderr.count("logger.mlflow failed") == 1
-    assert [r["round"] for r in rows(tmp_path / "run")] == ["1", "2"]
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
-    table = rows(tmp_path / "run")  # the other sink went on: W&B (offline) holds both rounds
-    assert [(step, pytest.approx(acc)) for _, step, acc in wandb_history(tmp_path / "run")] == [
+@pytest.mark.cases(unwritable_mlflow=("dataset=digits", "simulation.num_clients=3", "server.fraction_train=1.0",
+                                      "server.rounds=2", "logger.mlflow=true",
+                                      "logger.mlflow_tracking_uri=/dev/null/mlruns", "logger.wandb=true"))
+def test_an_unwritable_mlflow_store_warns_once_and_the_run_completes(cases: dict[str, CaseRun]) -> None:
+    case = cases["unwritable_mlflow"].completed()
+    assert case.sweep_stderr.count("logger.mlflow failed") == 1  # no other case logs to MLflow
+    assert [r["round"] for r in rows(case.dir)] == ["1", "2"]
+    assert json.loads((case.dir / "summary.json").read_text())["status"] == "completed"
+    table = rows(case.dir)  # the other sink went on: W&B (offline) holds both rounds
+    assert [(step, pytest.approx(acc)) for _, step, acc in wandb_history(case.dir)] == [
         (int(r["round"]), float(r["central_accuracy"])) for r in table]
 
 
