@@ -64,17 +64,24 @@ TOPK = (*SMALL, "server.fraction_train=0.4", "server.lr_schedule=constant", "com
                    topk_no_feedback=(*TOPK, "server.rounds=4", "compression.uplink.error_feedback=false"),
                    topk_two_rounds=(*TOPK, "server.rounds=2"))
 def test_topk_residual_follows_the_partition_through_the_pool_and_a_resume(tmp_path: Path, cases: dict[str, CaseRun]) -> None:
-    """Two of five clients a round, so pool nodes train other partitions each round; a run
-    stopped after round 2 and resumed to 4 must equal the uninterrupted one, and the
-    residual each partition stored must be what changed the result."""
-    cols = ["round", "central_accuracy", "central_loss", "train_loss", "clients_ok", "bytes_down", "bytes_up"]
+    """Two of five clients a round, so pool nodes train other partitions each round; a
+    completed 2-round run extended by ``resume= server.rounds=4`` must equal the uninterrupted
+    4-round run (also resume's plain case: a completed run made longer), and the residual each
+    partition stored must be what changed the result."""
+    cols = ["round", "central_accuracy", "central_loss", "train_loss", "clients_ok", "bytes_down", "bytes_up",
+            "bytes_total_cum", "lr"]
     tables: dict[str, list[list[str]]] = {}
     for name in ("pool", "per_client", "no_feedback"):
         (tmp_path / name).symlink_to(cases[f"topk_{name}"].completed().dir)
         tables[name] = [[r[c] for c in cols] for r in rows(tmp_path / name)]
-    shutil.copytree(cases["topk_two_rounds"].completed().dir, tmp_path / "resumed")  # the session's case stays as made
-    _ok(simulate(f"resume={tmp_path / 'resumed'}", "server.rounds=4"))
-    tables["resumed"] = [[r[c] for c in cols] for r in rows(tmp_path / "resumed")]
+    resumed = tmp_path / "resumed"
+    shutil.copytree(cases["topk_two_rounds"].completed().dir, resumed)  # the session's case stays as made
+    proc = simulate(f"resume={resumed}", "server.rounds=4")
+    _ok(proc)
+    assert "resuming after round 2" in proc.stdout
+    summary = json.loads((resumed / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["rounds_completed"] == 4 and summary["resumed_from_round"] == 2
+    tables["resumed"] = [[r[c] for c in cols] for r in rows(resumed)]
     assert tables["pool"] == tables["per_client"] == tables["resumed"]
     assert tables["no_feedback"][:1] == tables["pool"][:1]  # round 1: no partition has a residual yet
     assert tables["no_feedback"] != tables["pool"]

@@ -234,13 +234,8 @@ def test_two_job_sweep_writes_two_runs_and_an_index(tmp_path: Path) -> None:
     assert prox["strategy"] == {"name": "fedprox", "mu": 0.01, "stragglers": "aggregate"}
     assert "[sweep] job 1/2 completed: 1 completed, 0 skipped, 0 failed; ETA " in proc.stdout
     assert "[sweep] job 2/2 completed: 2 completed, 0 skipped, 0 failed; ETA -" in proc.stdout
-    # A second, different sweep into the same folder (another seed) numbers its job 0 again:
-    # the index gains an entry and keeps the first sweep's two.
-    more = simulate("-m", *SMALL, "server.rounds=2", "strategy=fedavg", "seed=1", f"hydra.sweep.dir={tmp_path}")
-    assert more.returncode == 0, more.stdout[-3000:] + more.stderr[-3000:]
-    after = json.loads((tmp_path / "sweep.json").read_text())["jobs"]
-    assert after[:2] == index["jobs"] and len(after) == 3
-    assert after[2]["job"] == 0 and "seed=1" in after[2]["overrides"] and after[2]["status"] == "completed"
+    # (A second, different sweep into the same folder numbers its jobs from 0 again: the index
+    # keys its entries by run dir, test_sweeps.py::test_concurrent_jobs_lose_no_index_entry.)
     # The first command again: both jobs completed, so both are skipped without running anything.
     before = {p: (p / "rounds.csv").read_bytes() for p in (Path(j["run_dir"]) for j in index["jobs"])}
     t0 = time.perf_counter()
@@ -249,20 +244,20 @@ def test_two_job_sweep_writes_two_runs_and_an_index(tmp_path: Path) -> None:
     assert "[sweep] job 2/2 skipped: 0 completed, 2 skipped, 0 failed" in again.stdout
     assert again.stdout.count("skipping") == 2 and "fedconv run ->" not in again.stdout
     assert time.perf_counter() - t0 < 60 and {p: (p / "rounds.csv").read_bytes() for p in before} == before
-    assert [j["status"] for j in json.loads((tmp_path / "sweep.json").read_text())["jobs"]] == ["completed"] * 3
-    # The report over the sweep folder: FedAvg over its two seeds, FedProx over its one.
+    assert [j["status"] for j in json.loads((tmp_path / "sweep.json").read_text())["jobs"]] == ["completed"] * 2
+    # The report over the sweep folder: a group per strategy (grouping over seeds: test_report.py).
     report = subprocess.run([sys.executable, "-m", "fedconv.runs.report", str(tmp_path)], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr[-2000:]
     data = json.loads((tmp_path / "report" / "report.json").read_text())
     groups = {r["group"]: r for r in data["rows"]}
-    assert {g: r["n"] for g, r in groups.items()} == {"fedavg": 2, "fedprox mu=0.01": 1} and data["excluded"] == []
+    assert {g: r["n"] for g, r in groups.items()} == {"fedavg": 1, "fedprox mu=0.01": 1} and data["excluded"] == []
     for row in groups.values():
         finals = [json.loads((Path(p) / "summary.json").read_text())["final_central_accuracy"] for p in row["runs"]]
         assert row["final_accuracy_mean"] == pytest.approx(statistics.fmean(finals))
     html = (tmp_path / "report" / "report.html").read_text()
     # five curves (client drift among them), round 2's client similarity, the partition (one: both
-    # strategies' seed 0) and each group's final model, from the files the real runs wrote
+    # runs have seed 0) and each group's final model, from the files the real runs wrote
     figures = re.findall(r"<figure id='([^']+)'", html)
     assert figures == ["accuracy_vs_round", "accuracy_vs_mb", "train_loss_vs_round", "client_accuracy",
                        "client_drift_vs_round", "client_similarity", "partition_heatmap", "model_fedavg",

@@ -27,6 +27,8 @@ def _write_entries(sweep_dir: str, worker: int, count: int) -> None:
 
 
 def test_concurrent_jobs_lose_no_index_entry(tmp_path: Path) -> None:
+    """Six writers at once, each numbering its jobs from 0 as every sweep does (a second sweep
+    into the same folder): every entry is kept, by run dir, none lost or overwritten."""
     workers, count = 6, 15
     ctx = multiprocessing.get_context("fork")
     procs = [ctx.Process(target=_write_entries, args=(str(tmp_path), w, count)) for w in range(workers)]
