@@ -29,6 +29,8 @@ from fedconv.learning.models import transmitted_state
 
 ROOT = Path(__file__).resolve().parent.parent
 worker_process = pytest.mark.slow  # each starts a worker process (≈ 3 s): kept off the fast path
+# the tests that share one serving worker run on one xdist worker, so it starts once
+serving = pytest.mark.xdist_group("serving_worker")
 
 
 class Worker:
@@ -59,7 +61,21 @@ class Worker:
 
 @pytest.fixture
 def worker(tmp_path: Path) -> Iterator[Worker]:
+    """A worker of the test's own, for a test that kills, restarts or stops it."""
     w = Worker(tmp_path / "run" / "worker.sock", tmp_path / "worker.log")
+    w.start()
+    try:
+        yield w
+    finally:
+        w.stop()
+
+
+@pytest.fixture(scope="module")
+def serving_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    """One worker for the tests that leave it serving (each start costs a process importing
+    torch and the ClientApp); each such test checks that it still serves."""
+    base = tmp_path_factory.mktemp("serving")
+    w = Worker(base / "run" / "worker.sock", base / "worker.log")
     w.start()
     try:
         yield w
@@ -89,9 +105,10 @@ def arrays(reply: Message) -> dict[str, np.ndarray]:
 
 
 @worker_process
-def test_the_workers_reply_equals_the_in_process_one(worker: Worker) -> None:
+@serving
+def test_the_workers_reply_equals_the_in_process_one(serving_worker: Worker) -> None:
     msg, cfg = train_message()
-    warm = board_app.handle(msg, context(cfg, worker.sock))
+    warm = board_app.handle(msg, context(cfg, serving_worker.sock))
     cold = board_app.handle(msg, context(cfg, None))
     assert warm.metadata.reply_to_message_id == msg.metadata.message_id
     assert warm.content.metric_records["metrics"]["warm-worker"] == 1
@@ -103,8 +120,8 @@ def test_the_workers_reply_equals_the_in_process_one(worker: Worker) -> None:
     sent = {k: v.numpy() for k, v in msg.content.array_records["arrays"].items()}
     assert not all(np.array_equal(hot[k], sent[k]) for k in sent)  # it trained
     # owner-only: the socket 0600 in a folder of its own 0700
-    assert stat.S_IMODE(worker.sock.stat().st_mode) == 0o600
-    assert stat.S_IMODE(worker.sock.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(serving_worker.sock.stat().st_mode) == 0o600
+    assert stat.S_IMODE(serving_worker.sock.parent.stat().st_mode) == 0o700
 
 
 @worker_process
@@ -148,26 +165,30 @@ def test_a_worker_that_dies_or_hangs_mid_message_fails_that_message_in_one_line(
 
 
 @worker_process
-def test_an_error_in_the_worker_fails_the_message_and_the_worker_stays(worker: Worker) -> None:
+@serving
+def test_an_error_in_the_worker_fails_the_message_and_the_worker_stays(serving_worker: Worker) -> None:
     msg, cfg = train_message("faults.dropout=1.0")
-    err = _raised(msg, context(cfg, worker.sock))
+    err = _raised(msg, context(cfg, serving_worker.sock))
     assert isinstance(err, warm_worker.WorkerFailed)
     assert str(err).startswith("InjectedCrash: injected crash of partition 1 in round 1")
     msg, cfg = train_message()
-    assert board_app.handle(msg, context(cfg, worker.sock)).content.metric_records["metrics"]["warm-worker"] == 1
+    assert board_app.handle(msg, context(cfg, serving_worker.sock)).content.metric_records["metrics"]["warm-worker"] == 1
 
 
 @worker_process
-def test_a_second_worker_on_the_same_socket_is_refused(worker: Worker, tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "fedconv.edge.warm_worker", "--socket", str(worker.sock)], cwd=ROOT,
+@serving
+def test_a_second_worker_on_the_same_socket_is_refused(serving_worker: Worker, tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "fedconv.edge.warm_worker", "--socket", str(serving_worker.sock)], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 1 and proc.stderr.strip() == f"error: another warm worker already serves {worker.sock}"
+    assert proc.returncode == 1 and proc.stderr.strip() == f"error: another warm worker already serves {serving_worker.sock}"
     shared = tmp_path / "shared"
     shared.mkdir(mode=0o777)
     shared.chmod(0o777)
     proc = subprocess.run([sys.executable, "-m", "fedconv.edge.warm_worker", "--socket", str(shared / "w.sock")], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "may be written by other users" in proc.stderr
+    msg, cfg = train_message()  # the refused second worker left the first serving
+    assert board_app.handle(msg, context(cfg, serving_worker.sock)).content.metric_records["metrics"]["warm-worker"] == 1
 
 
 def _raised(msg: Message, ctx: Context) -> BaseException | None:
