@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -59,28 +60,29 @@ class Worker:
             self.proc.wait(timeout=30)
 
 
-@pytest.fixture
-def worker(tmp_path: Path) -> Iterator[Worker]:
-    """A worker of the test's own, for a test that kills, restarts or stops it."""
-    w = Worker(tmp_path / "run" / "worker.sock", tmp_path / "worker.log")
-    w.start()
-    try:
-        yield w
-    finally:
-        w.stop()
-
-
-@pytest.fixture(scope="module")
-def serving_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
-    """One worker for the tests that leave it serving (each start costs a process importing
-    torch and the ClientApp); each such test checks that it still serves."""
-    base = tmp_path_factory.mktemp("serving")
+@contextmanager
+def started_worker(base: Path) -> Iterator[Worker]:
     w = Worker(base / "run" / "worker.sock", base / "worker.log")
     w.start()
     try:
         yield w
     finally:
         w.stop()
+
+
+@pytest.fixture
+def worker(tmp_path: Path) -> Iterator[Worker]:
+    """A worker of the test's own, for a test that kills, restarts or stops it."""
+    with started_worker(tmp_path) as w:
+        yield w
+
+
+@pytest.fixture(scope="module")
+def serving_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    """One worker for the tests that leave it serving (each start costs a process importing
+    torch and the ClientApp); each such test checks that it still serves."""
+    with started_worker(tmp_path_factory.mktemp("serving")) as w:
+        yield w
 
 
 def train_message(*overrides: str, server_round: int = 1) -> tuple[Message, dict]:
