@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,17 +27,65 @@ from fedconv.data import datasets
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
-# Hydra composes a config in about 0.2 s (it parses conf/'s YAML files anew each time), and
-# the in-process tests compose the same override lists hundreds of times. A composition is a
-# function of the overrides and conf/'s files, which no test changes: each distinct list is
-# composed by Hydra once per session, and every caller gets its own copy. Errors are not
-# cached (each call raises anew). Installed before the test modules import ``compose``.
+# Hydra composes a config in about 0.2 s: it builds the defaults list and parses conf/'s (and
+# its own hydra/) YAML files anew each time, and the in-process tests compose hundreds of
+# override lists. A composition is a function of the overrides and those files, which no test
+# changes, so the tests compose as Hydra does, in its two steps, and keep the slow one:
+# 1. the defaults list — the config-group overrides (``dataset=digits``, ``+experiment=...``) —
+#    composed by Hydra once per distinct tuple of them per session;
+# 2. the value overrides (``server.rounds=3``, ``+client.x=1``, ``~key``) parsed by Hydra's
+#    override parser and applied to a copy by Hydra's own ``_apply_overrides_to_config``, the
+#    step its ``load_configuration`` runs after the defaults (same values, same refusals).
+# Errors are not cached (each call raises anew). Sweeps and ``@package`` overrides take
+# Hydra's whole path. test_config.py::test_the_tests_compose_as_hydra_does checks the two agree.
+# Installed before the test modules import ``compose``.
 _hydra_compose = fedconv_config.compose
+
+
+def _hydra_compose_with_node(overrides: Sequence[str], config_name: str) -> Any:
+    """Hydra's whole composition, its ``hydra`` node kept (what ``@hydra.main`` gets)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    fedconv_config.register_resolvers()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(fedconv_config.CONF_DIR), version_base=None):
+            return hydra_compose(config_name, overrides=list(overrides), return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+_defaults_composed = functools.cache(_hydra_compose_with_node)
+
+
+def hydra_config(overrides: Sequence[str], config_name: str = "config") -> Any:
+    """Hydra's composition of these overrides, ``hydra`` node included (a fresh copy)."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    if any(o.is_sweep_override() or o.package is not None for o in parsed):
+        return _hydra_compose_with_node(overrides, config_name)
+    is_group = [("/" in o.key_or_group or o.key_or_group in CONF_GROUPS) for o in parsed]
+    base = _defaults_composed(tuple(o.input_line for o, g in zip(parsed, is_group, strict=True) if g), config_name)
+    cfg = copy.deepcopy(base)
+    ConfigLoaderImpl._apply_overrides_to_config([o for o, g in zip(parsed, is_group, strict=True) if not g], cfg)
+    return cfg
 
 
 @functools.cache
 def _composed(overrides: tuple[str, ...], config_name: str) -> dict:
-    return _hydra_compose(list(overrides), config_name)
+    from omegaconf import open_dict
+
+    try:
+        cfg = hydra_config(overrides, config_name)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return fedconv_config.plain(cfg)
+    except Exception as exc:  # as fedconv.config.compose: every Hydra/OmegaConf error is a bad config
+        raise fedconv_config.ConfigError(str(exc).strip().splitlines()[0]) from exc
 
 
 def _compose_once(overrides: list[str] | None = None, config_name: str = "config") -> dict:
@@ -119,18 +168,11 @@ def simulate(*overrides: str, timeout: int = 300) -> subprocess.CompletedProcess
 
 
 def compose_job(overrides: list[str]):
-    """What ``python -m fedconv.simulate`` composes for these overrides (Hydra's own refusals raised)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    """What ``python -m fedconv.simulate`` composes for these overrides (Hydra's own refusals
+    raised): the config without its ``hydra`` node, and the config-group choices."""
     from omegaconf import open_dict
 
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(fedconv_config.CONF_DIR), version_base=None):
-            cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
-    finally:
-        GlobalHydra.instance().clear()
+    cfg = hydra_config(overrides)
     choices = dict(cfg.hydra.runtime.choices)
     with open_dict(cfg):
         del cfg["hydra"]
@@ -170,6 +212,26 @@ def rows(run: Path, name: str = "rounds.csv") -> list[dict[str, str]]:
     """A run directory's CSV file as a list of rows."""
     with (run / name).open() as f:
         return list(csv.DictReader(f))
+
+
+def mlflow_run(folder: Path) -> tuple[Any, str]:
+    """The MLflow client and run id a run dir (or a sweep folder: its parent run) names."""
+    from mlflow.tracking import MlflowClient
+
+    from fedconv.runs.tracking import TRACKING_IDS
+
+    ids = json.loads((folder / TRACKING_IDS).read_text())["mlflow"]
+    return MlflowClient(ids["tracking_uri"]), ids["run_id"]
+
+
+# A process's own Ray of one CPU: one client actor instead of one per core. Each actor is a
+# Python process that imports torch and Flower's simulation engine (about 10 CPU-seconds on
+# 2 cores, all of it while the other worker runs too); a test whose claim does not involve
+# clients training side by side (signals, resume, launchers, the API, the terminal) runs its
+# process so, as a user on a 1-core machine would. Numbers do not depend on the actor count
+# (test_simulation.py::test_same_seed_same_numbers_different_seed_differs compares one actor
+# against two).
+ONE_CPU_RAY = "simulation.ray.num_cpus=1"
 
 
 LEAN_BOARD_LACKS = ("hydra", "omegaconf", "ray", "matplotlib", "sklearn", "scipy", "flwr_datasets", "datasets",
@@ -282,9 +344,12 @@ def case_config(overrides: Sequence[str]) -> dict:
     return {"defaults": choices, **doc} if choices else doc
 
 
-def _ray_settings(overrides: Sequence[str]) -> tuple[str, ...]:
-    """Cases that start Ray or their actors differently run together, after the others."""
-    return tuple(sorted(o for o in overrides if o.startswith(("simulation.ray.", "simulation.client_resources."))))
+def _run_order(name: str, overrides: Sequence[str]) -> tuple[tuple[str, ...], bool, str]:
+    """Cases that start Ray or their actors differently run together, after the others; a case
+    with a round timeout leaves its straggler's actor busy (killed, not kept), so it runs last
+    in its group rather than making the next job start a fresh actor."""
+    ray = tuple(sorted(o for o in overrides if o.startswith(("simulation.ray.", "simulation.client_resources."))))
+    return ray, any(o.startswith("server.round_timeout=") for o in overrides), name
 
 
 def declared_cases(items: Sequence[pytest.Item]) -> dict[str, tuple[str, ...]]:
@@ -305,7 +370,7 @@ def run_cases(cases: Mapping[str, Sequence[str]], base: Path) -> dict[str, CaseR
     groups.mkdir(parents=True)
     for name, overrides in cases.items():
         (groups / f"{name}.yaml").write_text("# @package _global_\n" + yaml.safe_dump(case_config(overrides)))
-    names = sorted(cases, key=lambda n: (_ray_settings(cases[n]), n))
+    names = sorted(cases, key=lambda n: _run_order(n, cases[n]))
     proc = simulate("-m", f"+case={','.join(names)}", f"hydra.searchpath=[file://{base / 'conf'}]",
                     f"hydra.sweep.dir={base / 'runs'}", "hydra.sweep.subdir=${hydra:runtime.choices.case}",
                     timeout=1800)

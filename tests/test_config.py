@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from conftest import compose_job
 from fedconv.config import ConfigError, compose, from_run_config, to_run_config
 from fedconv.validation import validate
 
@@ -19,6 +20,41 @@ def test_defaults_compose_and_validate() -> None:
     assert cfg["partition"]["name"] == "dirichlet" and cfg["partition"]["alpha"] == 0.5
     assert cfg["simulation"]["num_clients"] == 20 and cfg["server"]["rounds"] == 20
     assert cfg["strategy"]["name"] == "fedavg" and cfg["client"]["batch_size"] == 32
+
+
+AGREE = [
+    [],
+    ["dataset=digits", "server.rounds=3", "client.lr=0.05"],
+    ["strategy=fedprox", "strategy.mu=0.1", "+client.extra=1", "~logger"],
+    ["model=twoconv_se", "model.se_reduction=8", "compression=topk", "hydra.run.dir=/tmp/x", "seed=3"],
+    ["+experiment=niid_bench_fmnist", "partition=shards", "server.rounds=2"],
+    ["server.rounds=2", "hydra/launcher=submitit_local", "resume=/somewhere"],
+]
+REFUSED = [["client.momentun=0.9"], ["model=resnet50"], ["~nosuchkey"], ["server.rounds=[1"]]
+
+
+def test_the_tests_compose_as_hydra_does() -> None:
+    """conftest.py composes in Hydra's two steps and keeps the defaults list of each set of
+    group overrides; every other test relies on that giving what Hydra's whole path gives."""
+    from omegaconf import OmegaConf, open_dict
+
+    import conftest
+
+    for overrides in AGREE:
+        assert compose(overrides) == conftest._hydra_compose(overrides), overrides  # the product's own compose
+        whole = conftest._hydra_compose_with_node(overrides, "config")
+        cfg, choices = compose_job(overrides)
+        assert choices == dict(whole.hydra.runtime.choices), overrides
+        with open_dict(whole):
+            del whole["hydra"]
+        assert OmegaConf.to_container(cfg) == OmegaConf.to_container(whole), overrides
+        assert OmegaConf.is_struct(cfg) and OmegaConf.is_struct(whole)
+    for overrides in REFUSED:
+        with pytest.raises(ConfigError) as ours:
+            compose(overrides)
+        with pytest.raises(ConfigError) as hydras:
+            conftest._hydra_compose(overrides)
+        assert str(ours.value) == str(hydras.value), overrides
 
 
 def test_variant_configs_inherit_the_canonical_options() -> None:
@@ -161,24 +197,12 @@ SMALL_RUN = ["dataset=digits", "simulation.num_clients=4", "server.fraction_trai
 
 def entry_point_error(overrides: list[str], out) -> str:
     """What ``python -m fedconv.simulate`` refuses these overrides with (before Ray starts)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import open_dict
-
     from fedconv import simulate
-    from fedconv.config import CONF_DIR
     from fedconv.data.datasets import DatasetError
     from fedconv.data.partitioning import PartitionError
     from fedconv.learning.models import ModelConfigError
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
-    GlobalHydra.instance().clear()
-    choices = dict(cfg.hydra.runtime.choices)
-    with open_dict(cfg):
-        del cfg["hydra"]
+    cfg, choices = compose_job(overrides)
     with pytest.raises((ConfigError, DatasetError, PartitionError, ModelConfigError)) as exc:
         resolved, _ = simulate.prepare(cfg, out if not cfg.resume else out.__class__(cfg.resume), choices, overrides)
         simulate.check_inputs(resolved)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, CaseRun, rows
+from conftest import ONE_CPU_RAY, ROOT, CaseRun, rows
 from fedconv.runs.progress import RoundProgress
 
 SMALL = ["dataset=digits", "simulation.num_clients=3", "server.fraction_train=1.0", "server.fraction_evaluate=0",
@@ -56,7 +56,8 @@ def run_in_terminal(args: list[str], timeout: float = 300) -> tuple[int, str]:
 @pytest.mark.slow
 @pytest.mark.cases(progress_plain=SMALL)
 def test_a_terminal_shows_the_bar_and_the_same_lines(tmp_path: Path, cases: dict[str, CaseRun]) -> None:
-    code, shown = run_in_terminal([sys.executable, "-m", "fedconv.simulate", *SMALL, f"hydra.run.dir={tmp_path / 'tty'}"])
+    code, shown = run_in_terminal([sys.executable, "-m", "fedconv.simulate", *SMALL, ONE_CPU_RAY,
+                                   f"hydra.run.dir={tmp_path / 'tty'}"])
     assert code == 0, shown[-3000:]
     assert "━" in shown and "round" in shown and "ETA" in shown and " MB" in shown  # the bar was drawn
     for r in (1, 2, 3):

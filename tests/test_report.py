@@ -1,5 +1,5 @@
 """Reports: numbers checked against hand-computed values on synthetic run dirs (the report on a
-real sweep is in test_simulation.py::test_two_job_sweep_writes_two_runs_and_an_index)."""
+real sweep is in test_simulation.py::test_two_job_sweep_writes_two_runs_an_index_and_a_parent_mlflow_run)."""
 
 from __future__ import annotations
 

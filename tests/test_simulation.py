@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import statistics
 import subprocess
@@ -16,7 +15,7 @@ import pytest
 import yaml
 from safetensors.numpy import load_file
 
-from conftest import ROOT, CaseRun, free_port, rows, simulate, stop_ray_cluster
+from conftest import ONE_CPU_RAY, ROOT, CaseRun, mlflow_run, rows, simulate
 
 SMALL = [
     "dataset=digits",
@@ -39,10 +38,10 @@ SEEDS = pytest.mark.cases(small_seed0=(*SMALL, "seed=0"), small_a_seed1=(*SMALL,
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory, cases: dict[str, CaseRun]) -> dict[str, Path]:
     """Three runs shared by the tests below: seed 0 and seed 1 from the session's sweep (a, c),
-    and seed 0 again as a single run in a process of its own (b: same numbers across
-    processes and across the two entry modes)."""
+    and seed 0 again as a single run in a process of its own with one client actor (b: same
+    numbers across processes, the two entry modes and the actor count)."""
     base = tmp_path_factory.mktemp("runs")
-    single = simulate(*SMALL, "seed=0", f"hydra.run.dir={base / 'b'}")
+    single = simulate(*SMALL, "seed=0", ONE_CPU_RAY, f"hydra.run.dir={base / 'b'}")
     assert single.returncode == 0, single.stdout[-3000:] + single.stderr[-3000:]
     a, c = cases["small_seed0"].completed(), cases["small_a_seed1"].completed()
     return {"a": a.dir, "b": base / "b", "c": c.dir, "a_stdout": a.stdout}  # type: ignore[dict-item]
@@ -134,8 +133,8 @@ def test_the_updates_geometry_is_recorded_per_round_client_and_layer(runs: dict[
 
 @SEEDS
 def test_same_seed_same_numbers_different_seed_differs(runs: dict[str, Path]) -> None:
-    """Seed 0 as a job of a sweep, on the actors an earlier job left warm (a), equals seed 0
-    in a process of its own (b) in every column but the timings; seed 1 (c) differs."""
+    """Seed 0 as a job of a sweep, on the two actors an earlier job left warm (a), equals seed 0
+    in a process of its own with one actor (b) in every column but the timings; seed 1 (c) differs."""
     cols = ["central_accuracy", "central_loss", "fed_accuracy", "fed_loss", "train_loss"]
     a, b, c = (rows(runs[t]) for t in "abc")
     assert json.loads((runs["a"] / "summary.json").read_text())["ray"]["actors_reused"] > 0
@@ -154,7 +153,7 @@ def test_the_python_api_runs_as_the_command_does(runs: dict[str, Path], tmp_path
     from fedconv import api
 
     timing = {"round_seconds", "elapsed_seconds"}
-    got = api.run([*SMALL, "seed=0", f"hydra.run.dir={tmp_path / '0'}"], echo=False)
+    got = api.run([*SMALL, "seed=0", ONE_CPU_RAY, f"hydra.run.dir={tmp_path / '0'}"], echo=False)
     assert got.status == "completed" and got.path == tmp_path / "0"
     want = rows(runs["a"])
     assert [{k: v for k, v in r.items() if k not in timing} for r in rows(got.path)] == \
@@ -219,43 +218,67 @@ def test_a_node_pool_runs_the_same_federation_as_one_node_per_client(cases: dict
     assert json.loads((per / "summary.json").read_text())["virtual_nodes"] == 8
 
 
-def test_two_job_sweep_writes_two_runs_and_an_index(tmp_path: Path) -> None:
-    proc = simulate("-m", *SMALL, "server.rounds=2", "strategy=fedavg,fedprox", f"hydra.sweep.dir={tmp_path}")
+def test_two_job_sweep_writes_two_runs_an_index_and_a_parent_mlflow_run(tmp_path: Path) -> None:
+    """A sweep of two strategies, logged to MLflow: two run dirs and sweep.json, one MLflow
+    parent run with a child per job holding that job's rounds, tags, params and files; run
+    again, both jobs are skipped; the report groups them by strategy."""
+
+    sweep = tmp_path / "sweep"
+    command = ("-m", *SMALL, ONE_CPU_RAY, "server.rounds=2", "strategy=fedavg,fedprox", "name=mlf", "logger.mlflow=true",
+               f"logger.mlflow_tracking_uri={tmp_path / 'mlruns'}", f"hydra.sweep.dir={sweep}")
+    proc = simulate(*command)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    index = json.loads((tmp_path / "sweep.json").read_text())
+    index = json.loads((sweep / "sweep.json").read_text())
     assert [j["job"] for j in index["jobs"]] == [0, 1]
     assert [j["status"] for j in index["jobs"]] == ["completed", "completed"]
     assert any("strategy=fedprox" in j["overrides"] for j in index["jobs"])
     for job in index["jobs"]:
         run = Path(job["run_dir"])
-        assert run.parent == tmp_path and len(rows(run)) == 2
+        assert run.parent == sweep and len(rows(run)) == 2
         assert json.loads((run / "summary.json").read_text())["status"] == "completed"
     prox = yaml.safe_load((Path(index["jobs"][1]["run_dir"]) / "config.yaml").read_text())
     assert prox["strategy"] == {"name": "fedprox", "mu": 0.01, "stragglers": "aggregate"}
     assert "[sweep] job 1/2 completed: 1 completed, 0 skipped, 0 failed; ETA " in proc.stdout
     assert "[sweep] job 2/2 completed: 2 completed, 0 skipped, 0 failed; ETA -" in proc.stdout
+    # MLflow: the sweep's parent run (its id in the sweep folder), a child per job (ids in each run dir)
+    client, parent = mlflow_run(sweep)
+    experiment = client.get_experiment_by_name("mlf")
+    children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert len(children) == 2 and client.get_run(parent).info.status == "FINISHED"
+    for job in index["jobs"]:
+        run = Path(job["run_dir"])
+        _, run_id = mlflow_run(run)
+        assert run_id in {c.info.run_id for c in children}
+        history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "central_accuracy"))
+        assert history == [(int(r["round"]), pytest.approx(float(r["central_accuracy"]))) for r in rows(run)]
+        got = client.get_run(run_id)
+        saved = yaml.safe_load((run / "config.yaml").read_text())
+        assert got.data.tags["seed"] == str(json.loads((run / "summary.json").read_text())["seed"])
+        assert got.data.tags["strategy"] == got.data.params["strategy.name"] == saved["strategy"]["name"]
+        assert {a.path for a in client.list_artifacts(run_id)} >= {"rounds.csv", "summary.json", "partition.json",
+                                                                    "model.safetensors"}
     # (A second, different sweep into the same folder numbers its jobs from 0 again: the index
     # keys its entries by run dir, test_sweeps.py::test_concurrent_jobs_lose_no_index_entry.)
     # The first command again: both jobs completed, so both are skipped without running anything.
     before = {p: (p / "rounds.csv").read_bytes() for p in (Path(j["run_dir"]) for j in index["jobs"])}
     t0 = time.perf_counter()
-    again = simulate("-m", *SMALL, "server.rounds=2", "strategy=fedavg,fedprox", f"hydra.sweep.dir={tmp_path}")
+    again = simulate(*command)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "[sweep] job 2/2 skipped: 0 completed, 2 skipped, 0 failed" in again.stdout
     assert again.stdout.count("skipping") == 2 and "fedconv run ->" not in again.stdout
     assert time.perf_counter() - t0 < 60 and {p: (p / "rounds.csv").read_bytes() for p in before} == before
-    assert [j["status"] for j in json.loads((tmp_path / "sweep.json").read_text())["jobs"]] == ["completed"] * 2
+    assert [j["status"] for j in json.loads((sweep / "sweep.json").read_text())["jobs"]] == ["completed"] * 2
     # The report over the sweep folder: a group per strategy (grouping over seeds: test_report.py).
-    report = subprocess.run([sys.executable, "-m", "fedconv.runs.report", str(tmp_path)], cwd=ROOT,
+    report = subprocess.run([sys.executable, "-m", "fedconv.runs.report", str(sweep)], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr[-2000:]
-    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    data = json.loads((sweep / "report" / "report.json").read_text())
     groups = {r["group"]: r for r in data["rows"]}
     assert {g: r["n"] for g, r in groups.items()} == {"fedavg": 1, "fedprox mu=0.01": 1} and data["excluded"] == []
     for row in groups.values():
         finals = [json.loads((Path(p) / "summary.json").read_text())["final_central_accuracy"] for p in row["runs"]]
         assert row["final_accuracy_mean"] == pytest.approx(statistics.fmean(finals))
-    html = (tmp_path / "report" / "report.html").read_text()
+    html = (sweep / "report" / "report.html").read_text()
     # five curves (client drift among them), round 2's client similarity, the partition (one: both
     # runs have seed 0) and each group's final model, from the files the real runs wrote
     figures = re.findall(r"<figure id='([^']+)'", html)
@@ -263,7 +286,7 @@ def test_two_job_sweep_writes_two_runs_and_an_index(tmp_path: Path) -> None:
                        "client_drift_vs_round", "client_similarity", "partition_heatmap", "model_fedavg",
                        "model_fedprox_mu=0.01"], figures
     assert html.count("data:image/png;base64,") == len(figures)
-    assert (tmp_path / "report" / "accuracy_vs_round.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (sweep / "report" / "accuracy_vs_round.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # Bad input as a user types it, in a real process: exit 2, no run dir, no traceback, before
@@ -300,65 +323,6 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 3 and all(k in proc.stderr for k in ("client.lr=-1", "client.foo=3", "faults.dropout=2"))
-
-
-def test_attaches_to_an_existing_two_node_ray_cluster_with_shared_client_state(tmp_path: Path) -> None:
-    """A head and a worker node (one CPU each), SCAFFOLD's client state in a folder both
-    nodes read (standing in for NFS): clients run on both nodes and find each other's state."""
-    ray_bin = Path(sys.executable).with_name("ray")
-    port = free_port()
-    temp_dir = Path("/tmp") / f"fedconv-ray-{port}"  # Ray limits socket path length
-    env = {**os.environ, "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
-    start = subprocess.run(
-        [str(ray_bin), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1",
-         "--include-dashboard=false", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-        capture_output=True, text=True, timeout=120, env=env,
-    )
-    assert start.returncode == 0, start.stderr[-2000:]
-    try:
-        address = f"127.0.0.1:{port}"
-        worker = subprocess.run(
-            [str(ray_bin), "start", f"--address={address}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-             f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-            capture_output=True, text=True, timeout=120, env=env,
-        )
-        assert worker.returncode == 0, worker.stderr[-2000:]
-        # Two CPUs in all, but an actor's CPUs must fit on one node: refused once attached, no run dir.
-        big = simulate(*SMALL, "simulation.client_resources.num_cpus=2", f"simulation.ray.address={address}",
-                       f"hydra.run.dir={tmp_path / 'big'}")
-        assert big.returncode == 2, big.stdout[-3000:] + big.stderr[-3000:]
-        assert big.stderr.strip().splitlines()[-1] == (
-            f"config error: simulation.client_resources.num_cpus=2: more than the 1 CPU(s) of the largest node of the "
-            f"Ray cluster at {address} (2 node(s)), so no client could ever start; must be <= 1")
-        assert not (tmp_path / "big").exists()
-        shared = tmp_path / "nfs" / "state"
-        proc = simulate(*SMALL, "server.rounds=2", "server.fraction_evaluate=0", "strategy=scaffold",
-                        f"simulation.ray.address={address}", f"simulation.client_state_dir={shared}",
-                        f"hydra.run.dir={tmp_path / 'run'}")
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
-        assert all(int(r["clients_ok"]) == 4 for r in rows(tmp_path / "run"))
-        assert sorted(p.name for p in shared.glob("p*")) == ["p0", "p1", "p2", "p3"]
-        assert not (tmp_path / "run" / "client_state").exists()
-        # The cluster's own session started the ClientApp actors ...
-        logs = list((temp_dir / "session_latest" / "logs").glob("*"))
-        texts = [p.read_text(errors="ignore") for p in logs if p.is_file() and p.suffix in (".out", ".err", ".log")]
-        assert any("ClientAppActor" in text for text in texts), (
-            "no ClientAppActor ran in the existing cluster"
-        )
-        # ... on both of its nodes (the GCS keeps dead actors' records), and the cluster is
-        # still up after the run, with both nodes' CPUs (one client of the cluster, as a user's)
-        check = subprocess.run(
-            [sys.executable, "-c",
-             f"import ray; from ray._private import state; ray.init(address='{address}', logging_level='ERROR'); "
-             "print(len({a['Address']['NodeID'] for a in state.actors().values() if a['ActorClassName'] == 'ClientAppActor'}), "
-             "ray.cluster_resources()['CPU'])"],
-            capture_output=True, text=True, timeout=120, env=env,
-        )
-        assert check.returncode == 0, check.stderr[-2000:]
-        assert check.stdout.strip().splitlines()[-1].split() == ["2", "2.0"], check.stdout[-2000:]
-    finally:
-        stop_ray_cluster(temp_dir)
 
 
 OTHERS = ["fedyogi", "fedadagrad", "multikrum", "qfedavg"]

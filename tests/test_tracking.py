@@ -11,11 +11,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
-from conftest import CaseRun, rows, simulate
-from fedconv.runs.tracking import TRACKING_IDS, MlflowSink, TensorBoardSink, Tracking, WandbSink, heatmap, scalar_name
+from conftest import CaseRun, mlflow_run, rows
+from fedconv.runs.tracking import MlflowSink, TensorBoardSink, Tracking, WandbSink, heatmap, scalar_name
 
 if TYPE_CHECKING:  # imported where used: mlflow alone takes 2 s to import, on every worker that collects
-    from mlflow.tracking import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 
@@ -87,13 +86,6 @@ def test_a_run_logs_every_round_to_tensorboard(cases: dict[str, CaseRun]) -> Non
     assert {"config", "summary"} <= {t.split("/")[0] for t in acc.Tags()["tensors"]}
 
 
-def mlflow_run(folder: Path) -> tuple[MlflowClient, str]:
-    from mlflow.tracking import MlflowClient
-
-    ids = json.loads((folder / TRACKING_IDS).read_text())["mlflow"]
-    return MlflowClient(ids["tracking_uri"]), ids["run_id"]
-
-
 def test_a_resumed_mlflow_run_continues_without_repeating_a_step(tmp_path: Path) -> None:
     cfg = {"name": "t", "seed": 0, "strategy": {"name": "fedavg"},
            "logger": {"mlflow": True, "mlflow_tracking_uri": str(tmp_path / "mlruns")}}
@@ -129,30 +121,6 @@ def test_an_unwritable_mlflow_store_warns_once_and_the_run_completes(cases: dict
     table = rows(case.dir)  # the other sink went on: W&B (offline) holds both rounds
     assert [(step, pytest.approx(acc)) for _, step, acc in wandb_history(case.dir)] == [
         (int(r["round"]), float(r["central_accuracy"])) for r in table]
-
-
-@pytest.mark.slow
-def test_a_sweep_logs_a_parent_mlflow_run_with_a_child_per_job(tmp_path: Path) -> None:
-    store = tmp_path / "mlruns"
-    proc = simulate("-m", "dataset=digits", "simulation.num_clients=3", "server.fraction_train=1.0",
-                    "server.rounds=3", "seed=0,1", "name=mlf", "logger.mlflow=true",
-                    f"logger.mlflow_tracking_uri={store}", f"hydra.sweep.dir={tmp_path / 'sweep'}", timeout=400)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    index = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
-    client, parent = mlflow_run(tmp_path / "sweep")
-    experiment = client.get_experiment_by_name("mlf")
-    children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'")
-    assert len(children) == 2 and client.get_run(parent).info.status == "FINISHED"
-    for job in index["jobs"]:
-        run = Path(job["run_dir"])
-        _, run_id = mlflow_run(run)
-        assert run_id in {c.info.run_id for c in children}
-        history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "central_accuracy"))
-        assert history == [(int(r["round"]), pytest.approx(float(r["central_accuracy"]))) for r in rows(run)]
-        got = client.get_run(run_id)
-        assert got.data.tags["seed"] == str(json.loads((run / "summary.json").read_text())["seed"])
-        assert {a.path for a in client.list_artifacts(run_id)} >= {"rounds.csv", "summary.json", "partition.json",
-                                                                    "model.safetensors"}
 
 
 def wandb_history(run: Path) -> list[tuple[str, int, float]]:
