@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from conftest import CaseRun, require_fashion_mnist
+from conftest import ONE_CPU_RAY, CaseRun, require_fashion_mnist
 from fedconv.bench import measure_central_eval, measure_limit, measure_sim
 
-DIGITS = ["dataset=digits", "simulation.num_clients=4", "server.fraction_train=1.0", "server.rounds=3"]
+DIGITS = ["dataset=digits", "simulation.num_clients=4", "server.fraction_train=1.0", "server.rounds=3", ONE_CPU_RAY]
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from safetensors.numpy import load_file
 
-from conftest import CaseRun, rows, simulate
+from conftest import ONE_CPU_RAY, CaseRun, rows, simulate
 
 pytestmark = pytest.mark.slow
 
@@ -76,7 +76,7 @@ def test_topk_residual_follows_the_partition_through_the_pool_and_a_resume(tmp_p
         tables[name] = [[r[c] for c in cols] for r in rows(tmp_path / name)]
     resumed = tmp_path / "resumed"
     shutil.copytree(cases["topk_two_rounds"].completed().dir, resumed)  # the session's case stays as made
-    proc = simulate(f"resume={resumed}", "server.rounds=4")
+    proc = simulate(f"resume={resumed}", "server.rounds=4", ONE_CPU_RAY)  # one actor: the same numbers
     _ok(proc)
     assert "resuming after round 2" in proc.stdout
     summary = json.loads((resumed / "summary.json").read_text())

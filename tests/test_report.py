@@ -177,22 +177,27 @@ def test_every_truncation_of_rounds_csv_is_damage(tmp_path: Path) -> None:
     assert _damage_of(run) == "summary.json vs rounds.csv: 3 rounds completed but 1 rows"
 
 
-@pytest.mark.parametrize("damage, reason", [
-    (lambda p: _replace(p / run_dir.ROUNDS, "0.61", "0.61x"), "rounds.csv line 3: central_accuracy='0.61x' is not a number"),
-    (lambda p: _replace(p / run_dir.ROUNDS, "4000000", "400"),
-     "rounds.csv round 2: bytes_total_cum=400 below the previous round's 2000000"),
-    (lambda p: _replace(p / run_dir.ROUNDS, "\n3,", "\n4,"), "rounds.csv: row 3 is round 4"),
-    (lambda p: _replace(p / run_dir.SUMMARY, '"final_central_accuracy": 0.71', '"final_central_accuracy": 0.91'),
-     "final_central_accuracy is 0.91 in the summary, 0.71 in the rows"),
-    (lambda p: _replace(p / run_dir.SUMMARY, '"bytes_total": 6000000', '"bytes_total": 7000000'),
-     "bytes_total is 7000000 in the summary, 6000000 in the rows"),
-    (lambda p: (p / run_dir.SUMMARY).write_text('{"status": "compl'), "summary.json unreadable"),
-    (lambda p: (p / run_dir.CONFIG).write_text("a: [1,"), "config.yaml unreadable"),
-    (lambda p: _replace(p / run_dir.SUMMARY, '"rounds_planned": 3', '"rounds_planned": 5'),
-     "completed with 5 rounds planned but 3 rows"),
-], ids=["garbled-cell", "bytes-go-down", "round-gap", "summary-accuracy", "summary-bytes", "summary-cut",
-        "config-cut", "completed-short"])
-def test_damaged_runs_are_flagged_with_the_reason_and_left_out_of_the_means(tmp_path: Path, damage, reason: str) -> None:
+DAMAGES = {
+    "garbled-cell": (lambda p: _replace(p / run_dir.ROUNDS, "0.61", "0.61x"),
+                     "rounds.csv line 3: central_accuracy='0.61x' is not a number"),
+    "bytes-go-down": (lambda p: _replace(p / run_dir.ROUNDS, "4000000", "400"),
+                      "rounds.csv round 2: bytes_total_cum=400 below the previous round's 2000000"),
+    "round-gap": (lambda p: _replace(p / run_dir.ROUNDS, "\n3,", "\n4,"), "rounds.csv: row 3 is round 4"),
+    "summary-accuracy": (lambda p: _replace(p / run_dir.SUMMARY, '"final_central_accuracy": 0.71',
+                                            '"final_central_accuracy": 0.91'),
+                         "final_central_accuracy is 0.91 in the summary, 0.71 in the rows"),
+    "summary-bytes": (lambda p: _replace(p / run_dir.SUMMARY, '"bytes_total": 6000000', '"bytes_total": 7000000'),
+                      "bytes_total is 7000000 in the summary, 6000000 in the rows"),
+    "summary-cut": (lambda p: (p / run_dir.SUMMARY).write_text('{"status": "compl'), "summary.json unreadable"),
+    "config-cut": (lambda p: (p / run_dir.CONFIG).write_text("a: [1,"), "config.yaml unreadable"),
+    "completed-short": (lambda p: _replace(p / run_dir.SUMMARY, '"rounds_planned": 3', '"rounds_planned": 5'),
+                        "completed with 5 rounds planned but 3 rows"),
+}
+
+
+@pytest.mark.parametrize("kind", DAMAGES)
+def test_damaged_runs_are_flagged_with_the_reason_and_left_out_of_the_means(tmp_path: Path, kind: str) -> None:
+    damage, reason = DAMAGES[kind]
     good0, damaged, good2 = _three_seeds(tmp_path)
     damage(damaged)
     result = compare([tmp_path])
@@ -200,9 +205,18 @@ def test_damaged_runs_are_flagged_with_the_reason_and_left_out_of_the_means(tmp_
     assert excluded["status"] == "damaged" and excluded["run"] == str(damaged) and reason in excluded["error"]
     [row] = result["rows"]
     assert row["n"] == 2 and row["final_accuracy_mean"] == pytest.approx((0.70 + 0.72) / 2)
+
+
+def test_the_report_names_every_damaged_run_and_its_reason(tmp_path: Path) -> None:
+    """One report over a run damaged in each way beside its two good seeds (drawing the
+    figures once: the reasons are the report's, whatever else it shows)."""
+    for kind, (damage, _) in DAMAGES.items():
+        damage(_three_seeds(tmp_path / kind)[1])
     out = tmp_path / "report"
-    assert main([str(tmp_path), "--out", str(out)]) == 0
-    assert reason in (out / "report.md").read_text()
+    assert main([str(tmp_path / "*"), "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    for kind, (_, reason) in DAMAGES.items():
+        assert reason in text and str(tmp_path / kind / "1") in text, kind
 
 
 def _replace(path: Path, old: str, new: str) -> None:
